@@ -1,0 +1,180 @@
+//! The one typed notiflow config: embedded defaults → file → environment.
+//!
+//! Each section is owned by the crate that uses it; this module only stacks
+//! the sources and validates everything at start-up, so a bad value stops the
+//! process with the field's dotted path before any work starts.
+
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use notiflow_ingest::{IngestConfig, KafkaConfig, SchemaRegistryConfig};
+use notiflow_loadgen::GenConfig;
+use serde::{Deserialize, Serialize};
+
+/// The embedded defaults (`cli/config/default.toml`).
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Everything notiflow can be told.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Logging.
+    pub log: LogConfig,
+    /// Broker connection and topics.
+    pub kafka: KafkaConfig,
+    /// Where Avro writer schemas come from.
+    pub schema_registry: SchemaRegistryConfig,
+    /// The ingest (validate + dead-letter) service.
+    pub ingest: IngestConfig,
+    /// The load generator's traffic shape (`[gen]`).
+    #[serde(rename = "gen")]
+    pub generator: GenConfig,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Default level or `tracing` filter (`info`, `notiflow_ingest=debug,info`); `RUST_LOG` wins.
+    pub level: String,
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A config that cannot be used, with the field that is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file, type or unknown-field problem found while reading.
+    #[error("{0}")]
+    Read(String),
+    /// A value that reads but breaks a rule.
+    #[error("config field `{field}`: {why}")]
+    Invalid {
+        /// Dotted path.
+        field: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+impl Config {
+    /// Loads defaults, then `file` (which must exist if given), then `NOTIFLOW__*`
+    /// variables from `env` and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Toml::string(DEFAULTS));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::Read(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig.merge(Env::prefixed("NOTIFLOW__").split("__"));
+        let cfg: Config = fig.extract().map_err(|e| ConfigError::Read(describe(e)))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Rules serde cannot check, each naming its field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: String, why: String| ConfigError::Invalid { field, why };
+        self.kafka.validate().map_err(|e| invalid(e.field, e.why))?;
+        self.schema_registry
+            .validate()
+            .map_err(|e| invalid(e.field, e.why))?;
+        self.ingest
+            .validate()
+            .map_err(|e| invalid(e.field, e.why))?;
+        self.generator
+            .validate()
+            .map_err(|(f, why)| invalid(f.to_string(), why))?;
+        if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
+            return Err(invalid("log.level".into(), e.to_string()));
+        }
+        Ok(())
+    }
+}
+
+/// Every figment error, each with its key path and where the value came from.
+fn describe(err: figment::Error) -> String {
+    err.into_iter()
+        .map(|e| {
+            let path = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| m.name.to_string())
+                .unwrap_or_default();
+            if path.is_empty() {
+                format!("config: {} ({source})", e.kind)
+            } else {
+                format!("config field `{path}`: {} ({source})", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail closures return figment::Error
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_load_and_validate() {
+        Jail::expect_with(|_| {
+            let cfg = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.kafka.topic, "whatsapp.status.v1");
+            assert_eq!(cfg.generator.billing_tz, "America/Sao_Paulo");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_then_env_override_and_bad_fields_are_named() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "n.toml",
+                "[kafka]\nbrokers = \"k1:9092,k2:9092\"\npartitions = 3\n",
+            )?;
+            jail.set_env("NOTIFLOW__KAFKA__PARTITIONS", "12");
+            let cfg = Config::load(Some(Path::new("n.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.kafka.brokers, "k1:9092,k2:9092");
+            assert_eq!(cfg.kafka.partitions, 12);
+
+            jail.set_env("NOTIFLOW__KAFKA__PARTITIONS", "many");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("kafka.partitions"), "{err}");
+
+            jail.set_env("NOTIFLOW__KAFKA__PARTITIONS", "0");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("`kafka.partitions`"), "{err}");
+
+            jail.clear_env();
+            jail.create_file("typo.toml", "[kafka]\nbroker = \"x:1\"\n")?;
+            let err = Config::load(Some(Path::new("typo.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("broker"), "{err}");
+
+            jail.set_env("NOTIFLOW__GEN__RATE", "fast");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("gen.rate"), "{err}");
+            Ok(())
+        });
+    }
+}

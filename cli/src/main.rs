@@ -1,0 +1,347 @@
+//! The `notiflow` command: parses config and wires the crates, nothing else.
+//!
+//! ```text
+//!  notiflow gen          ─▶ loadgen ─▶ Kafka (+ ground truth file)
+//!  notiflow run ingest   ─▶ ingest  ─▶ validate, dead-letter
+//!  notiflow demo         ─▶ both, against the local servers (infra/up.sh)
+//!  notiflow config       ─▶ the effective config, validated
+//! ```
+
+mod config;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use notiflow_ingest::service::{CountingSink, EventSink};
+use notiflow_ingest::{SchemaRegistry, kafka};
+use notiflow_loadgen::{RunOptions, run_blocking};
+use notiflow_schema::Event;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, LogFormat};
+
+/// Real-time WhatsApp notification analytics.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file (TOML); embedded defaults apply without one. `NOTIFLOW__SECTION__FIELD` variables override.
+    #[arg(long, global = true, env = "NOTIFLOW_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate realistic status traffic into the broker, with a ground-truth file.
+    Gen(GenArgs),
+    /// Run one component as its own process.
+    Run {
+        /// Which component.
+        component: Component,
+    },
+    /// Local demo: create topics, then generate traffic and validate it until Ctrl-C.
+    Demo {
+        /// Target rate (`100M/day`, `1160/s`, …); default from `[gen] rate`.
+        #[arg(long)]
+        rate: Option<String>,
+    },
+    /// Create the event and dead-letter topics if missing.
+    Topics,
+    /// Print the effective config (defaults, file and environment), validated.
+    Config,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Component {
+    /// Validate the topic and dead-letter poison records.
+    Ingest,
+}
+
+#[derive(clap::Args)]
+struct GenArgs {
+    /// Stop after this many records (default: run until Ctrl-C).
+    #[arg(long)]
+    events: Option<u64>,
+    /// Target rate (`100M/day`, `11.6K/s`, `500`); with --fast it only shapes event times.
+    #[arg(long)]
+    rate: Option<String>,
+    /// Send as fast as the broker takes it.
+    #[arg(long)]
+    fast: bool,
+    /// Seed (default from `[gen] seed`).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Number of clients.
+    #[arg(long)]
+    clients: Option<usize>,
+    /// Share of malformed records, 0..=1.
+    #[arg(long)]
+    malformed_share: Option<f64>,
+    /// Share of duplicate records, 0..=1.
+    #[arg(long)]
+    duplicate_share: Option<f64>,
+    /// Simulated start time (RFC 3339); pins the output for a seed.
+    #[arg(long)]
+    start: Option<String>,
+    /// Write the ground truth (JSON) here.
+    #[arg(long)]
+    truth: Option<PathBuf>,
+    /// Encode only, send nothing: measures the generator.
+    #[arg(long)]
+    encode_only: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("notiflow: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logs(&cfg);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("notiflow: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command, cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("notiflow: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs(cfg: &Config) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Cancelled on Ctrl-C or SIGTERM.
+fn shutdown_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested: finishing the work in hand");
+        t.cancel();
+    });
+    token
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn dispatch(command: Command, mut cfg: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Config => {
+            println!(
+                "{}",
+                toml::to_string_pretty(&cfg).context("rendering config")?
+            );
+            Ok(())
+        }
+        Command::Topics => {
+            let shutdown = shutdown_token();
+            kafka::wait_for_broker(&cfg.kafka, &shutdown).await?;
+            kafka::ensure_topics(&cfg.kafka).await?;
+            println!(
+                "topics {} and {} are ready",
+                cfg.kafka.topic, cfg.kafka.dlq_topic
+            );
+            Ok(())
+        }
+        Command::Gen(args) => gen_command(args, cfg).await,
+        Command::Run {
+            component: Component::Ingest,
+        } => {
+            let registry = registry(&cfg)?;
+            let stats = notiflow_ingest::service::run(
+                &cfg.kafka,
+                registry,
+                &cfg.ingest,
+                &mut CountingSink::default(),
+                shutdown_token(),
+            )
+            .await?;
+            println!("{stats:?}");
+            Ok(())
+        }
+        Command::Demo { rate } => {
+            if let Some(r) = rate {
+                cfg.generator.rate = r;
+                cfg.validate()?;
+            }
+            demo(cfg).await
+        }
+    }
+}
+
+fn registry(cfg: &Config) -> anyhow::Result<SchemaRegistry> {
+    Ok(match &cfg.schema_registry.url {
+        Some(url) => {
+            SchemaRegistry::http(url, Duration::from_millis(cfg.schema_registry.timeout_ms))?
+        }
+        None => SchemaRegistry::from_files(&cfg.schema_registry.files)?,
+    })
+}
+
+async fn gen_command(args: GenArgs, mut cfg: Config) -> anyhow::Result<()> {
+    if let Some(r) = args.rate {
+        cfg.generator.rate = r;
+    }
+    if let Some(s) = args.seed {
+        cfg.generator.seed = s;
+    }
+    if let Some(c) = args.clients {
+        cfg.generator.clients = c;
+    }
+    if let Some(m) = args.malformed_share {
+        cfg.generator.malformed_share = m;
+    }
+    if let Some(d) = args.duplicate_share {
+        cfg.generator.duplicate_share = d;
+    }
+    cfg.validate()?;
+    let start = args
+        .start
+        .map(|s| {
+            notiflow_schema::time::parse_rfc3339(&s)
+                .map_err(|_| anyhow::anyhow!("--start {s:?} is not RFC 3339"))
+        })
+        .transpose()?;
+    let opts = RunOptions {
+        events: args.events,
+        fast: args.fast,
+        start,
+        truth: args.truth.clone(),
+        encode_only: args.encode_only,
+    };
+    let shutdown = shutdown_token();
+    if !opts.encode_only {
+        kafka::wait_for_broker(&cfg.kafka, &shutdown).await?;
+        kafka::ensure_topics(&cfg.kafka).await?;
+    }
+    let (kafka_cfg, gen_cfg) = (cfg.kafka.clone(), cfg.generator.clone());
+    let report =
+        tokio::task::spawn_blocking(move || run_blocking(&kafka_cfg, &gen_cfg, &opts, &shutdown))
+            .await
+            .context("generator task")??;
+    println!(
+        "generated {} records in {:.2} s ({:.0} records/s){}{}",
+        report.records,
+        report.elapsed.as_secs_f64(),
+        report.rate(),
+        if args.encode_only {
+            ", encode only"
+        } else {
+            ""
+        },
+        args.truth
+            .map(|p| format!(", ground truth in {}", p.display()))
+            .unwrap_or_default(),
+    );
+    Ok(())
+}
+
+/// Counts what the demo's ingest sees, for the progress line.
+struct DemoSink {
+    valid: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl EventSink for DemoSink {
+    fn accept(&mut self, _: &Event<'_>, _: i32, _: i64) {
+        self.valid
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+async fn demo(mut cfg: Config) -> anyhow::Result<()> {
+    let shutdown = shutdown_token();
+    if cfg.generator.malformed_share == 0.0 {
+        cfg.generator.malformed_share = 0.001;
+    }
+    println!(
+        "notiflow demo: generating {} into {} at {}; Ctrl-C stops",
+        cfg.kafka.topic, cfg.kafka.brokers, cfg.generator.rate
+    );
+    kafka::wait_for_broker(&cfg.kafka, &shutdown).await?;
+    kafka::ensure_topics(&cfg.kafka).await?;
+    let valid = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let ingest = {
+        let (cfg, shutdown, valid) = (cfg.clone(), shutdown.clone(), valid.clone());
+        tokio::spawn(async move {
+            let registry = registry(&cfg)?;
+            let mut sink = DemoSink { valid };
+            anyhow::Ok(
+                notiflow_ingest::service::run(
+                    &cfg.kafka,
+                    registry,
+                    &cfg.ingest,
+                    &mut sink,
+                    shutdown,
+                )
+                .await?,
+            )
+        })
+    };
+    let generator = {
+        let (kafka_cfg, gen_cfg, shutdown) =
+            (cfg.kafka.clone(), cfg.generator.clone(), shutdown.clone());
+        tokio::task::spawn_blocking(move || {
+            run_blocking(&kafka_cfg, &gen_cfg, &RunOptions::default(), &shutdown)
+        })
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    while !shutdown.is_cancelled() && !generator.is_finished() && !ingest.is_finished() {
+        tokio::select! {
+            _ = tick.tick() => println!("ingest has validated {} events", valid.load(std::sync::atomic::Ordering::Relaxed)),
+            _ = shutdown.cancelled() => {}
+        }
+    }
+    shutdown.cancel();
+    let report = generator.await.context("generator task")??;
+    let stats = ingest.await.context("ingest task")??;
+    println!(
+        "demo stopped: generated {} records; ingest consumed {}, valid {}, dead-lettered {:?}",
+        report.records, stats.records, stats.valid, stats.rejected
+    );
+    Ok(())
+}

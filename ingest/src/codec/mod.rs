@@ -1,0 +1,129 @@
+//! From record bytes to a validated [`Event`], or a [`Reject`] reason.
+//!
+//! The format is taken from the `content-type` header when present, else
+//! sniffed (a Confluent Avro value starts with byte 0, JSON never does).
+//! Avro plans are compiled once per schema id; [`Decoder::prepare`] asks the
+//! registry for ids it has not seen, so [`Decoder::decode`] stays synchronous
+//! and allocation-light.
+
+pub mod avro;
+pub mod avro_schema;
+pub mod json;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use notiflow_schema::{Event, Micros};
+
+use crate::error::{IngestError, Reject};
+use crate::registry::SchemaRegistry;
+use crate::validate::{check_key, validate};
+
+/// The parts of a Kafka record that decoding reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecordView<'a> {
+    /// Record key (must be the message id).
+    pub key: Option<&'a [u8]>,
+    /// Record value.
+    pub value: Option<&'a [u8]>,
+    /// Value of the `content-type` header, if any.
+    pub content_type: Option<&'a [u8]>,
+    /// The record's timestamp: the reference clock for the future-time rule.
+    pub timestamp: Micros,
+}
+
+/// Which encoding a value is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// UTF-8 JSON object.
+    Json,
+    /// Confluent-framed Avro.
+    Avro,
+}
+
+impl Format {
+    /// The format a record says or shows it is in.
+    pub fn of(content_type: Option<&[u8]>, value: &[u8]) -> Result<Format, Reject> {
+        match content_type {
+            Some(ct) => {
+                let ct = String::from_utf8_lossy(ct).to_ascii_lowercase();
+                if ct.contains("json") {
+                    Ok(Format::Json)
+                } else if ct.contains("avro") {
+                    Ok(Format::Avro)
+                } else {
+                    Err(Reject::UnknownFormat(format!("content-type {ct:?}")))
+                }
+            }
+            None if value.first() == Some(&avro::MAGIC) => Ok(Format::Avro),
+            None => Ok(Format::Json),
+        }
+    }
+}
+
+/// Decodes and validates records; holds the compiled Avro plans.
+pub struct Decoder {
+    registry: SchemaRegistry,
+    /// Schema id → plan, or the reason its records are rejected (unknown id,
+    /// incompatible schema). Both are cached: a registry answer is final.
+    plans: HashMap<u32, Result<Arc<avro::Plan>, Reject>>,
+}
+
+impl Decoder {
+    /// A decoder that resolves Avro schema ids through `registry`.
+    pub fn new(registry: SchemaRegistry) -> Self {
+        Decoder {
+            registry,
+            plans: HashMap::new(),
+        }
+    }
+
+    /// Resolves every schema id these records name that has no plan yet.
+    /// Fails only when the registry cannot be asked (retry later); an id the
+    /// registry does not know becomes an `unknown_schema_id` reject.
+    pub async fn prepare(&mut self, records: &[RecordView<'_>]) -> Result<(), IngestError> {
+        for rec in records {
+            let Some(value) = rec.value else { continue };
+            if Format::of(rec.content_type, value) != Ok(Format::Avro) {
+                continue;
+            }
+            let Ok(id) = avro::schema_id(value) else {
+                continue;
+            };
+            if self.plans.contains_key(&id) {
+                continue;
+            }
+            let plan = match self.registry.fetch(id).await? {
+                Some(text) => avro::Plan::compile(id, &text).map(Arc::new),
+                None => Err(Reject::UnknownSchemaId(id)),
+            };
+            if let Err(e) = &plan {
+                tracing::warn!(schema_id = id, reason = %e, "Avro schema id cannot be decoded");
+            }
+            self.plans.insert(id, plan);
+        }
+        Ok(())
+    }
+
+    /// Decodes and validates one record. Avro ids must have been [`prepare`](Self::prepare)d.
+    pub fn decode<'a>(&self, rec: &RecordView<'a>) -> Result<Event<'a>, Reject> {
+        let value = match rec.value {
+            None | Some([]) => return Err(Reject::EmptyValue),
+            Some(v) => v,
+        };
+        let event = match Format::of(rec.content_type, value)? {
+            Format::Json => json::decode(value)?,
+            Format::Avro => {
+                let id = avro::schema_id(value)?;
+                match self.plans.get(&id) {
+                    Some(Ok(plan)) => plan.decode(&value[avro::HEADER_LEN..])?,
+                    Some(Err(reject)) => return Err(reject.clone()),
+                    None => return Err(Reject::UnknownSchemaId(id)),
+                }
+            }
+        };
+        validate(&event, rec.timestamp)?;
+        check_key(rec.key, &event.message_id)?;
+        Ok(event)
+    }
+}

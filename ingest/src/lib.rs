@@ -1,0 +1,30 @@
+//! notiflow ingest: from Kafka records to validated status events.
+//!
+//! ```text
+//!  whatsapp.status.v1 ──▶ Source ──▶ Decoder (JSON | Avro+registry) ──▶ validate ──▶ Event<'_>
+//!                                                   │ any broken rule
+//!                                                   ▼
+//!                                    whatsapp.status.v1.dlq (original bytes + reason headers)
+//! ```
+//!
+//! The aggregator and the lake writer consume through [`Source`] and
+//! [`Decoder`], so every consumer group reaches the same verdict on every
+//! record (the future-time rule uses the record's timestamp, not a wall clock).
+//! The standalone [`service::run`] owns the dead-letter topic.
+
+pub mod codec;
+pub mod config;
+pub mod corpus;
+pub mod dlq;
+pub mod error;
+pub mod kafka;
+pub mod registry;
+pub mod service;
+pub mod source;
+pub mod validate;
+
+pub use codec::{Decoder, Format, RecordView};
+pub use config::{ConfigError, IngestConfig, KafkaConfig, SchemaRegistryConfig};
+pub use error::{IngestError, Reject};
+pub use registry::SchemaRegistry;
+pub use source::Source;

@@ -1,0 +1,176 @@
+//! The ingest service: consume, decode, validate, dead-letter, hand on.
+//!
+//! ```text
+//!  topic ──▶ Source::next_batch ──▶ Decoder::decode ──┬─ valid ──▶ EventSink
+//!                                                     └─ reject ─▶ DlqWriter (acked)
+//!                                      then commit the batch's next offsets
+//! ```
+//!
+//! Run standalone (`notiflow run ingest`) it owns the dead-letter topic, so
+//! each poison record is dead-lettered once, by one consumer group. Records go
+//! to the DLQ *before* offsets are committed: delivery is at least once.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use notiflow_schema::Event;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::Decoder;
+use crate::config::{IngestConfig, KafkaConfig};
+use crate::dlq::DlqWriter;
+use crate::error::{IngestError, Reject};
+use crate::kafka::{ensure_topics, wait_for_broker};
+use crate::registry::SchemaRegistry;
+use crate::source::{Source, now_micros, view};
+
+/// Where valid events go.
+pub trait EventSink: Send {
+    /// Takes one valid event read at `partition`/`offset`.
+    fn accept(&mut self, event: &Event<'_>, partition: i32, offset: i64);
+}
+
+/// A sink that only counts (the validator's own use).
+#[derive(Debug, Default)]
+pub struct CountingSink(pub u64);
+
+impl EventSink for CountingSink {
+    fn accept(&mut self, _: &Event<'_>, _: i32, _: i64) {
+        self.0 += 1;
+    }
+}
+
+/// What one run of the service saw.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Records consumed.
+    pub records: u64,
+    /// Valid events handed to the sink.
+    pub valid: u64,
+    /// Dead-lettered records per reason code.
+    pub rejected: BTreeMap<&'static str, u64>,
+}
+
+impl Stats {
+    /// Records dead-lettered, all reasons.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+}
+
+/// Runs until `shutdown`, then finishes the batch in hand, commits and returns.
+pub async fn run(
+    kafka: &KafkaConfig,
+    registry: SchemaRegistry,
+    cfg: &IngestConfig,
+    sink: &mut impl EventSink,
+    shutdown: CancellationToken,
+) -> Result<Stats, IngestError> {
+    wait_for_broker(kafka, &shutdown).await?;
+    ensure_topics(kafka).await?;
+    let source = Source::subscribe(kafka, &cfg.group_id, &[])?;
+    let dlq = DlqWriter::new(kafka)?;
+    let mut decoder = Decoder::new(registry);
+    let mut stats = Stats::default();
+    let mut last_log = Instant::now();
+    let max_wait = Duration::from_millis(cfg.batch_max_wait_ms);
+    tracing::info!(topic = %kafka.topic, group = %cfg.group_id, "ingest running");
+
+    while !shutdown.is_cancelled() {
+        let batch = match source
+            .next_batch(cfg.batch_max_records, max_wait, &shutdown)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "fetch failed, backing off");
+                backoff(&shutdown, Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            continue;
+        }
+        let now = now_micros();
+        let views: Vec<_> = batch.iter().map(|m| view(m, now)).collect();
+        let mut backoff = Backoff::new("schema registry");
+        while let Err(e) = decoder.prepare(&views).await {
+            backoff.wait_or_fail(e, &shutdown).await?;
+        }
+
+        let mut rejects: Vec<(&_, Reject)> = Vec::new();
+        for (m, v) in batch.iter().zip(&views) {
+            match decoder.decode(v) {
+                Ok(ev) => {
+                    sink.accept(
+                        &ev,
+                        rdkafka::Message::partition(m),
+                        rdkafka::Message::offset(m),
+                    );
+                    stats.valid += 1;
+                }
+                Err(r) => {
+                    *stats.rejected.entry(r.code()).or_default() += 1;
+                    rejects.push((m, r));
+                }
+            }
+        }
+        let mut backoff = Backoff::new("dead-letter produce");
+        while let Err(e) = dlq.send_all(&rejects).await {
+            backoff.wait_or_fail(e, &shutdown).await?;
+        }
+        if let Err(e) = source.commit(&batch) {
+            // The batch will be seen again after a restart: at least once.
+            tracing::warn!(error = %e, "offset commit failed");
+        }
+        stats.records += batch.len() as u64;
+        if last_log.elapsed() > Duration::from_secs(10) {
+            tracing::info!(
+                records = stats.records,
+                valid = stats.valid,
+                rejected = stats.rejected_total(),
+                "ingest progress"
+            );
+            last_log = Instant::now();
+        }
+    }
+    tracing::info!(records = stats.records, valid = stats.valid, rejected = ?stats.rejected, "ingest stopped");
+    Ok(stats)
+}
+
+/// Exponential backoff (100 ms doubling to 10 s) for an operation that must
+/// eventually succeed: gives up only on shutdown or a non-retryable error.
+struct Backoff {
+    what: &'static str,
+    delay: Duration,
+}
+
+impl Backoff {
+    fn new(what: &'static str) -> Self {
+        Backoff {
+            what,
+            delay: Duration::from_millis(100),
+        }
+    }
+
+    async fn wait_or_fail(
+        &mut self,
+        err: IngestError,
+        shutdown: &CancellationToken,
+    ) -> Result<(), IngestError> {
+        if !err.is_retryable() || shutdown.is_cancelled() {
+            return Err(err);
+        }
+        tracing::warn!(error = %err, retry_in_ms = self.delay.as_millis() as u64, "{} failed, retrying", self.what);
+        backoff(shutdown, self.delay).await;
+        self.delay = (self.delay * 2).min(Duration::from_secs(10));
+        Ok(())
+    }
+}
+
+async fn backoff(shutdown: &CancellationToken, delay: Duration) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(delay) => {}
+    }
+}

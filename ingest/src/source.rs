@@ -1,0 +1,135 @@
+//! A Kafka consumer-group member that hands out batches of records.
+//!
+//! Batches are owned copies of the records (one copy of each payload), so a
+//! batch can be decoded, dead-lettered and applied while the consumer keeps
+//! fetching. Auto-commit is off: whoever applies a batch decides where its
+//! offsets go (Kafka here; Redis or Iceberg for the exactly-once sinks).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use notiflow_schema::Micros;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::RecordView;
+use crate::config::KafkaConfig;
+use crate::error::IngestError;
+use crate::kafka::client_config;
+
+/// A subscribed consumer.
+pub struct Source {
+    consumer: StreamConsumer,
+    topic: String,
+}
+
+impl Source {
+    /// Joins `group_id` and subscribes to the event topic. `overrides` are
+    /// extra librdkafka properties (tests shorten session timeouts with them).
+    pub fn subscribe(
+        kafka: &KafkaConfig,
+        group_id: &str,
+        overrides: &[(&str, &str)],
+    ) -> Result<Self, IngestError> {
+        let mut cfg = client_config(kafka);
+        cfg.set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "100");
+        for (k, v) in overrides {
+            cfg.set(*k, *v);
+        }
+        let consumer: StreamConsumer = cfg.create()?;
+        consumer.subscribe(&[&kafka.topic])?;
+        Ok(Source {
+            consumer,
+            topic: kafka.topic.clone(),
+        })
+    }
+
+    /// The underlying consumer (for position, lag and assignment queries).
+    pub fn consumer(&self) -> &StreamConsumer {
+        &self.consumer
+    }
+
+    /// Waits up to `max_wait` for a first record, then takes whatever else
+    /// arrives until `max_records` or the deadline. Empty on shutdown or timeout.
+    pub async fn next_batch(
+        &self,
+        max_records: usize,
+        max_wait: Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<OwnedMessage>, IngestError> {
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut batch = Vec::new();
+        while batch.len() < max_records {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(deadline) => break,
+                m = self.consumer.recv() => m,
+            };
+            match next {
+                Ok(m) => batch.push(m.detach()),
+                // Transient fetch errors are logged by librdkafka and retried by it;
+                // a fatal one ends the batch so the caller can back off.
+                Err(e) if batch.is_empty() => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "fetch error after a partial batch");
+                    break;
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Commits, synchronously, the offset after the last record of each
+    /// partition in `batch` to the consumer group.
+    pub fn commit(&self, batch: &[OwnedMessage]) -> Result<(), IngestError> {
+        let next = next_offsets(batch);
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (partition, offset) in next {
+            tpl.add_partition_offset(&self.topic, partition, Offset::Offset(offset))?;
+        }
+        self.consumer.commit(&tpl, CommitMode::Sync)?;
+        Ok(())
+    }
+}
+
+/// For each partition in `batch`, the offset after its last record.
+pub fn next_offsets(batch: &[OwnedMessage]) -> BTreeMap<i32, i64> {
+    let mut next = BTreeMap::new();
+    for m in batch {
+        let e = next.entry(m.partition()).or_insert(0);
+        *e = (*e).max(m.offset() + 1);
+    }
+    next
+}
+
+/// The decoding view of a record; its timestamp (or `now` when the broker
+/// gives none) is the reference clock for the future-time rule.
+pub fn view(m: &OwnedMessage, now: Micros) -> RecordView<'_> {
+    RecordView {
+        key: m.key(),
+        value: m.payload(),
+        content_type: m.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key.eq_ignore_ascii_case("content-type"))
+                .and_then(|h| h.value)
+        }),
+        timestamp: m.timestamp().to_millis().map_or(now, |ms| ms * 1000),
+    }
+}
+
+/// Wall-clock now in UTC microseconds.
+pub fn now_micros() -> Micros {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as Micros)
+}

@@ -1,0 +1,159 @@
+//! The rules of SPEC §2 that a well-typed event must still meet.
+//!
+//! Decoders check types and enumerations; this module checks values: lengths,
+//! character sets, E.164, ISO codes, the future limit and `error_code` use.
+//! The reference clock is the record's broker timestamp, not the consumer's
+//! wall clock, so every consumer group (and every replay) reaches the same
+//! verdict for the same record.
+
+use notiflow_schema::event::limits;
+use notiflow_schema::{Event, Micros, Status};
+
+use crate::error::Reject;
+
+/// Checks every value rule of SPEC §2 on a decoded event.
+pub fn validate(ev: &Event<'_>, reference_time: Micros) -> Result<(), Reject> {
+    length("event_id", &ev.event_id, limits::EVENT_ID_MAX)?;
+    length("message_id", &ev.message_id, limits::MESSAGE_ID_MAX)?;
+    length("client_id", &ev.client_id, limits::CLIENT_ID_MAX)?;
+    if !ev
+        .client_id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return Err(Reject::BadClientId);
+    }
+    if !is_e164(&ev.recipient) {
+        return Err(Reject::BadRecipient);
+    }
+    if let Some(t) = &ev.template {
+        length("template", t, limits::TEMPLATE_MAX)?;
+    }
+    if ev.error_code.is_some() && ev.status != Status::Failed {
+        return Err(Reject::ErrorCodeWithoutFailure(ev.status));
+    }
+    let ahead = ev.event_time - reference_time;
+    if ahead > limits::MAX_FUTURE_MICROS {
+        return Err(Reject::FutureTimestamp {
+            ahead_secs: ahead / 1_000_000,
+        });
+    }
+    Ok(())
+}
+
+/// Checks that the record key is the message id (so duplicates share a partition).
+pub fn check_key(key: Option<&[u8]>, message_id: &str) -> Result<(), Reject> {
+    match key {
+        None | Some([]) => Err(Reject::KeyMissing),
+        Some(k) if k == message_id.as_bytes() => Ok(()),
+        Some(_) => Err(Reject::KeyMismatch),
+    }
+}
+
+fn length(field: &'static str, s: &str, max: usize) -> Result<(), Reject> {
+    // A string has at most as many characters as bytes, so only one longer
+    // than `max` bytes needs its characters counted.
+    if s.is_empty() || (s.len() > max && s.chars().count() > max) {
+        return Err(Reject::FieldLength {
+            field,
+            len: s.chars().count(),
+            min: 1,
+            max,
+        });
+    }
+    Ok(())
+}
+
+fn is_e164(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = b.len().wrapping_sub(1);
+    b.first() == Some(&b'+')
+        && (limits::RECIPIENT_DIGITS_MIN..=limits::RECIPIENT_DIGITS_MAX).contains(&digits)
+        && b[1..].iter().all(u8::is_ascii_digit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notiflow_schema::{Category, Country};
+    use std::borrow::Cow;
+
+    fn event() -> Event<'static> {
+        Event {
+            event_id: "ev-1".into(),
+            message_id: "wamid.1".into(),
+            client_id: "acme_br-1.x".into(),
+            recipient: "+5511987654321".into(),
+            status: Status::Delivered,
+            category: Category::Marketing,
+            billable: true,
+            country: Country::parse("BR").unwrap(),
+            template: Some("promo".into()),
+            event_time: 1_000_000_000,
+            error_code: None,
+        }
+    }
+
+    #[test]
+    fn a_good_event_passes() {
+        assert_eq!(validate(&event(), 1_000_000_000), Ok(()));
+    }
+
+    #[test]
+    fn each_rule_has_its_reason() {
+        type Mutation = fn(&mut Event<'static>);
+        let cases: Vec<(Mutation, &str)> = vec![
+            (|e| e.event_id = "".into(), "field_length"),
+            (|e| e.event_id = "x".repeat(129).into(), "field_length"),
+            (|e| e.message_id = "é".repeat(129).into(), "field_length"),
+            (|e| e.client_id = "x".repeat(65).into(), "field_length"),
+            (|e| e.client_id = "acme corp".into(), "bad_client_id"),
+            (|e| e.client_id = "acmé".into(), "bad_client_id"),
+            (|e| e.recipient = "5511987654321".into(), "bad_recipient"),
+            (|e| e.recipient = "+1234567".into(), "bad_recipient"),
+            (
+                |e| e.recipient = "+1234567890123456".into(),
+                "bad_recipient",
+            ),
+            (|e| e.recipient = "+55-11-98765".into(), "bad_recipient"),
+            (
+                |e| e.template = Some(Cow::Owned("t".repeat(513))),
+                "field_length",
+            ),
+            (
+                |e| e.error_code = Some(131_026),
+                "error_code_without_failure",
+            ),
+            (|e| e.event_time += 301_000_000, "future_timestamp"),
+        ];
+        for (i, (mutate, code)) in cases.into_iter().enumerate() {
+            let mut e = event();
+            mutate(&mut e);
+            let got = validate(&e, 1_000_000_000).expect_err(&format!("case {i} passed"));
+            assert_eq!(got.code(), code, "case {i}: {got}");
+        }
+    }
+
+    #[test]
+    fn limits_are_inclusive() {
+        let mut e = event();
+        e.event_id = "é".repeat(128).into();
+        e.client_id = "c".repeat(64).into();
+        e.recipient = "+123456789012345".into();
+        e.event_time += 300_000_000;
+        e.status = Status::Failed;
+        e.error_code = Some(1);
+        assert_eq!(validate(&e, 1_000_000_000), Ok(()));
+    }
+
+    #[test]
+    fn key_must_be_the_message_id() {
+        assert_eq!(check_key(Some(b"wamid.1"), "wamid.1"), Ok(()));
+        assert_eq!(check_key(None, "wamid.1"), Err(Reject::KeyMissing));
+        assert_eq!(check_key(Some(b""), "wamid.1"), Err(Reject::KeyMissing));
+        assert_eq!(
+            check_key(Some(b"wamid.2"), "wamid.1"),
+            Err(Reject::KeyMismatch)
+        );
+    }
+}

@@ -1,0 +1,27 @@
+//! The notiflow event model (SPEC §2), shared by every other crate.
+//!
+//! ```text
+//!  producers ──▶ Kafka `whatsapp.status.v1` ──▶ ingest (decode + validate) ──▶ Event<'_>
+//!                                                                 │
+//!                              aggregator (Redis counters) ◀──────┴──────▶ lake (Iceberg rows)
+//! ```
+//!
+//! This crate is a leaf: it holds the event type, its enums, the field limits,
+//! the Avro schema text and time helpers, and depends on nothing but `serde`.
+//! Decoding from bytes lives in `notiflow-ingest`; this crate only says what a
+//! valid event *is*.
+
+pub mod event;
+pub mod time;
+
+pub use event::{Category, Country, Event, Status};
+pub use time::Micros;
+
+/// Default topic of status events (SPEC §2).
+pub const STATUS_TOPIC: &str = "whatsapp.status.v1";
+/// Default dead-letter topic for records that break a rule of SPEC §2.
+pub const DLQ_TOPIC: &str = "whatsapp.status.v1.dlq";
+
+/// The Avro schema (`.avsc`) of one status event, as registered under
+/// subject `whatsapp.status.v1-value`.
+pub const AVRO_SCHEMA: &str = include_str!("../avro/message_event.avsc");
