@@ -5,6 +5,7 @@
 # of ours running it just says so and exits 0. Data stays in the state dir
 # (tansu's SQLite file); pass --purge to delete the state dir as well.
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 STOP_WAIT_SECS=15

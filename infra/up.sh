@@ -12,6 +12,7 @@
 # See infra/README.md.
 # shellcheck disable=SC2317  # checks and starters are called through ensure_service
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 TANSU_VERSION=0.6.0

@@ -17,6 +17,7 @@ fn shape(avro_share: f64) -> Shape {
         rate: 1160.0,
         start: 1_795_464_000_000_000,
         avro_share,
+        content_type_share: 0.0,
         duplicate_share: 0.0,
         malformed_share: 0.0,
     }
@@ -32,7 +33,7 @@ fn records(avro_share: f64) -> Vec<(Vec<u8>, Vec<u8>, String, i64)> {
             (
                 r.key.unwrap().to_vec(),
                 r.value.unwrap().to_vec(),
-                r.content_type.unwrap().to_string(),
+                r.content_type.unwrap_or_default().to_string(),
                 r.arrival,
             )
         })
@@ -50,7 +51,7 @@ fn decode(c: &mut Criterion) {
             .map(|(k, v, ct, ts)| RecordView {
                 key: Some(k),
                 value: Some(v),
-                content_type: Some(ct.as_bytes()),
+                content_type: (!ct.is_empty()).then_some(ct.as_bytes()),
                 timestamp: *ts,
             })
             .collect();

@@ -15,6 +15,11 @@ pub struct GenConfig {
     pub rate: String,
     /// Share of records encoded as Confluent Avro (the rest JSON), 0..=1.
     pub avro_share: f64,
+    /// Share of valid records that carry a `content-type` header (the rest are
+    /// told apart by their first byte). Default 0: tansu 0.6.0 looks headers up
+    /// with a per-record query that grows with the header table, so headers on
+    /// every record make fetches quadratic (see BENCHMARKS.md).
+    pub content_type_share: f64,
     /// Share of records that repeat an earlier event (webhook retries), 0..=1.
     pub duplicate_share: f64,
     /// Share of records taken from the malformed corpus, 0..=1.
@@ -65,6 +70,7 @@ impl GenConfig {
         }
         for (field, v) in [
             ("gen.avro_share", self.avro_share),
+            ("gen.content_type_share", self.content_type_share),
             ("gen.duplicate_share", self.duplicate_share),
             ("gen.malformed_share", self.malformed_share),
         ] {

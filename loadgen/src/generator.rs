@@ -41,6 +41,8 @@ pub struct Shape {
     pub start: Micros,
     /// Share of Avro records.
     pub avro_share: f64,
+    /// Share of valid records with a `content-type` header.
+    pub content_type_share: f64,
     /// Share of duplicate records.
     pub duplicate_share: f64,
     /// Share of malformed records.
@@ -114,7 +116,7 @@ pub struct Generator {
     lifecycle: Vec<StatusEvent>,
     corpus: Vec<CorpusRecord>,
     corpus_next: usize,
-    recent: Vec<(Vec<u8>, Vec<u8>, &'static str)>,
+    recent: Vec<(Vec<u8>, Vec<u8>, Option<&'static str>)>,
     recent_next: usize,
     key: Vec<u8>,
     value: Vec<u8>,
@@ -204,6 +206,10 @@ impl Generator {
             json::encode(&ev, &mut self.value);
             JSON_CONTENT_TYPE
         };
+        let content_type = self
+            .rng
+            .chance(self.shape.content_type_share)
+            .then_some(content_type);
         if let Some(t) = &mut self.truth {
             t.valid(m, p.ev.status, p.ev.event_time);
         }
@@ -213,13 +219,13 @@ impl Generator {
         Record {
             key: Some(&self.key),
             value: Some(&self.value),
-            content_type: Some(content_type),
+            content_type,
             arrival: p.arrival,
             kind: Kind::Valid,
         }
     }
 
-    fn remember(&mut self, content_type: &'static str) {
+    fn remember(&mut self, content_type: Option<&'static str>) {
         if self.recent.len() < RECENT {
             self.recent
                 .push((self.key.clone(), self.value.clone(), content_type));
@@ -241,7 +247,7 @@ impl Generator {
         Record {
             key: Some(k),
             value: Some(v),
-            content_type: Some(ct),
+            content_type: *ct,
             arrival: self.clock,
             kind: Kind::Duplicate,
         }
@@ -351,6 +357,7 @@ mod tests {
             rate: 1160.0,
             start: 1_795_464_000_000_000,
             avro_share: 0.3,
+            content_type_share: 0.5,
             duplicate_share: 0.005,
             malformed_share: 0.01,
         }

@@ -185,6 +185,7 @@ pub fn run_blocking(
         rate,
         start,
         avro_share: cfg.avro_share,
+        content_type_share: cfg.content_type_share,
         duplicate_share: cfg.duplicate_share,
         malformed_share: cfg.malformed_share,
     };

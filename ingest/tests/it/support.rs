@@ -1,0 +1,86 @@
+//! Shared test plumbing: fresh topics, producing, reading a topic to its end.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use notiflow_ingest::KafkaConfig;
+use notiflow_ingest::kafka::client_config;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+/// Broker address from `KAFKA_BROKERS`, loopback by default.
+pub fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// A config with topic names no other test (or earlier run) uses.
+pub fn fresh_kafka(partitions: i32) -> KafkaConfig {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let id = format!(
+        "{}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    KafkaConfig {
+        brokers: brokers(),
+        topic: format!("it.status.{id}"),
+        dlq_topic: format!("it.status.{id}.dlq"),
+        partitions,
+        properties: BTreeMap::new(),
+    }
+}
+
+/// Reads every record of `topic` from the start until `expected` arrived
+/// (or `timeout` passed), all partitions assigned, no consumer group.
+pub fn read_all(
+    kafka: &KafkaConfig,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = client_config(kafka)
+        .set("group.id", "it-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let deadline = std::time::Instant::now() + timeout;
+    let mut out = Vec::with_capacity(expected);
+    while out.len() < expected && std::time::Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            out.push(m.unwrap().detach());
+        }
+    }
+    // Anything beyond `expected` would be a defect too: look a little longer.
+    let grace = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < grace {
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            out.push(m.unwrap().detach());
+        }
+    }
+    out
+}
+
+/// A header's value as text.
+pub fn header(m: &OwnedMessage, key: &str) -> Option<String> {
+    use rdkafka::message::Headers;
+    m.headers()?
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
