@@ -48,3 +48,16 @@ live_pid() {
 port_open() {
   timeout 2 bash -c "exec 3<>/dev/tcp/$NOTIFLOW_HOST/$1" 2>/dev/null
 }
+
+# What building notiflow needs besides Rust: librdkafka is built from source
+# by rdkafka-sys (Debian's 2.0.2 is too old for rdkafka 0.39).
+ensure_build_deps() {
+  local pkg missing=()
+  for pkg in cmake libcurl4-openssl-dev libssl-dev pkg-config g++; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  ((${#missing[@]})) || return 0
+  log "apt-get install ${missing[*]}"
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+}

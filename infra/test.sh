@@ -6,21 +6,13 @@
 # outside the clone ($HOME/.cache/notiflow/target) so later runs are warm.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-log() { printf '[infra/test %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+# shellcheck source=infra/lib.sh
+source infra/lib.sh
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/notiflow/target}
 command -v cargo >/dev/null || export PATH=$HOME/.cargo/bin:$PATH
 
-# librdkafka is built from source by rdkafka-sys (Debian's 2.0.2 is too old).
-missing=()
-for pkg in cmake libcurl4-openssl-dev libssl-dev pkg-config g++; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-  log "apt-get install ${missing[*]}"
-  apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
-fi
+ensure_build_deps
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy >&2 || true
 
 # A fresh broker each run: tansu 0.6.0 fetches scan from the fetch offset to
