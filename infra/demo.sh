@@ -5,8 +5,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=infra/lib.sh
 source infra/lib.sh
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/notiflow/target}
-command -v cargo >/dev/null || export PATH=$HOME/.cargo/bin:$PATH
+use_build_cache
 ensure_build_deps
 set -a
 # shellcheck disable=SC1090

@@ -61,3 +61,10 @@ ensure_build_deps() {
   apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
 }
+
+# The Rust toolchain and the build cache outside the clone, shared by every
+# run (tests, demo, CI) so only notiflow's own crates rebuild.
+use_build_cache() {
+  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/notiflow/target}
+  command -v cargo >/dev/null || export PATH=$HOME/.cargo/bin:$PATH
+}

@@ -8,10 +8,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=infra/lib.sh
 source infra/lib.sh
-
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/notiflow/target}
-command -v cargo >/dev/null || export PATH=$HOME/.cargo/bin:$PATH
-
+use_build_cache
 ensure_build_deps
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy >&2 || true
 

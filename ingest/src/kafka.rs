@@ -83,10 +83,10 @@ pub async fn ensure_topic(
             Ok(_) => tracing::info!(topic, partitions, "created topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((t, code)) => {
+                tracing::error!(topic = t, %code, "cannot create topic");
                 return Err(IngestError::Kafka(rdkafka::error::KafkaError::AdminOp(
                     code,
-                )))
-                .inspect_err(|_| tracing::error!(topic = t, %code, "cannot create topic"));
+                )));
             }
         }
     }

@@ -45,20 +45,22 @@ impl Format {
     /// The format a record says or shows it is in.
     pub fn of(content_type: Option<&[u8]>, value: &[u8]) -> Result<Format, Reject> {
         match content_type {
-            Some(ct) => {
-                let ct = String::from_utf8_lossy(ct).to_ascii_lowercase();
-                if ct.contains("json") {
-                    Ok(Format::Json)
-                } else if ct.contains("avro") {
-                    Ok(Format::Avro)
-                } else {
-                    Err(Reject::UnknownFormat(format!("content-type {ct:?}")))
-                }
-            }
+            Some(ct) if mentions(ct, b"json") => Ok(Format::Json),
+            Some(ct) if mentions(ct, b"avro") => Ok(Format::Avro),
+            Some(ct) => Err(Reject::UnknownFormat(format!(
+                "content-type {:?}",
+                String::from_utf8_lossy(ct)
+            ))),
             None if value.first() == Some(&avro::MAGIC) => Ok(Format::Avro),
             None => Ok(Format::Json),
         }
     }
+}
+
+/// Whether `text` contains `word`, ignoring ASCII case (no allocation: hot path).
+fn mentions(text: &[u8], word: &[u8]) -> bool {
+    text.windows(word.len())
+        .any(|w| w.eq_ignore_ascii_case(word))
 }
 
 /// Decodes and validates records; holds the compiled Avro plans.
