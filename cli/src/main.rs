@@ -15,10 +15,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use notiflow_ingest::service::{CountingSink, EventSink};
+use notiflow_ingest::service::CountingSink;
 use notiflow_ingest::{SchemaRegistry, kafka};
 use notiflow_loadgen::{RunOptions, run_blocking};
-use notiflow_schema::Event;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -281,18 +280,6 @@ async fn gen_command(args: GenArgs, mut cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Counts what the demo's ingest sees, for the progress line.
-struct DemoSink {
-    valid: std::sync::Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl EventSink for DemoSink {
-    fn accept(&mut self, _: &Event<'_>, _: i32, _: i64) {
-        self.valid
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 async fn demo(mut cfg: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_token();
     if cfg.generator.malformed_share == 0.0 {
@@ -304,12 +291,11 @@ async fn demo(mut cfg: Config) -> anyhow::Result<()> {
     );
     kafka::wait_for_broker(&cfg.kafka, &shutdown).await?;
     kafka::ensure_topics(&cfg.kafka).await?;
-    let valid = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = CountingSink::default();
     let ingest = {
-        let (cfg, shutdown, valid) = (cfg.clone(), shutdown.clone(), valid.clone());
+        let (cfg, shutdown, mut sink) = (cfg.clone(), shutdown.clone(), counter.clone());
         tokio::spawn(async move {
             let registry = registry(&cfg)?;
-            let mut sink = DemoSink { valid };
             anyhow::Ok(
                 notiflow_ingest::service::run(
                     &cfg.kafka,
@@ -332,7 +318,7 @@ async fn demo(mut cfg: Config) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     while !shutdown.is_cancelled() && !generator.is_finished() && !ingest.is_finished() {
         tokio::select! {
-            _ = tick.tick() => println!("ingest has validated {} events", valid.load(std::sync::atomic::Ordering::Relaxed)),
+            _ = tick.tick() => println!("ingest has validated {} events", counter.0.load(std::sync::atomic::Ordering::Relaxed)),
             _ = shutdown.cancelled() => {}
         }
     }

@@ -11,6 +11,8 @@
 //! to the DLQ *before* offsets are committed: delivery is at least once.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use notiflow_schema::Event;
@@ -30,13 +32,14 @@ pub trait EventSink: Send {
     fn accept(&mut self, event: &Event<'_>, partition: i32, offset: i64);
 }
 
-/// A sink that only counts (the validator's own use).
-#[derive(Debug, Default)]
-pub struct CountingSink(pub u64);
+/// A sink that only counts (the validator's own use); clones of the counter
+/// can be read while the service runs.
+#[derive(Debug, Default, Clone)]
+pub struct CountingSink(pub Arc<AtomicU64>);
 
 impl EventSink for CountingSink {
     fn accept(&mut self, _: &Event<'_>, _: i32, _: i64) {
-        self.0 += 1;
+        self.0.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -37,18 +37,20 @@ fn main() {
         .unwrap_or(1_000_000);
     let rt = tokio::runtime::Runtime::new().unwrap();
 
-    // Pre-encode the generator's own records so the bare producer sends the same bytes.
+    let cfg = GenConfig {
+        seed: 1,
+        clients: 5000,
+        rate: "100M/day".into(),
+        avro_share: 0.3,
+        content_type_share: 0.0,
+        duplicate_share: 0.005,
+        malformed_share: 0.0,
+        billing_tz: "America/Sao_Paulo".into(),
+    };
+    // Pre-encode the generator's own records (same config) so the bare
+    // producer sends the same bytes.
     let mut g = Generator::new(
-        Shape {
-            seed: 1,
-            clients: 5000,
-            rate: 1160.0,
-            start: 1_795_464_000_000_000,
-            avro_share: 0.3,
-            content_type_share: 0.0,
-            duplicate_share: 0.005,
-            malformed_share: 0.0,
-        },
+        Shape::from_config(&cfg, 1_795_464_000_000_000).unwrap(),
         None,
     );
     let records: Vec<(Vec<u8>, Vec<u8>)> = (0..n)
@@ -74,16 +76,6 @@ fn main() {
     let gen_kafka = kafka("gen");
     rt.block_on(notiflow_ingest::kafka::ensure_topics(&gen_kafka))
         .unwrap();
-    let cfg = GenConfig {
-        seed: 1,
-        clients: 5000,
-        rate: "100M/day".into(),
-        avro_share: 0.3,
-        content_type_share: 0.0,
-        duplicate_share: 0.005,
-        malformed_share: 0.0,
-        billing_tz: "America/Sao_Paulo".into(),
-    };
     let opts = RunOptions {
         events: Some(n),
         fast: true,

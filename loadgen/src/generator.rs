@@ -49,6 +49,25 @@ pub struct Shape {
     pub malformed_share: f64,
 }
 
+impl Shape {
+    /// The shape a validated [`GenConfig`](crate::GenConfig) describes, starting at `start`.
+    pub fn from_config(
+        cfg: &crate::GenConfig,
+        start: Micros,
+    ) -> Result<Shape, crate::config::RateError> {
+        Ok(Shape {
+            seed: cfg.seed,
+            clients: cfg.clients,
+            rate: crate::config::parse_rate(&cfg.rate)?,
+            start,
+            avro_share: cfg.avro_share,
+            content_type_share: cfg.content_type_share,
+            duplicate_share: cfg.duplicate_share,
+            malformed_share: cfg.malformed_share,
+        })
+    }
+}
+
 /// What kind of record came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -179,16 +179,8 @@ pub fn run_blocking(
         .billing_tz
         .parse()
         .map_err(|_| GenError::Config("gen.billing_tz", cfg.billing_tz.clone()))?;
-    let shape = Shape {
-        seed: cfg.seed,
-        clients: cfg.clients,
-        rate,
-        start,
-        avro_share: cfg.avro_share,
-        content_type_share: cfg.content_type_share,
-        duplicate_share: cfg.duplicate_share,
-        malformed_share: cfg.malformed_share,
-    };
+    let shape =
+        Shape::from_config(cfg, start).map_err(|e| GenError::Config("gen.rate", e.to_string()))?;
     let truth = opts.truth.as_ref().map(|_| TruthBuilder::new(cfg.seed, tz));
     let mut generator = Generator::new(shape, truth);
     let producer = if opts.encode_only {
