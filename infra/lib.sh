@@ -44,6 +44,15 @@ live_pid() {
   return 0
 }
 
+# True while the process whose pid up.sh recorded for $1 exists.
+started_pid_alive() {
+  local f pid
+  f=$(pid_file "$1")
+  [[ -s $f ]] || return 1
+  pid=$(tr -dc '0-9' <"$f")
+  [[ -n $pid && -d /proc/$pid ]]
+}
+
 # True when something accepts TCP connections on loopback port $1.
 port_open() {
   timeout 2 bash -c "exec 3<>/dev/tcp/$NOTIFLOW_HOST/$1" 2>/dev/null

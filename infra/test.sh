@@ -18,9 +18,12 @@ rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup compon
 if [[ ${NOTIFLOW_KEEP_BROKER:-0} != 1 ]]; then
   infra/down.sh --purge >&2 || true
 fi
+# Captured first: a failing up.sh must stop the run here (a process
+# substitution's exit status would be lost).
+env_lines=$(infra/up.sh)
 set -a
 # shellcheck disable=SC1090
-source <(infra/up.sh)
+source <(printf '%s\n' "$env_lines")
 set +a
 
 log "cargo fmt --check"

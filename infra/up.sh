@@ -119,7 +119,9 @@ PY
 wait_ready() {
   local name=$1 check=$2 start=$SECONDS
   until "$check"; do
-    if [[ -z $(live_pid "$name") ]]; then
+    # The raw recorded pid, not live_pid: just after the fork its cmdline can
+    # still be the shell's, before exec makes it the service.
+    if ! started_pid_alive "$name"; then
       show_log_tail "$name"
       die "$name exited before it was ready"
     fi

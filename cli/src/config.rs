@@ -8,7 +8,9 @@ use std::path::Path;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
+use notiflow_aggregator::{AggregatorConfig, RedisConfig};
 use notiflow_ingest::{IngestConfig, KafkaConfig, SchemaRegistryConfig};
+use notiflow_lake::LakeConfig;
 use notiflow_loadgen::GenConfig;
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +29,14 @@ pub struct Config {
     pub schema_registry: SchemaRegistryConfig,
     /// The ingest (validate + dead-letter) service.
     pub ingest: IngestConfig,
+    /// Where the live counters live.
+    pub redis: RedisConfig,
+    /// The counters service.
+    pub aggregator: AggregatorConfig,
+    /// The lake writer and its Iceberg table.
+    pub lake: LakeConfig,
+    /// Prometheus exposition.
+    pub metrics: MetricsConfig,
     /// The load generator's traffic shape (`[gen]`).
     #[serde(rename = "gen")]
     pub generator: GenConfig,
@@ -40,6 +50,14 @@ pub struct LogConfig {
     pub level: String,
     /// `text` for people, `json` for log pipelines.
     pub format: LogFormat,
+}
+
+/// Prometheus exposition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` serving `/metrics`; empty turns the endpoint off.
+    pub listen: String,
 }
 
 /// Log line format.
@@ -98,6 +116,28 @@ impl Config {
         self.ingest
             .validate()
             .map_err(|e| invalid(e.field, e.why))?;
+        self.redis.validate().map_err(|e| invalid(e.field, e.why))?;
+        self.aggregator
+            .validate()
+            .map_err(|e| invalid(e.field, e.why))?;
+        self.lake.validate().map_err(|e| invalid(e.field, e.why))?;
+        if self.lake.dedup_window_hours != self.aggregator.dedup_window_hours {
+            return Err(invalid(
+                "lake.dedup_window_hours".into(),
+                format!(
+                    "must equal aggregator.dedup_window_hours ({}) so that the lake and the counters agree",
+                    self.aggregator.dedup_window_hours
+                ),
+            ));
+        }
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "metrics.listen".into(),
+                format!("{:?} is not host:port (or empty)", self.metrics.listen),
+            ));
+        }
         self.generator
             .validate()
             .map_err(|(f, why)| invalid(f.to_string(), why))?;

@@ -3,11 +3,16 @@
 //! ```text
 //!  notiflow gen          ─▶ loadgen ─▶ Kafka (+ ground truth file)
 //!  notiflow run ingest   ─▶ ingest  ─▶ validate, dead-letter
-//!  notiflow demo         ─▶ both, against the local servers (infra/up.sh)
+//!  notiflow run aggregator ─▶ aggregator ─▶ Redis counters (exactly once)
+//!  notiflow run lake     ─▶ lake    ─▶ Iceberg table (exactly once)
+//!  notiflow lake compact ─▶ compaction, snapshot expiry, orphan removal
+//!  notiflow lake files   ─▶ data files per day partition (JSON)
+//!  notiflow demo         ─▶ generator, ingest and aggregator, against the local servers (infra/up.sh)
 //!  notiflow config       ─▶ the effective config, validated
 //! ```
 
 mod config;
+mod metrics;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +54,12 @@ enum Command {
         #[arg(long)]
         rate: Option<String>,
     },
+    /// Maintain the Iceberg table.
+    Lake {
+        /// What to do.
+        #[command(subcommand)]
+        action: LakeAction,
+    },
     /// Create the event and dead-letter topics if missing.
     Topics,
     /// Print the effective config (defaults, file and environment), validated.
@@ -59,6 +70,19 @@ enum Command {
 enum Component {
     /// Validate the topic and dead-letter poison records.
     Ingest,
+    /// Per-minute, per-client counters in Redis, exactly once.
+    Aggregator,
+    /// Every event as a row of the Iceberg table, exactly once.
+    Lake,
+}
+
+#[derive(Subcommand)]
+enum LakeAction {
+    /// Rewrite small files into large ones (one commit per day partition),
+    /// expire old snapshots, remove orphan files. Safe while writers run.
+    Compact,
+    /// Print the live data files per day partition as JSON: count, bytes, rows.
+    Files,
 }
 
 #[derive(clap::Args)]
@@ -203,6 +227,84 @@ async fn dispatch(command: Command, mut cfg: Config) -> anyhow::Result<()> {
             println!("{stats:?}");
             Ok(())
         }
+        Command::Run {
+            component: Component::Aggregator,
+        } => {
+            let shutdown = shutdown_token();
+            let prom = prometheus::Registry::new();
+            let metrics = notiflow_aggregator::Metrics::new(&prom)?;
+            metrics::serve(&cfg.metrics.listen, prom, shutdown.clone()).await?;
+            let stats = notiflow_aggregator::service::run(
+                &cfg.kafka,
+                registry(&cfg)?,
+                &cfg.redis,
+                &cfg.aggregator,
+                metrics,
+                &[],
+                shutdown,
+            )
+            .await?;
+            println!("{stats:?}");
+            Ok(())
+        }
+        Command::Run {
+            component: Component::Lake,
+        } => {
+            let shutdown = shutdown_token();
+            let prom = prometheus::Registry::new();
+            let metrics = notiflow_lake::Metrics::new(&prom)?;
+            metrics::serve(&cfg.metrics.listen, prom, shutdown.clone()).await?;
+            let stats = notiflow_lake::run(
+                &cfg.kafka,
+                registry(&cfg)?,
+                &cfg.lake,
+                metrics,
+                &[],
+                shutdown,
+            )
+            .await?;
+            println!("{stats:?}");
+            Ok(())
+        }
+        Command::Lake {
+            action: LakeAction::Compact,
+        } => {
+            let report =
+                notiflow_lake::maintenance::run(&cfg.lake, std::time::SystemTime::now()).await?;
+            println!(
+                "compacted {} partitions: {} files -> {} files, {} rows ({} conflicts retried); expired {} snapshots; removed {} orphan files",
+                report.partitions,
+                report.files_in,
+                report.files_out,
+                report.rows,
+                report.conflicts,
+                report.expired,
+                report.orphans
+            );
+            Ok(())
+        }
+        Command::Lake {
+            action: LakeAction::Files,
+        } => {
+            let lake = notiflow_lake::Lake::open(&cfg.lake).await?;
+            let table = lake.load().await?;
+            let files = notiflow_lake::maintenance::live_files(&table).await?;
+            let mut days = std::collections::BTreeMap::new();
+            for f in &files {
+                let e = days.entry(f.day).or_insert((0u64, 0u64, 0u64));
+                e.0 += 1;
+                e.1 += f.file.file_size_in_bytes();
+                e.2 += f.file.record_count();
+            }
+            let json: Vec<_> = days
+                .iter()
+                .map(|(day, (n, bytes, rows))| {
+                    serde_json::json!({"day": day, "files": n, "bytes": bytes, "rows": rows})
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(json));
+            Ok(())
+        }
         Command::Demo { rate } => {
             if let Some(r) = rate {
                 cfg.generator.rate = r;
@@ -308,6 +410,29 @@ async fn demo(mut cfg: Config) -> anyhow::Result<()> {
             )
         })
     };
+    let prom = prometheus::Registry::new();
+    let agg_metrics = notiflow_aggregator::Metrics::new(&prom)?;
+    if let Some(addr) = metrics::serve(&cfg.metrics.listen, prom, shutdown.clone()).await? {
+        println!("metrics on http://{addr}/metrics");
+    }
+    let aggregator = {
+        let (cfg, shutdown, m) = (cfg.clone(), shutdown.clone(), agg_metrics.clone());
+        tokio::spawn(async move {
+            let registry = registry(&cfg)?;
+            anyhow::Ok(
+                notiflow_aggregator::service::run(
+                    &cfg.kafka,
+                    registry,
+                    &cfg.redis,
+                    &cfg.aggregator,
+                    m,
+                    &[],
+                    shutdown,
+                )
+                .await?,
+            )
+        })
+    };
     let generator = {
         let (kafka_cfg, gen_cfg, shutdown) =
             (cfg.kafka.clone(), cfg.generator.clone(), shutdown.clone());
@@ -316,18 +441,28 @@ async fn demo(mut cfg: Config) -> anyhow::Result<()> {
         })
     };
     let mut tick = tokio::time::interval(Duration::from_secs(5));
-    while !shutdown.is_cancelled() && !generator.is_finished() && !ingest.is_finished() {
+    while !shutdown.is_cancelled()
+        && !generator.is_finished()
+        && !ingest.is_finished()
+        && !aggregator.is_finished()
+    {
         tokio::select! {
-            _ = tick.tick() => println!("ingest has validated {} events", counter.0.load(std::sync::atomic::Ordering::Relaxed)),
+            _ = tick.tick() => println!(
+                "ingest has validated {} events; the aggregator has counted {} in Redis ({})",
+                counter.0.load(std::sync::atomic::Ordering::Relaxed),
+                agg_metrics.events.with_label_values(&["counted"]).get(),
+                cfg.redis.url,
+            ),
             _ = shutdown.cancelled() => {}
         }
     }
     shutdown.cancel();
     let report = generator.await.context("generator task")??;
     let stats = ingest.await.context("ingest task")??;
+    let agg = aggregator.await.context("aggregator task")??;
     println!(
-        "demo stopped: generated {} records; ingest consumed {}, valid {}, dead-lettered {:?}",
-        report.records, stats.records, stats.valid, stats.rejected
+        "demo stopped: generated {} records; ingest consumed {}, valid {}, dead-lettered {:?}; aggregator counted {} in {} batches",
+        report.records, stats.records, stats.valid, stats.rejected, agg.counted, agg.batches
     );
     Ok(())
 }

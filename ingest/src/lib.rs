@@ -15,8 +15,11 @@
 pub mod codec;
 pub mod config;
 pub mod corpus;
+pub mod cursor;
+pub mod dedup;
 pub mod dlq;
 pub mod error;
+pub mod failpoint;
 pub mod kafka;
 pub mod registry;
 pub mod service;

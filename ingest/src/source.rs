@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use notiflow_schema::Micros;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{
+    CommitMode, Consumer, ConsumerContext, DefaultConsumerContext, StreamConsumer,
+};
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -19,9 +21,10 @@ use crate::config::KafkaConfig;
 use crate::error::IngestError;
 use crate::kafka::client_config;
 
-/// A subscribed consumer.
-pub struct Source {
-    consumer: StreamConsumer,
+/// A subscribed consumer. `C` is the consumer context: the exactly-once
+/// sinks pass one whose rebalance callback seeks to their stored offsets.
+pub struct Source<C: ConsumerContext + 'static = DefaultConsumerContext> {
+    consumer: StreamConsumer<C>,
     topic: String,
 }
 
@@ -33,6 +36,18 @@ impl Source {
         group_id: &str,
         overrides: &[(&str, &str)],
     ) -> Result<Self, IngestError> {
+        Source::subscribe_with(kafka, group_id, overrides, DefaultConsumerContext)
+    }
+}
+
+impl<C: ConsumerContext + 'static> Source<C> {
+    /// [`Source::subscribe`] with a consumer context of the caller's.
+    pub fn subscribe_with(
+        kafka: &KafkaConfig,
+        group_id: &str,
+        overrides: &[(&str, &str)],
+        context: C,
+    ) -> Result<Self, IngestError> {
         let mut cfg = client_config(kafka);
         cfg.set("group.id", group_id)
             .set("enable.auto.commit", "false")
@@ -42,7 +57,7 @@ impl Source {
         for (k, v) in overrides {
             cfg.set(*k, *v);
         }
-        let consumer: StreamConsumer = cfg.create()?;
+        let consumer: StreamConsumer<C> = cfg.create_with_context(context)?;
         consumer.subscribe(&[&kafka.topic])?;
         Ok(Source {
             consumer,
@@ -50,8 +65,13 @@ impl Source {
         })
     }
 
+    /// The event topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
     /// The underlying consumer (for position, lag and assignment queries).
-    pub fn consumer(&self) -> &StreamConsumer {
+    pub fn consumer(&self) -> &StreamConsumer<C> {
         &self.consumer
     }
 

@@ -1,4 +1,25 @@
-//! Detail rows into an Apache Iceberg table of Parquet files, committed exactly once (SPEC §4).
+//! Detail rows into an Apache Iceberg table of Parquet files, committed
+//! exactly once (SPEC §4).
 //!
-//! Not built yet: this crate only reserves its place in the data flow
-//! (see the workspace README). Its issue describes what it will do.
+//! - [`rows`]: the table's schema and the row buffer (events → Arrow);
+//! - [`files`]: Parquet data files of a commit round (iceberg-rust writers);
+//! - [`table`]: catalog, table creation, fenced snapshot commits;
+//! - [`dedup_log`]: the dedup state persisted with each commit;
+//! - [`service`]: the consumer-group member that ties them together;
+//! - [`maintenance`]: compaction, snapshot expiry, orphan removal.
+
+pub mod config;
+pub mod dedup_log;
+pub mod error;
+pub mod files;
+pub mod maintenance;
+pub mod metrics;
+pub mod rows;
+pub mod service;
+pub mod table;
+
+pub use config::{LakeConfig, MaintenanceConfig, S3Config};
+pub use error::LakeError;
+pub use metrics::Metrics;
+pub use service::{RunStats, run};
+pub use table::Lake;

@@ -12,6 +12,7 @@
 //! against [`truth::GroundTruth`].
 
 pub mod config;
+pub mod fixture;
 pub mod generator;
 pub mod model;
 pub mod rng;

@@ -11,6 +11,7 @@
 //! Decoding from bytes lives in `notiflow-ingest`; this crate only says what a
 //! valid event *is*.
 
+pub mod counters;
 pub mod event;
 pub mod time;
 

@@ -2,6 +2,7 @@
 //! (`KAFKA_BROKERS`, default 127.0.0.1:9092), each on fresh topics.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+mod aggregator;
 mod config;
 mod gen_truth;
 

@@ -1,0 +1,560 @@
+//! The aggregator service: a consumer-group member applying batches to Redis.
+//!
+//! ```text
+//!  rebalance: assigned p ──▶ LOAD p from Redis ──▶ fetch from the stored offset
+//!  loop:  next_batch ──▶ batch::process ──▶ APPLY (CAS on offsets) ──┬─ ok: cursor becomes applied
+//!                                                                  ├─ fenced: reload + seek
+//!                                                                  └─ redis down: back off, retry
+//! ```
+//!
+//! Kafka's committed offsets are never used: Redis holds them, with the
+//! counters, so a crash at any instant neither loses nor doubles a count.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use notiflow_ingest::kafka::{ensure_topics, wait_for_broker};
+use notiflow_ingest::source::{now_micros, view};
+use notiflow_ingest::{Decoder, KafkaConfig, SchemaRegistry, Source};
+use notiflow_schema::counters::Keys;
+use rdkafka::Offset;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::{Owned, PartitionState, Pending, Retention, SourceRecord, process};
+use crate::config::{AggregatorConfig, RedisConfig};
+use crate::error::AggregatorError;
+use crate::metrics::Metrics;
+use crate::sink::{Applied, Scripts, Target};
+
+/// What one run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Records consumed.
+    pub records: u64,
+    /// Batches applied.
+    pub batches: u64,
+    /// Events counted.
+    pub counted: u64,
+    /// Batches refused by the offset CAS.
+    pub fenced: u64,
+}
+
+/// A partition change seen by the rebalance callback, handed to the loop.
+enum Change {
+    Assigned(i32, PartitionState),
+    Revoked(Vec<i32>),
+}
+
+/// Consumer context: on assignment, loads each partition's state from Redis
+/// and starts fetching at its stored offset.
+struct Rebalancer {
+    changes: Arc<Mutex<Vec<Change>>>,
+    /// High watermark per partition, from librdkafka's statistics.
+    highs: Arc<Mutex<HashMap<i32, i64>>>,
+    client: redis::Client,
+    scripts: Scripts,
+    target: Target,
+    timeout: Duration,
+    shutdown: CancellationToken,
+}
+
+impl ClientContext for Rebalancer {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.target.topic) else {
+            return;
+        };
+        if let Ok(mut highs) = self.highs.lock() {
+            for (p, part) in &topic.partitions {
+                if *p >= 0 && part.hi_offset >= 0 {
+                    highs.insert(*p, part.hi_offset);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Rebalancer {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                for mut elem in tpl.elements() {
+                    let p = elem.partition();
+                    let Some(state) = self.load_retrying(p) else {
+                        return; // shutting down: nothing will be applied
+                    };
+                    let from = state.applied.map_or(Offset::Beginning, Offset::Offset);
+                    if let Err(e) = elem.set_offset(from) {
+                        tracing::error!(partition = p, error = %e, "cannot set start offset");
+                    }
+                    tracing::info!(partition = p, offset = ?state.applied, dedup = state.dedup.len(), "partition assigned");
+                    self.push(Change::Assigned(p, state));
+                }
+            }
+            Rebalance::Revoke(tpl) => {
+                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(partitions = ?parts, "partitions revoked");
+                self.push(Change::Revoked(parts));
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+impl Rebalancer {
+    fn push(&self, c: Change) {
+        if let Ok(mut v) = self.changes.lock() {
+            v.push(c);
+        }
+    }
+
+    /// Blocks (this runs inside the consumer's poll) until Redis answers;
+    /// while it does not, nothing is fetched, which is the pause we want.
+    fn load_retrying(&self, p: i32) -> Option<PartitionState> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let attempt = self
+                .client
+                .get_connection_with_timeout(self.timeout)
+                .map_err(AggregatorError::from)
+                .and_then(|mut c| {
+                    c.set_read_timeout(Some(self.timeout * 10))?;
+                    self.scripts.load_blocking(&mut c, &self.target, p)
+                });
+            match attempt {
+                Ok(s) => return Some(s),
+                Err(e) => {
+                    if self.shutdown.is_cancelled() {
+                        return None;
+                    }
+                    tracing::warn!(partition = p, error = %e, retry_in_ms = delay.as_millis() as u64, "loading partition state failed, retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// Test-only fault injection, `NOTIFLOW_FAILPOINT=<name>:<n>`:
+/// - `aggregator.after_apply:N` aborts the process right after its N-th apply;
+/// - `aggregator.stop_before_apply:N` stops the process (SIGSTOP to itself)
+///   with its N-th batch in hand, just before the apply: a zombie in the
+///   making once its session times out.
+#[derive(Debug, Clone, Copy, Default)]
+struct Failpoints {
+    abort_after_apply: Option<u64>,
+    stop_before_apply: Option<u64>,
+}
+
+impl Failpoints {
+    fn from_env() -> Self {
+        let mut f = Failpoints::default();
+        let Ok(spec) = std::env::var("NOTIFLOW_FAILPOINT") else {
+            return f;
+        };
+        let Some((name, n)) = spec.rsplit_once(':') else {
+            return f;
+        };
+        let n = n.parse().ok();
+        match name {
+            "aggregator.after_apply" => f.abort_after_apply = n,
+            "aggregator.stop_before_apply" => f.stop_before_apply = n,
+            _ => {}
+        }
+        tracing::warn!(%spec, "test failpoint armed");
+        f
+    }
+
+    fn before_apply(&mut self, batch: u64) {
+        if self.stop_before_apply == Some(batch) {
+            self.stop_before_apply = None;
+            tracing::warn!("failpoint aggregator.stop_before_apply reached: stopping");
+            let _ = std::process::Command::new("kill")
+                .args(["-STOP", &std::process::id().to_string()])
+                .status();
+            tracing::warn!("resumed after failpoint stop");
+        }
+    }
+
+    fn after_apply(&self, batches: u64) {
+        if self.abort_after_apply.is_some_and(|n| batches >= n) {
+            tracing::error!("failpoint aggregator.after_apply reached: aborting");
+            std::process::abort();
+        }
+    }
+}
+
+/// The Redis target of a config.
+pub fn target(kafka: &KafkaConfig, redis: &RedisConfig, cfg: &AggregatorConfig) -> Target {
+    Target {
+        keys: Keys::new(redis.key_prefix.clone()),
+        group: cfg.group_id.clone(),
+        topic: kafka.topic.clone(),
+        minute_retention_secs: i64::from(cfg.minute_retention_hours) * 3600,
+        rollup_retention_secs: i64::from(cfg.rollup_retention_days) * 86_400,
+        dedup_window: cfg.dedup_window_hours,
+        delta_stream_len: cfg.delta_stream_len,
+    }
+}
+
+/// Connects to Redis, retrying with backoff until it answers or `shutdown`.
+pub async fn connect(
+    redis: &RedisConfig,
+    shutdown: &CancellationToken,
+) -> Result<redis::aio::ConnectionManager, AggregatorError> {
+    let client = redis::Client::open(redis.url.as_str())?;
+    let timeout = Duration::from_millis(redis.timeout_ms);
+    let cfg = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(timeout)
+        .set_response_timeout(timeout * 10)
+        .set_number_of_retries(1);
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match redis::aio::ConnectionManager::new_with_config(client.clone(), cfg.clone()).await {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "redis unreachable, retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(AggregatorError::ShutDown),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Runs until `shutdown`; then applies the batch in hand and returns.
+pub async fn run(
+    kafka: &KafkaConfig,
+    registry: SchemaRegistry,
+    redis_cfg: &RedisConfig,
+    cfg: &AggregatorConfig,
+    metrics: Metrics,
+    consumer_overrides: &[(&str, &str)],
+    shutdown: CancellationToken,
+) -> Result<RunStats, AggregatorError> {
+    wait_for_broker(kafka, &shutdown).await?;
+    ensure_topics(kafka).await?;
+    let mut conn = connect(redis_cfg, &shutdown).await?;
+    let target = target(kafka, redis_cfg, cfg);
+    let changes = Arc::new(Mutex::new(Vec::new()));
+    let highs = Arc::new(Mutex::new(HashMap::new()));
+    let context = Rebalancer {
+        changes: Arc::clone(&changes),
+        highs: Arc::clone(&highs),
+        client: redis::Client::open(redis_cfg.url.as_str())?,
+        scripts: Scripts::default(),
+        target: target.clone(),
+        timeout: Duration::from_millis(redis_cfg.timeout_ms),
+        shutdown: shutdown.clone(),
+    };
+    let mut overrides = vec![
+        ("queued.max.messages.kbytes", "32768"),
+        ("statistics.interval.ms", "1000"),
+    ];
+    overrides.extend_from_slice(consumer_overrides);
+    let source = Source::subscribe_with(kafka, &cfg.group_id, &overrides, context)?;
+    let mut decoder = Decoder::new(registry);
+    let scripts = Scripts::default();
+    let retention = Retention::new(
+        cfg.dedup_window_hours,
+        cfg.minute_retention_hours,
+        cfg.rollup_retention_days,
+    );
+    let max_wait = Duration::from_millis(cfg.batch_max_wait_ms);
+    let mut failpoints = Failpoints::from_env();
+    let mut owned = Owned::default();
+    let mut stats = RunStats::default();
+    let mut last_log = Instant::now();
+    let mut last_audit = Instant::now();
+    tracing::info!(topic = %kafka.topic, group = %cfg.group_id, prefix = %redis_cfg.key_prefix, "aggregator running");
+
+    loop {
+        let stopping = shutdown.is_cancelled();
+        let batch = match source
+            .next_batch(cfg.batch_max_records, max_wait, &shutdown)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "fetch failed, backing off");
+                sleep_or_cancel(&shutdown, Duration::from_secs(1)).await;
+                Vec::new()
+            }
+        };
+        take_changes(&changes, &mut owned, &metrics);
+        if !batch.is_empty() {
+            let now = now_micros();
+            let views: Vec<_> = batch.iter().map(|m| view(m, now)).collect();
+            let mut delay = Duration::from_millis(100);
+            while let Err(e) = decoder.prepare(&views).await {
+                if !e.is_retryable() || shutdown.is_cancelled() {
+                    return Err(e.into());
+                }
+                tracing::warn!(error = %e, "schema registry failed, retrying");
+                sleep_or_cancel(&shutdown, delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            let records = batch.iter().zip(&views).map(|(m, v)| SourceRecord {
+                partition: m.partition(),
+                offset: m.offset(),
+                view: *v,
+            });
+            let pending = process(records, &mut owned, &decoder, retention);
+            stats.records += batch.len() as u64;
+            observe_batch(&metrics, &pending);
+            for &(p, offset) in &pending.reseek {
+                seek(&source, p, Offset::Offset(offset));
+            }
+            if !pending.is_empty() {
+                failpoints.before_apply(stats.batches + 1);
+                match apply(&scripts, &mut conn, &target, &pending, &metrics, &shutdown).await? {
+                    Some(Applied::Ok(_) | Applied::AlreadyApplied) => {
+                        for (p, u) in &pending.offsets {
+                            if let Some(s) = owned.get_mut(p) {
+                                s.applied = Some(u.next);
+                            }
+                        }
+                        stats.batches += 1;
+                        stats.counted += pending.stats.counted;
+                        observe_applied(&metrics, &pending);
+                        failpoints.after_apply(stats.batches);
+                    }
+                    Some(Applied::Fenced(stored)) => {
+                        stats.fenced += 1;
+                        metrics.fenced.inc();
+                        tracing::warn!(
+                            ?stored,
+                            "batch fenced: another member moved these partitions; reloading"
+                        );
+                        let parts: Vec<i32> = pending.offsets.keys().copied().collect();
+                        resync(
+                            &scripts, &mut conn, &target, &source, &mut owned, &parts, &shutdown,
+                        )
+                        .await?;
+                    }
+                    None => {
+                        // Shut down while Redis was unreachable: the batch is
+                        // not applied and will be read again after a restart.
+                        break;
+                    }
+                }
+            }
+        }
+        if last_audit.elapsed() > AUDIT_EVERY && !owned.is_empty() {
+            last_audit = Instant::now();
+            let moved = audit(&scripts, &mut conn, &target, &owned).await;
+            if !moved.is_empty() {
+                tracing::warn!(partitions = ?moved, "stored offsets differ from ours (partition moved or Redis lost writes); reloading");
+                resync(
+                    &scripts, &mut conn, &target, &source, &mut owned, &moved, &shutdown,
+                )
+                .await?;
+            }
+        }
+        update_gauges(&highs, &owned, &metrics);
+        if last_log.elapsed() > Duration::from_secs(10) {
+            tracing::info!(
+                records = stats.records,
+                counted = stats.counted,
+                batches = stats.batches,
+                partitions = owned.len(),
+                "aggregator progress"
+            );
+            last_log = Instant::now();
+        }
+        if stopping {
+            break;
+        }
+    }
+    tracing::info!(
+        records = stats.records,
+        counted = stats.counted,
+        batches = stats.batches,
+        fenced = stats.fenced,
+        "aggregator stopped"
+    );
+    Ok(stats)
+}
+
+/// How often the stored offsets of idle partitions are compared with ours.
+const AUDIT_EVERY: Duration = Duration::from_secs(5);
+
+/// Owned partitions whose stored offset is not the one we last applied: a
+/// batch would be fenced anyway, but an idle partition has no batch to tell
+/// us (after a Redis restart that lost its last writes, say).
+async fn audit(
+    scripts: &Scripts,
+    conn: &mut redis::aio::ConnectionManager,
+    target: &Target,
+    owned: &Owned,
+) -> Vec<i32> {
+    let parts: Vec<i32> = owned.keys().copied().collect();
+    match scripts.stored_offsets(conn, target, &parts).await {
+        Ok(stored) => parts
+            .iter()
+            .zip(stored)
+            .filter(|(p, s)| owned[p].applied != *s)
+            .map(|(p, _)| *p)
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "offset audit failed");
+            Vec::new()
+        }
+    }
+}
+
+fn take_changes(changes: &Mutex<Vec<Change>>, owned: &mut Owned, metrics: &Metrics) {
+    let Ok(mut v) = changes.lock() else { return };
+    for c in v.drain(..) {
+        match c {
+            Change::Assigned(p, s) => {
+                owned.insert(p, s);
+            }
+            Change::Revoked(parts) => {
+                for p in parts {
+                    owned.remove(&p);
+                    let _ = metrics.lag.remove_label_values(&[p.to_string().as_str()]);
+                }
+            }
+        }
+    }
+    metrics.partitions.set(owned.len() as i64);
+}
+
+/// Applies one batch, retrying while Redis is unreachable. `None` if
+/// shutdown came first.
+async fn apply(
+    scripts: &Scripts,
+    conn: &mut redis::aio::ConnectionManager,
+    target: &Target,
+    pending: &Pending,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> Result<Option<Applied>, AggregatorError> {
+    let call = scripts.prepare(target, pending, now_micros() / 1000);
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let started = Instant::now();
+        match scripts.apply(conn, &call).await {
+            Ok(a) => {
+                metrics
+                    .apply_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                return Ok(Some(a));
+            }
+            Err(e) if e.is_retryable() => {
+                metrics.redis_errors.inc();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "redis apply failed, consumption paused, retrying");
+                if shutdown.is_cancelled() && delay >= Duration::from_secs(5) {
+                    return Ok(None);
+                }
+                // Not cancellable: the batch in hand is still owed to Redis.
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reloads `parts` from Redis and seeks the consumer to their stored offsets.
+async fn resync<C: ConsumerContext + 'static>(
+    scripts: &Scripts,
+    conn: &mut redis::aio::ConnectionManager,
+    target: &Target,
+    source: &Source<C>,
+    owned: &mut Owned,
+    parts: &[i32],
+    shutdown: &CancellationToken,
+) -> Result<(), AggregatorError> {
+    for &p in parts {
+        if !owned.contains_key(&p) {
+            continue;
+        }
+        let mut delay = Duration::from_millis(100);
+        let state = loop {
+            match scripts.load(conn, target, p).await {
+                Ok(s) => break s,
+                Err(e) if e.is_retryable() && !shutdown.is_cancelled() => {
+                    tracing::warn!(partition = p, error = %e, "reload failed, retrying");
+                    sleep_or_cancel(shutdown, delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        seek(
+            source,
+            p,
+            state.applied.map_or(Offset::Beginning, Offset::Offset),
+        );
+        owned.insert(p, state);
+    }
+    Ok(())
+}
+
+fn seek<C: ConsumerContext + 'static>(source: &Source<C>, p: i32, offset: Offset) {
+    if let Err(e) = source
+        .consumer()
+        .seek(source.topic(), p, offset, Duration::from_secs(5))
+    {
+        tracing::warn!(partition = p, ?offset, error = %e, "seek failed");
+    }
+}
+
+fn observe_batch(m: &Metrics, p: &Pending) {
+    let s = &p.stats;
+    m.records.inc_by(s.records);
+    m.events.with_label_values(&["stale"]).inc_by(s.stale);
+    for (reason, n) in &s.rejected {
+        m.dlq.with_label_values(&[reason]).inc_by(*n);
+        m.events.with_label_values(&["rejected"]).inc_by(*n);
+    }
+}
+
+fn observe_applied(m: &Metrics, p: &Pending) {
+    let s = &p.stats;
+    m.events.with_label_values(&["counted"]).inc_by(s.counted);
+    m.events
+        .with_label_values(&["duplicate"])
+        .inc_by(s.duplicates);
+    m.events
+        .with_label_values(&["late_dropped"])
+        .inc_by(s.late_dropped);
+    m.dedup_hits.inc_by(s.duplicates);
+    m.late_dropped.inc_by(s.late_dropped);
+    let now_ms = now_micros() / 1000;
+    let local = m.event_to_redis_seconds.local();
+    for &t in &p.record_ms {
+        local.observe((now_ms - t).max(0) as f64 / 1000.0);
+    }
+    local.flush();
+}
+
+fn update_gauges(highs: &Mutex<HashMap<i32, i64>>, owned: &Owned, m: &Metrics) {
+    let mut entries = 0;
+    let highs = highs.lock().map(|h| h.clone()).unwrap_or_default();
+    for (p, s) in owned {
+        entries += s.dedup.len();
+        if let Some(&high) = highs.get(p) {
+            let at = s.applied.unwrap_or(0);
+            m.lag
+                .with_label_values(&[p.to_string().as_str()])
+                .set((high - at).max(0));
+        }
+    }
+    m.dedup_entries.set(entries as i64);
+}
+
+async fn sleep_or_cancel(shutdown: &CancellationToken, d: Duration) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}

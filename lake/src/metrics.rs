@@ -1,0 +1,104 @@
+//! The lake writer's Prometheus series, registered in the registry the
+//! binary serves on `/metrics`.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Every series of the lake writer.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Records consumed.
+    pub records: IntCounter,
+    /// Rows committed to the table (`rate()` of it is rows/s).
+    pub rows: IntCounter,
+    /// Records by outcome: written, duplicate, rejected, stale.
+    pub events: IntCounterVec,
+    /// Commits by outcome: committed, fenced, conflict (retried), failed.
+    pub commits: IntCounterVec,
+    /// Seconds from closing a round's files to its snapshot being current.
+    pub commit_seconds: Histogram,
+    /// Data files added per commit.
+    pub files_per_commit: Histogram,
+    /// Bytes of data files added per commit.
+    pub bytes_per_commit: Histogram,
+    /// Records behind the high watermark, per partition owned (from the
+    /// table's committed offsets).
+    pub lag: IntGaugeVec,
+    /// Events held in the dedup tables.
+    pub dedup_entries: IntGauge,
+}
+
+impl Metrics {
+    /// Creates the series and registers them in `registry`.
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Metrics {
+            records: IntCounter::new(
+                "notiflow_lake_records_total",
+                "Records consumed from the event topic.",
+            )?,
+            rows: IntCounter::new(
+                "notiflow_lake_rows_committed_total",
+                "Rows committed to the Iceberg table.",
+            )?,
+            events: IntCounterVec::new(
+                Opts::new(
+                    "notiflow_lake_events_total",
+                    "Records by outcome (written, duplicate, rejected, stale).",
+                ),
+                &["outcome"],
+            )?,
+            commits: IntCounterVec::new(
+                Opts::new(
+                    "notiflow_lake_commits_total",
+                    "Commit attempts by outcome (committed, fenced, conflict, failed).",
+                ),
+                &["outcome"],
+            )?,
+            commit_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "notiflow_lake_commit_seconds",
+                    "From closing a round's data files to its snapshot being current.",
+                )
+                .buckets(vec![
+                    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
+            )?,
+            files_per_commit: Histogram::with_opts(
+                HistogramOpts::new(
+                    "notiflow_lake_files_per_commit",
+                    "Data files added by one commit.",
+                )
+                .buckets(vec![0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+            )?,
+            bytes_per_commit: Histogram::with_opts(
+                HistogramOpts::new(
+                    "notiflow_lake_bytes_per_commit",
+                    "Bytes of data files added by one commit.",
+                )
+                .buckets(prometheus::exponential_buckets(65_536.0, 4.0, 10)?),
+            )?,
+            lag: IntGaugeVec::new(
+                Opts::new(
+                    "notiflow_lake_consumer_lag",
+                    "Records between the committed offset and the high watermark.",
+                ),
+                &["partition"],
+            )?,
+            dedup_entries: IntGauge::new(
+                "notiflow_lake_dedup_entries",
+                "Events remembered by the dedup tables of the owned partitions.",
+            )?,
+        };
+        registry.register(Box::new(m.records.clone()))?;
+        registry.register(Box::new(m.rows.clone()))?;
+        registry.register(Box::new(m.events.clone()))?;
+        registry.register(Box::new(m.commits.clone()))?;
+        registry.register(Box::new(m.commit_seconds.clone()))?;
+        registry.register(Box::new(m.files_per_commit.clone()))?;
+        registry.register(Box::new(m.bytes_per_commit.clone()))?;
+        registry.register(Box::new(m.lag.clone()))?;
+        registry.register(Box::new(m.dedup_entries.clone()))?;
+        Ok(m)
+    }
+}

@@ -1,0 +1,750 @@
+//! The lake writer: a consumer-group member committing rounds of rows to
+//! the Iceberg table, exactly once.
+//!
+//! ```text
+//!  rebalance: assigned p ──▶ offsets + dedup state of p from the table ──▶ fetch from there
+//!  loop: next_batch ──▶ cursor ▸ decode ▸ dedup ──▶ row buffer ──(flush_rows)──▶ Parquet files
+//!        every commit_interval / on a rebalance / on shutdown:
+//!        close files ▸ dedup file ▸ load table ▸ fence: stored offsets == round's start?
+//!            ├─ yes: stage snapshot (files + offsets) ▸ swap metadata (CAS) ─┬─ ok
+//!            │                                                              └─ conflict: reload, fence again
+//!            └─ no: fenced (another writer moved on): drop the round, reload, seek
+//!        any failure: drop the round, back off, reload, seek (nothing advanced)
+//! ```
+//!
+//! Kafka's committed offsets are written after each commit for monitoring
+//! only; the table's snapshot summary is the source of truth.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use iceberg::table::Table;
+use notiflow_ingest::cursor::{Admit, Cursor};
+use notiflow_ingest::dedup::{Dedup, fingerprint, generation, pack};
+use notiflow_ingest::failpoint;
+use notiflow_ingest::kafka::{ensure_topics, wait_for_broker};
+use notiflow_ingest::source::{now_micros, view};
+use notiflow_ingest::{Decoder, KafkaConfig, SchemaRegistry, Source};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::LakeConfig;
+use crate::dedup_log::{self, Fingerprints};
+use crate::error::LakeError;
+use crate::files::{FileOptions, RoundFiles};
+use crate::metrics::Metrics;
+use crate::rows::{Origin, RowBuffer, arrow_schema};
+use crate::table::{
+    Change as SnapshotChange, DEDUP_PROP, Lake, OFFSETS_PROP, committed_offsets, new_snapshot_id,
+    stage, topic_offsets,
+};
+
+/// What one run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Records consumed.
+    pub records: u64,
+    /// Rows committed.
+    pub rows: u64,
+    /// Snapshots committed.
+    pub commits: u64,
+    /// Rounds refused by the fence.
+    pub fenced: u64,
+}
+
+/// What the writer knows of a partition it owns.
+#[derive(Debug, Clone)]
+struct PartState {
+    /// Next offset as committed in the table.
+    committed: Option<i64>,
+    /// Next offset to accept.
+    cursor: Cursor,
+    /// Events seen within the dedup window, as of the cursor.
+    dedup: Dedup,
+}
+
+type Owned = HashMap<i32, PartState>;
+
+/// A partition change seen by the rebalance callback, handed to the loop.
+enum Change {
+    Assigned(i32, PartState),
+    Revoked(Vec<i32>),
+}
+
+/// Consumer context: on assignment, loads each partition's committed offset
+/// and dedup state from the table and starts fetching there.
+struct Rebalancer {
+    changes: Arc<Mutex<Vec<Change>>>,
+    highs: Arc<Mutex<HashMap<i32, i64>>>,
+    cfg: LakeConfig,
+    topic: String,
+    shutdown: CancellationToken,
+}
+
+impl ClientContext for Rebalancer {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        if let Ok(mut highs) = self.highs.lock() {
+            for (p, part) in &topic.partitions {
+                if *p >= 0 && part.hi_offset >= 0 {
+                    highs.insert(*p, part.hi_offset);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Rebalancer {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                let Some(mut states) = self.load_blocking(&parts) else {
+                    return; // shutting down: nothing will be committed
+                };
+                for mut elem in tpl.elements() {
+                    let p = elem.partition();
+                    let Some(state) = states.remove(&p) else {
+                        continue;
+                    };
+                    let from = state.committed.map_or(Offset::Beginning, Offset::Offset);
+                    if let Err(e) = elem.set_offset(from) {
+                        tracing::error!(partition = p, error = %e, "cannot set start offset");
+                    }
+                    tracing::info!(partition = p, offset = ?state.committed, dedup = state.dedup.len(), "partition assigned");
+                    self.push(Change::Assigned(p, state));
+                }
+            }
+            Rebalance::Revoke(tpl) => {
+                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(partitions = ?parts, "partitions revoked");
+                self.push(Change::Revoked(parts));
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+impl Rebalancer {
+    fn push(&self, c: Change) {
+        if let Ok(mut v) = self.changes.lock() {
+            v.push(c);
+        }
+    }
+
+    /// Blocks (this runs inside the consumer's poll, so nothing is fetched
+    /// meanwhile) until the table answers. The catalog client is async and
+    /// this thread may be a runtime worker, so the load runs on a thread of
+    /// its own with a small runtime.
+    fn load_blocking(&self, parts: &[i32]) -> Option<HashMap<i32, PartState>> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let attempt = std::thread::scope(|s| {
+                s.spawn(|| {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| LakeError::Table(format!("runtime: {e}")))?;
+                    rt.block_on(async {
+                        let lake = Lake::open(&self.cfg).await?;
+                        load_states(&lake, &self.topic, parts, self.cfg.dedup_window_hours).await
+                    })
+                })
+                .join()
+                .unwrap_or_else(|_| Err(LakeError::Table("state loader panicked".into())))
+            });
+            match attempt {
+                Ok(s) => return Some(s),
+                Err(e) => {
+                    if self.shutdown.is_cancelled() {
+                        return None;
+                    }
+                    tracing::warn!(partitions = ?parts, error = %e, retry_in_ms = delay.as_millis() as u64, "loading partition state failed, retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// Committed offsets and dedup state of `parts`, from the table.
+async fn load_states(
+    lake: &Lake,
+    topic: &str,
+    parts: &[i32],
+    window: u32,
+) -> Result<HashMap<i32, PartState>, LakeError> {
+    let table = lake.load().await?;
+    let offsets = topic_offsets(table.metadata(), topic)?;
+    let mut dedups = dedup_log::restore(&table, parts, window).await?;
+    Ok(parts
+        .iter()
+        .map(|&p| {
+            let committed = offsets.get(&p).copied();
+            let dedup = dedups.remove(&p).unwrap_or_else(|| Dedup::new(window));
+            (
+                p,
+                PartState {
+                    committed,
+                    cursor: Cursor::at(committed),
+                    dedup,
+                },
+            )
+        })
+        .collect())
+}
+
+/// Rows and offsets gathered since the last commit.
+struct Round {
+    buffer: RowBuffer,
+    files: Option<RoundFiles>,
+    /// Committed offset of each partition in the round when it began: the fence.
+    expected: BTreeMap<i32, Option<i64>>,
+    /// Next offset of each partition after the round.
+    next: BTreeMap<i32, i64>,
+    fps: Fingerprints,
+    started: Option<Instant>,
+    rows: u64,
+}
+
+impl Round {
+    fn new(schema: arrow::datatypes::SchemaRef, capacity: usize) -> Self {
+        Round {
+            buffer: RowBuffer::new(schema, capacity),
+            files: None,
+            expected: BTreeMap::new(),
+            next: BTreeMap::new(),
+            fps: Fingerprints::new(),
+            started: None,
+            rows: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.next.is_empty()
+    }
+}
+
+/// How a commit ended.
+enum Outcome {
+    Committed { snapshot_id: i64 },
+    Fenced { stored: BTreeMap<i32, i64> },
+}
+
+/// Failpoints of the crash tests (see `ingest::failpoint`).
+struct Failpoints {
+    after_files: Option<u64>,
+    after_commit: Option<u64>,
+    stop_before_commit: Option<u64>,
+}
+
+/// The writer's state between batches.
+struct Writer<'a> {
+    cfg: &'a LakeConfig,
+    topic: String,
+    lake: Lake,
+    table: Table,
+    source: Source<Rebalancer>,
+    owned: Owned,
+    round: Round,
+    schema: arrow::datatypes::SchemaRef,
+    metrics: Metrics,
+    stats: RunStats,
+    failpoints: Failpoints,
+    rounds: u64,
+}
+
+/// Runs until `shutdown`; then commits the round in hand and returns.
+pub async fn run(
+    kafka: &KafkaConfig,
+    registry: SchemaRegistry,
+    cfg: &LakeConfig,
+    metrics: Metrics,
+    consumer_overrides: &[(&str, &str)],
+    shutdown: CancellationToken,
+) -> Result<RunStats, LakeError> {
+    wait_for_broker(kafka, &shutdown).await?;
+    ensure_topics(kafka).await?;
+    let lake = open_retrying(cfg, &shutdown).await?;
+    let table = lake.load().await?;
+    let schema = arrow_schema(table.metadata().current_schema())?;
+    let changes = Arc::new(Mutex::new(Vec::new()));
+    let highs = Arc::new(Mutex::new(HashMap::new()));
+    let context = Rebalancer {
+        changes: Arc::clone(&changes),
+        highs: Arc::clone(&highs),
+        cfg: cfg.clone(),
+        topic: kafka.topic.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let mut overrides = vec![
+        ("queued.max.messages.kbytes", "32768"),
+        ("statistics.interval.ms", "1000"),
+    ];
+    overrides.extend_from_slice(consumer_overrides);
+    let source = Source::subscribe_with(kafka, &cfg.group_id, &overrides, context)?;
+    let mut decoder = Decoder::new(registry);
+    let mut w = Writer {
+        cfg,
+        topic: kafka.topic.clone(),
+        lake,
+        table,
+        source,
+        owned: Owned::new(),
+        round: Round::new(schema.clone(), cfg.flush_rows.min(65_536)),
+        schema,
+        metrics,
+        stats: RunStats::default(),
+        failpoints: Failpoints {
+            after_files: failpoint::armed("lake.after_files"),
+            after_commit: failpoint::armed("lake.after_commit"),
+            stop_before_commit: failpoint::armed("lake.stop_before_commit"),
+        },
+        rounds: 0,
+    };
+    let interval = Duration::from_millis(cfg.commit_interval_ms);
+    let mut last_log = Instant::now();
+    tracing::info!(topic = %kafka.topic, group = %cfg.group_id, table = %w.lake.ident(), location = w.table.metadata().location(), "lake writer running");
+
+    loop {
+        let stopping = shutdown.is_cancelled();
+        let batch = match w
+            .source
+            .next_batch(cfg.batch_max_records, Duration::from_millis(200), &shutdown)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "fetch failed, backing off");
+                sleep_or_cancel(&shutdown, Duration::from_secs(1)).await;
+                Vec::new()
+            }
+        };
+        let pending: Vec<Change> = changes
+            .lock()
+            .map(|mut v| v.drain(..).collect())
+            .unwrap_or_default();
+        if !pending.is_empty() {
+            w.apply_changes(pending, &shutdown).await?;
+        }
+        if !batch.is_empty() {
+            let now = now_micros();
+            let views: Vec<_> = batch.iter().map(|m| view(m, now)).collect();
+            let mut delay = Duration::from_millis(100);
+            while let Err(e) = decoder.prepare(&views).await {
+                if !e.is_retryable() || shutdown.is_cancelled() {
+                    return Err(e.into());
+                }
+                tracing::warn!(error = %e, "schema registry failed, retrying");
+                sleep_or_cancel(&shutdown, delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            w.take(&batch, &views, &decoder);
+            if w.round.buffer.len() >= cfg.flush_rows
+                && let Err(e) = w.flush().await
+            {
+                w.abort_round(&e, &shutdown).await?;
+            }
+        }
+        let due = w.round.started.is_some_and(|s| s.elapsed() >= interval);
+        if !w.round.is_empty() && (due || stopping) {
+            w.commit_round(&shutdown).await?;
+        }
+        update_gauges(&highs, &w.owned, &w.metrics);
+        if last_log.elapsed() > Duration::from_secs(10) {
+            tracing::info!(
+                records = w.stats.records,
+                rows = w.stats.rows,
+                commits = w.stats.commits,
+                partitions = w.owned.len(),
+                "lake writer progress"
+            );
+            last_log = Instant::now();
+        }
+        if stopping {
+            break;
+        }
+    }
+    tracing::info!(
+        records = w.stats.records,
+        rows = w.stats.rows,
+        commits = w.stats.commits,
+        fenced = w.stats.fenced,
+        "lake writer stopped"
+    );
+    Ok(w.stats)
+}
+
+impl Writer<'_> {
+    /// Runs the records of a batch through cursor, decoding and dedup into the round.
+    fn take(
+        &mut self,
+        batch: &[rdkafka::message::OwnedMessage],
+        views: &[notiflow_ingest::RecordView<'_>],
+        decoder: &Decoder,
+    ) {
+        let (mut stale, mut dup, mut written) = (0u64, 0u64, 0u64);
+        let mut rejected: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut reseek: Vec<(i32, i64)> = Vec::new();
+        for (m, v) in batch.iter().zip(views) {
+            let p = m.partition();
+            let Some(st) = self.owned.get_mut(&p) else {
+                stale += 1;
+                continue;
+            };
+            let pending = reseek.iter().any(|r| r.0 == p);
+            match st.cursor.admit(m.offset(), pending) {
+                Admit::Take => {}
+                Admit::Stale => {
+                    stale += 1;
+                    continue;
+                }
+                Admit::Reseek(o) => {
+                    reseek.push((p, o));
+                    stale += 1;
+                    continue;
+                }
+            }
+            self.round.expected.entry(p).or_insert(st.committed);
+            self.round.next.insert(p, m.offset() + 1);
+            self.round.started.get_or_insert_with(Instant::now);
+            let event = match decoder.decode(v) {
+                Ok(e) => e,
+                Err(r) => {
+                    *rejected.entry(r.code()).or_default() += 1;
+                    continue;
+                }
+            };
+            let g = generation(v.timestamp);
+            let fp = fingerprint(&event.event_id);
+            if !st.dedup.insert(fp, g) {
+                dup += 1;
+                continue;
+            }
+            pack(fp, self.round.fps.entry((p, g)).or_default());
+            self.round.buffer.push(
+                &event,
+                Origin {
+                    ingest_time: v.timestamp,
+                    partition: p,
+                    offset: m.offset(),
+                },
+            );
+            written += 1;
+        }
+        for (p, o) in reseek {
+            seek(&self.source, p, Offset::Offset(o));
+        }
+        self.stats.records += batch.len() as u64;
+        self.round.rows += written;
+        let m = &self.metrics;
+        m.records.inc_by(batch.len() as u64);
+        m.events.with_label_values(&["written"]).inc_by(written);
+        m.events.with_label_values(&["duplicate"]).inc_by(dup);
+        m.events.with_label_values(&["stale"]).inc_by(stale);
+        m.events
+            .with_label_values(&["rejected"])
+            .inc_by(rejected.values().sum());
+    }
+
+    /// Encodes the buffered rows into the round's open data files.
+    async fn flush(&mut self) -> Result<(), LakeError> {
+        if self.round.buffer.is_empty() {
+            return Ok(());
+        }
+        if self.round.files.is_none() {
+            self.round.files = Some(RoundFiles::new(&self.table, self.file_options())?);
+        }
+        let batches = self.round.buffer.take(self.cfg.sort_chunks)?;
+        if let Some(files) = self.round.files.as_mut() {
+            for (day, batch) in batches {
+                files.write(day, batch).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn file_options(&self) -> FileOptions {
+        FileOptions {
+            target_size: self.cfg.target_file_size_bytes,
+            row_group_rows: self.cfg.row_group_rows,
+            zstd_level: self.cfg.zstd_level,
+        }
+    }
+
+    /// Commits the round, retrying failures until it lands, is fenced, or
+    /// shutdown gives up on it.
+    async fn commit_round(&mut self, shutdown: &CancellationToken) -> Result<(), LakeError> {
+        match self.try_commit().await {
+            Ok(Outcome::Committed { snapshot_id }) => {
+                self.committed(snapshot_id);
+                Ok(())
+            }
+            Ok(Outcome::Fenced { stored }) => {
+                self.stats.fenced += 1;
+                self.metrics.commits.with_label_values(&["fenced"]).inc();
+                tracing::warn!(
+                    expected = ?self.round.expected,
+                    ?stored,
+                    "commit fenced: another writer moved these partitions on; reloading"
+                );
+                let parts: Vec<i32> = self.round.next.keys().copied().collect();
+                self.reset_round();
+                self.resync(&parts, shutdown).await
+            }
+            Err(e) => self.abort_round(&e, shutdown).await,
+        }
+    }
+
+    /// Closes the files, writes the dedup file, then fences and commits.
+    async fn try_commit(&mut self) -> Result<Outcome, LakeError> {
+        self.flush().await?;
+        let files = match self.round.files.take() {
+            Some(f) => f.close().await?,
+            None => Vec::new(),
+        };
+        self.rounds += 1;
+        if self
+            .failpoints
+            .after_files
+            .is_some_and(|n| self.rounds >= n)
+        {
+            failpoint::abort("lake.after_files");
+        }
+        let started = Instant::now();
+        let dedup_file = if self.round.fps.is_empty() {
+            None
+        } else {
+            let name = uuid::Uuid::new_v4().to_string();
+            Some(dedup_log::write(&self.table, &name, &self.round.fps).await?)
+        };
+        if self.failpoints.stop_before_commit == Some(self.rounds) {
+            failpoint::stop_self("lake.stop_before_commit");
+        }
+        let bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
+        let mut change = SnapshotChange {
+            added: files,
+            ..Default::default()
+        };
+        if let Some(path) = dedup_file {
+            change.properties.insert(DEDUP_PROP.into(), path);
+        }
+        loop {
+            let table = self.lake.load().await?;
+            let mut all = committed_offsets(table.metadata())?;
+            let stored = all.remove(&self.topic).unwrap_or_default();
+            if self
+                .round
+                .expected
+                .iter()
+                .any(|(p, e)| stored.get(p).copied() != *e)
+            {
+                self.table = table;
+                return Ok(Outcome::Fenced { stored });
+            }
+            let mut offsets = stored;
+            offsets.extend(self.round.next.iter().map(|(p, o)| (*p, *o)));
+            all.insert(self.topic.clone(), offsets);
+            change.properties.insert(
+                OFFSETS_PROP.into(),
+                serde_json::to_string(&all)
+                    .map_err(|e| LakeError::Table(format!("offsets: {e}")))?,
+            );
+            let snapshot_id = new_snapshot_id(table.metadata());
+            let staged = stage(&table, snapshot_id, &change).await?;
+            if self.lake.swap(&table, staged).await? {
+                self.metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .files_per_commit
+                    .observe(change.added.len() as f64);
+                self.metrics.bytes_per_commit.observe(bytes as f64);
+                self.table = self.lake.load().await?;
+                return Ok(Outcome::Committed { snapshot_id });
+            }
+            self.metrics.commits.with_label_values(&["conflict"]).inc();
+            tracing::debug!("commit conflict: another commit landed first; fencing again");
+        }
+    }
+
+    /// Book-keeping after a commit landed.
+    fn committed(&mut self, snapshot_id: i64) {
+        if self
+            .failpoints
+            .after_commit
+            .is_some_and(|n| self.rounds >= n)
+        {
+            failpoint::abort("lake.after_commit");
+        }
+        let rows = self.round.rows;
+        self.stats.rows += rows;
+        self.stats.commits += 1;
+        self.metrics.rows.inc_by(rows);
+        self.metrics.commits.with_label_values(&["committed"]).inc();
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &next) in &self.round.next {
+            if let Some(st) = self.owned.get_mut(&p) {
+                st.committed = Some(next);
+            }
+            let _ = tpl.add_partition_offset(&self.topic, p, Offset::Offset(next));
+        }
+        // Kafka's offsets are for monitoring tools only (the table is the truth).
+        if let Err(e) = self.source.consumer().commit(&tpl, CommitMode::Async) {
+            tracing::debug!(error = %e, "committing Kafka offsets (monitoring only) failed");
+        }
+        tracing::debug!(
+            snapshot_id,
+            rows,
+            partitions = self.round.next.len(),
+            "round committed"
+        );
+        self.reset_round();
+    }
+
+    fn reset_round(&mut self) {
+        self.round = Round::new(self.schema.clone(), self.cfg.flush_rows.min(65_536));
+    }
+
+    /// Drops the round after a failure, waits, and re-reads from the table's offsets.
+    async fn abort_round(
+        &mut self,
+        e: &LakeError,
+        shutdown: &CancellationToken,
+    ) -> Result<(), LakeError> {
+        self.metrics.commits.with_label_values(&["failed"]).inc();
+        if !e.is_retryable() {
+            return Err(LakeError::Table(format!("round failed: {e}")));
+        }
+        tracing::warn!(error = %e, "round failed: nothing committed; backing off, then re-reading from the table's offsets");
+        self.reset_round();
+        sleep_or_cancel(shutdown, Duration::from_secs(1)).await;
+        let parts: Vec<i32> = self.owned.keys().copied().collect();
+        self.resync(&parts, shutdown).await
+    }
+
+    /// Reloads `parts` from the table and seeks to their committed offsets.
+    async fn resync(
+        &mut self,
+        parts: &[i32],
+        shutdown: &CancellationToken,
+    ) -> Result<(), LakeError> {
+        let parts: Vec<i32> = parts
+            .iter()
+            .copied()
+            .filter(|p| self.owned.contains_key(p))
+            .collect();
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let mut delay = Duration::from_millis(200);
+        let states = loop {
+            match load_states(&self.lake, &self.topic, &parts, self.cfg.dedup_window_hours).await {
+                Ok(s) => break s,
+                Err(e) if e.is_retryable() && !shutdown.is_cancelled() => {
+                    tracing::warn!(error = %e, "reloading partition state failed, retrying");
+                    sleep_or_cancel(shutdown, delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        for (p, st) in states {
+            seek(
+                &self.source,
+                p,
+                st.committed.map_or(Offset::Beginning, Offset::Offset),
+            );
+            self.owned.insert(p, st);
+        }
+        Ok(())
+    }
+
+    /// Partitions moved: the round in hand is committed first (the fence
+    /// keeps that safe even for partitions already gone), then the moved
+    /// partitions are taken in or dropped.
+    async fn apply_changes(
+        &mut self,
+        changes: Vec<Change>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), LakeError> {
+        let touched: Vec<i32> = self.round.next.keys().copied().collect();
+        if !self.round.is_empty() {
+            self.commit_round(shutdown).await?;
+        }
+        let mut reload = Vec::new();
+        for c in changes {
+            match c {
+                Change::Assigned(p, st) => {
+                    if touched.contains(&p) {
+                        // Loaded before our commit: stale.
+                        reload.push(p);
+                    }
+                    self.owned.insert(p, st);
+                }
+                Change::Revoked(parts) => {
+                    for p in parts {
+                        self.owned.remove(&p);
+                        self.metrics
+                            .lag
+                            .remove_label_values(&[p.to_string().as_str()])
+                            .ok();
+                    }
+                }
+            }
+        }
+        self.resync(&reload, shutdown).await
+    }
+}
+
+async fn open_retrying(cfg: &LakeConfig, shutdown: &CancellationToken) -> Result<Lake, LakeError> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match Lake::open(cfg).await {
+            Ok(l) => return Ok(l),
+            Err(e) if e.is_retryable() && !shutdown.is_cancelled() => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "catalog or object store unavailable, retrying");
+                sleep_or_cancel(shutdown, delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn seek<C: ConsumerContext + 'static>(source: &Source<C>, p: i32, offset: Offset) {
+    if let Err(e) = source
+        .consumer()
+        .seek(source.topic(), p, offset, Duration::from_secs(5))
+    {
+        tracing::warn!(partition = p, ?offset, error = %e, "seek failed");
+    }
+}
+
+fn update_gauges(highs: &Mutex<HashMap<i32, i64>>, owned: &Owned, m: &Metrics) {
+    let highs = highs.lock().map(|h| h.clone()).unwrap_or_default();
+    let mut entries = 0;
+    for (p, s) in owned {
+        entries += s.dedup.len();
+        if let Some(&high) = highs.get(p) {
+            m.lag
+                .with_label_values(&[p.to_string().as_str()])
+                .set((high - s.committed.unwrap_or(0)).max(0));
+        }
+    }
+    m.dedup_entries.set(entries as i64);
+}
+
+async fn sleep_or_cancel(shutdown: &CancellationToken, d: Duration) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}

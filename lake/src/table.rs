@@ -1,0 +1,426 @@
+//! The Iceberg table: opening the catalog, creating the table, and
+//! committing snapshots with a compare-and-swap the writer controls.
+//!
+//! iceberg-rust 0.10's `Transaction::commit` reloads the table and re-applies
+//! its actions when the catalog reports a conflict. That is right for a plain
+//! append, but it would let a fenced commit (SPEC §4) slip through after the
+//! check, and it has no action that removes files (compaction). So notiflow
+//! stages its snapshots itself ([`stage`]: manifests, manifest list, new
+//! metadata) and swaps the metadata pointer in the SQL catalog's own table
+//! with `UPDATE … WHERE metadata_location = <the one we read>` ([`Lake::swap`]):
+//! a commit lands exactly on the table state its checks were made against,
+//! or not at all.
+//!
+//! Snapshot summaries carry `notiflow.offsets` (the next Kafka offset of
+//! every partition, per topic) and `notiflow.dedup-file` (the dedup
+//! fingerprints of the rows the snapshot added; see [`crate::dedup_log`]).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use iceberg::spec::{
+    DataFile, MAIN_BRANCH, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot,
+    SnapshotReference, SnapshotRetention, Summary, TableMetadata,
+};
+use iceberg::table::Table;
+use iceberg::{
+    Catalog, CatalogBuilder, MetadataLocation, NamespaceIdent, TableCreation, TableIdent,
+    TableUpdate,
+};
+use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
+use iceberg_storage_opendal::OpenDalResolvingStorageFactory;
+use sqlx::AnyPool;
+use uuid::Uuid;
+
+use crate::config::LakeConfig;
+use crate::error::LakeError;
+use crate::rows::{partition_spec, sort_order, table_schema};
+
+/// Summary property: `{"<topic>": {"<partition>": <next offset>}}`.
+pub const OFFSETS_PROP: &str = "notiflow.offsets";
+/// Summary property: path of the dedup file of the rows a snapshot added.
+pub const DEDUP_PROP: &str = "notiflow.dedup-file";
+
+/// Next offsets per topic, then partition.
+pub type TopicOffsets = BTreeMap<String, BTreeMap<i32, i64>>;
+
+/// An open catalog and the notiflow table in it.
+pub struct Lake {
+    catalog: SqlCatalog,
+    pool: AnyPool,
+    dollar: bool,
+    catalog_name: String,
+    ident: TableIdent,
+}
+
+impl Lake {
+    /// Connects to the catalog and creates the namespace and the table if
+    /// they do not exist yet.
+    pub async fn open(cfg: &LakeConfig) -> Result<Lake, LakeError> {
+        let uri = catalog_uri(&cfg.catalog_uri)?;
+        let dollar = !uri.starts_with("sqlite:");
+        let mut props = cfg.storage_props();
+        props.insert("uri".into(), uri.clone());
+        props.insert("warehouse".into(), cfg.warehouse_url());
+        let catalog = SqlCatalogBuilder::default()
+            .sql_bind_style(if dollar {
+                SqlBindStyle::DollarNumeric
+            } else {
+                SqlBindStyle::QMark
+            })
+            .with_storage_factory(Arc::new(OpenDalResolvingStorageFactory::new()))
+            .load(cfg.catalog_name.clone(), props)
+            .await?;
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .max_connections(2)
+            .connect(&uri)
+            .await?;
+        let ns = NamespaceIdent::new(cfg.namespace.clone());
+        let ident = TableIdent::new(ns.clone(), cfg.table.clone());
+        let lake = Lake {
+            catalog,
+            pool,
+            dollar,
+            catalog_name: cfg.catalog_name.clone(),
+            ident,
+        };
+        lake.ensure_table(&ns).await?;
+        Ok(lake)
+    }
+
+    async fn ensure_table(&self, ns: &NamespaceIdent) -> Result<(), LakeError> {
+        if !self.catalog.namespace_exists(ns).await? {
+            // Another writer may create it at the same moment.
+            if let Err(e) = self.catalog.create_namespace(ns, HashMap::new()).await
+                && !self.catalog.namespace_exists(ns).await?
+            {
+                return Err(e.into());
+            }
+        }
+        if self.catalog.table_exists(&self.ident).await? {
+            return Ok(());
+        }
+        let creation = TableCreation::builder()
+            .name(self.ident.name().to_string())
+            .schema(table_schema()?)
+            .partition_spec(partition_spec()?)
+            .sort_order(sort_order())
+            .properties([
+                ("write.format.default".to_string(), "parquet".to_string()),
+                (
+                    "write.parquet.compression-codec".to_string(),
+                    "zstd".to_string(),
+                ),
+            ])
+            .build();
+        match self.catalog.create_table(ns, creation).await {
+            Ok(t) => {
+                tracing::info!(table = %self.ident, location = t.metadata().location(), "created table");
+                Ok(())
+            }
+            Err(e) if self.catalog.table_exists(&self.ident).await? => {
+                tracing::debug!(error = %e, "table created by another writer meanwhile");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The table as the catalog has it now.
+    pub async fn load(&self) -> Result<Table, LakeError> {
+        Ok(self.catalog.load_table(&self.ident).await?)
+    }
+
+    /// The catalog (for engines and maintenance actions).
+    pub fn catalog(&self) -> &SqlCatalog {
+        &self.catalog
+    }
+
+    /// The table's identifier.
+    pub fn ident(&self) -> &TableIdent {
+        &self.ident
+    }
+
+    /// Writes `metadata` as the table's next metadata file and makes it
+    /// current if, and only if, the catalog still points at `base`'s. False
+    /// on a conflict (someone else committed first: reload and decide again).
+    pub async fn swap(&self, base: &Table, metadata: TableMetadata) -> Result<bool, LakeError> {
+        let current = base.metadata_location_result()?;
+        let next = MetadataLocation::from_str(current)?
+            .with_next_version()
+            .with_new_metadata(&metadata);
+        metadata.write_to(base.file_io(), &next).await?;
+        let next = next.to_string();
+        let sql = "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
+                   WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? \
+                   AND metadata_location = ?";
+        let sql = if self.dollar {
+            dollar(sql)
+        } else {
+            sql.to_string()
+        };
+        let done = sqlx::query(&sql)
+            .bind(next.as_str())
+            .bind(current)
+            .bind(self.catalog_name.as_str())
+            .bind(self.ident.namespace().join("."))
+            .bind(self.ident.name())
+            .bind(current)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+/// The sqlx URI of a configured catalog: SQLite files are created when
+/// missing (with their folder).
+fn catalog_uri(configured: &str) -> Result<String, LakeError> {
+    let Some(path) = configured.strip_prefix("sqlite://") else {
+        return Ok(configured.to_string());
+    };
+    if path.contains('?') || path.starts_with(":memory:") {
+        return Ok(configured.to_string());
+    }
+    if let Some(dir) = std::path::Path::new(path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| LakeError::Table(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    Ok(format!("sqlite://{path}?mode=rwc"))
+}
+
+/// `?` placeholders as `$1, $2, …` (PostgreSQL).
+fn dollar(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The offsets of the latest snapshot that records them (compaction copies
+/// them forward, so this is normally the current one).
+pub fn committed_offsets(md: &TableMetadata) -> Result<TopicOffsets, LakeError> {
+    let mut snap = md.current_snapshot();
+    while let Some(s) = snap {
+        if let Some(v) = s.summary().additional_properties.get(OFFSETS_PROP) {
+            return serde_json::from_str(v).map_err(|e| {
+                LakeError::Table(format!(
+                    "bad {OFFSETS_PROP} in snapshot {}: {e}",
+                    s.snapshot_id()
+                ))
+            });
+        }
+        snap = s.parent_snapshot_id().and_then(|id| md.snapshot_by_id(id));
+    }
+    Ok(TopicOffsets::new())
+}
+
+/// The offsets of `topic`.
+pub fn topic_offsets(md: &TableMetadata, topic: &str) -> Result<BTreeMap<i32, i64>, LakeError> {
+    Ok(committed_offsets(md)?.remove(topic).unwrap_or_default())
+}
+
+/// What a snapshot changes.
+#[derive(Debug, Clone, Default)]
+pub struct Change {
+    /// Data files it adds.
+    pub added: Vec<DataFile>,
+    /// Paths of data files it removes (compaction).
+    pub removed: HashSet<String>,
+    /// Properties stored in its summary.
+    pub properties: HashMap<String, String>,
+}
+
+/// A new snapshot id not used by `md`.
+pub fn new_snapshot_id(md: &TableMetadata) -> i64 {
+    loop {
+        let (hi, lo) = Uuid::new_v4().as_u64_pair();
+        let id = ((hi ^ lo) & (i64::MAX as u64)) as i64;
+        if id != 0 && md.snapshot_by_id(id).is_none() {
+            return id;
+        }
+    }
+}
+
+/// Writes the manifests and manifest list of a snapshot that applies
+/// `change` on top of `base`'s current snapshot, and returns the table
+/// metadata that makes it current. Nothing is visible until [`Lake::swap`].
+pub async fn stage(
+    base: &Table,
+    snapshot_id: i64,
+    change: &Change,
+) -> Result<TableMetadata, LakeError> {
+    let md = base.metadata();
+    let io = base.file_io();
+    let parent = md.current_snapshot();
+    let seq = md.next_sequence_number();
+    let schema = md.current_schema().clone();
+    let spec = md.default_partition_spec().as_ref().clone();
+    let attempt = Uuid::new_v4();
+    let meta = format!("{}/metadata", md.location());
+    let mut manifests = Vec::new();
+    let mut removed_found = 0usize;
+    let (mut del_rows, mut del_size) = (0u64, 0u64);
+    if let Some(parent) = parent {
+        let list = base.manifest_list_reader(parent).load().await?;
+        for (n, mf) in list.entries().iter().enumerate() {
+            if change.removed.is_empty() {
+                manifests.push(mf.clone());
+                continue;
+            }
+            let manifest = mf.load_manifest(io).await?;
+            let touched = manifest
+                .entries()
+                .iter()
+                .any(|e| e.is_alive() && change.removed.contains(e.file_path()));
+            if !touched {
+                manifests.push(mf.clone());
+                continue;
+            }
+            let out = io.new_output(format!("{meta}/{attempt}-r{n}.avro"))?;
+            let mut w =
+                ManifestWriterBuilder::new(out, Some(snapshot_id), schema.clone(), spec.clone())
+                    .build_v2_data();
+            for e in manifest.entries() {
+                if !e.is_alive() {
+                    continue;
+                }
+                let seq_n = e.sequence_number().unwrap_or(0);
+                if change.removed.contains(e.file_path()) {
+                    removed_found += 1;
+                    del_rows += e.record_count();
+                    del_size += e.file_size_in_bytes();
+                    w.add_delete_file(e.data_file().clone(), seq_n, e.file_sequence_number)?;
+                } else {
+                    w.add_existing_file(
+                        e.data_file().clone(),
+                        e.snapshot_id().unwrap_or(snapshot_id),
+                        seq_n,
+                        e.file_sequence_number,
+                    )?;
+                }
+            }
+            manifests.push(w.write_manifest_file().await?);
+        }
+    }
+    if removed_found != change.removed.len() {
+        return Err(LakeError::Table(format!(
+            "{} of the {} files to remove are no longer in the table",
+            change.removed.len() - removed_found,
+            change.removed.len()
+        )));
+    }
+    let (mut add_rows, mut add_size) = (0u64, 0u64);
+    if !change.added.is_empty() {
+        let out = io.new_output(format!("{meta}/{attempt}-a.avro"))?;
+        let mut w =
+            ManifestWriterBuilder::new(out, Some(snapshot_id), schema.clone(), spec.clone())
+                .build_v2_data();
+        for f in &change.added {
+            add_rows += f.record_count();
+            add_size += f.file_size_in_bytes();
+            // A negative sequence number: inherited from the manifest list.
+            w.add_file(f.clone(), -1)?;
+        }
+        manifests.push(w.write_manifest_file().await?);
+    }
+    let list_path = format!("{meta}/snap-{snapshot_id}-{attempt}.avro");
+    let mut list = ManifestListWriter::v2(
+        io.new_output(&list_path)?.writer().await?,
+        snapshot_id,
+        parent.map(|p| p.snapshot_id()),
+        seq,
+    );
+    list.add_manifests(manifests.into_iter())?;
+    list.close().await?;
+
+    let prev = parent.map(|p| &p.summary().additional_properties);
+    let total = |key: &str| -> u64 {
+        prev.and_then(|p| p.get(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut props = change.properties.clone();
+    let mut set = |k: &str, v: u64| {
+        props.insert(k.to_string(), v.to_string());
+    };
+    set("added-data-files", change.added.len() as u64);
+    set("added-records", add_rows);
+    set("added-files-size", add_size);
+    set("deleted-data-files", removed_found as u64);
+    set("deleted-records", del_rows);
+    set("removed-files-size", del_size);
+    set(
+        "total-data-files",
+        (total("total-data-files") + change.added.len() as u64)
+            .saturating_sub(removed_found as u64),
+    );
+    set(
+        "total-records",
+        (total("total-records") + add_rows).saturating_sub(del_rows),
+    );
+    set(
+        "total-files-size",
+        (total("total-files-size") + add_size).saturating_sub(del_size),
+    );
+    set("total-delete-files", 0);
+    set("total-position-deletes", 0);
+    set("total-equality-deletes", 0);
+    let operation = if change.removed.is_empty() {
+        Operation::Append
+    } else {
+        Operation::Replace
+    };
+    let snapshot = Snapshot::builder()
+        .with_snapshot_id(snapshot_id)
+        .with_parent_snapshot_id(parent.map(|p| p.snapshot_id()))
+        .with_sequence_number(seq)
+        .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
+        .with_manifest_list(list_path)
+        .with_summary(Summary {
+            operation,
+            additional_properties: props,
+        })
+        .with_schema_id(md.current_schema_id())
+        .build();
+    let mut builder = md
+        .clone()
+        .into_builder(Some(base.metadata_location_result()?.to_string()));
+    builder = TableUpdate::AddSnapshot { snapshot }.apply(builder)?;
+    builder = TableUpdate::SetSnapshotRef {
+        ref_name: MAIN_BRANCH.to_string(),
+        reference: SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)),
+    }
+    .apply(builder)?;
+    Ok(builder.build()?.metadata)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_become_numbered() {
+        assert_eq!(dollar("a = ? AND b = ?"), "a = $1 AND b = $2");
+    }
+
+    #[test]
+    fn sqlite_catalogs_are_created_when_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/catalog.db");
+        let uri = catalog_uri(&format!("sqlite://{}", path.display())).unwrap();
+        assert!(uri.ends_with("?mode=rwc"));
+        assert!(path.parent().unwrap().is_dir());
+        assert_eq!(catalog_uri("postgres://h/db").unwrap(), "postgres://h/db");
+    }
+}
