@@ -23,6 +23,8 @@ TANSU_CLUSTER_ID=notiflow-local
 TANSU_BUILD_WAIT_SECS=${TANSU_BUILD_WAIT_SECS:-3600}
 MOTO_SPEC='moto[server]>=5.1,<6'
 CONFLUENT_KAFKA_SPEC='confluent-kafka>=2.6'
+# PyIceberg reads the lake through the same SQL catalog (interoperability tests).
+PYICEBERG_SPEC='pyiceberg[sql-sqlite,pyarrow]==0.10.0'
 
 command -v cargo >/dev/null || PATH=$PATH:$HOME/.cargo/bin
 PYTHON=$(python3 -c 'import sys; print(sys.executable)') || die "python3 is required"
@@ -90,6 +92,7 @@ ensure_python_clients() {
   # confluent-kafka (librdkafka, as the Rust rdkafka crate) proves the broker
   # answers Kafka metadata, not just TCP.
   pip_ensure "import confluent_kafka" "$CONFLUENT_KAFKA_SPEC"
+  pip_ensure "import pyiceberg.catalog.sql, pyarrow" "$PYICEBERG_SPEC"
 }
 
 # ---------------------------------------------------------------- readiness

@@ -83,6 +83,11 @@ enum LakeAction {
     Compact,
     /// Print the live data files per day partition as JSON: count, bytes, rows.
     Files,
+    /// Print the committed Kafka offsets (per topic and partition) as JSON.
+    Offsets,
+    /// Read every row back and print JSON: rows, distinct offsets, an
+    /// order-independent checksum, counts per client × day × status, offsets.
+    Stats,
 }
 
 #[derive(clap::Args)]
@@ -303,6 +308,22 @@ async fn dispatch(command: Command, mut cfg: Config) -> anyhow::Result<()> {
                 })
                 .collect();
             println!("{}", serde_json::Value::Array(json));
+            Ok(())
+        }
+        Command::Lake {
+            action: LakeAction::Offsets,
+        } => {
+            let lake = notiflow_lake::Lake::open(&cfg.lake).await?;
+            let offsets = notiflow_lake::table::committed_offsets(lake.load().await?.metadata())?;
+            println!("{}", serde_json::to_string(&offsets)?);
+            Ok(())
+        }
+        Command::Lake {
+            action: LakeAction::Stats,
+        } => {
+            let lake = notiflow_lake::Lake::open(&cfg.lake).await?;
+            let stats = notiflow_lake::inspect::stats(&lake.load().await?).await?;
+            println!("{}", serde_json::to_string(&stats)?);
             Ok(())
         }
         Command::Demo { rate } => {

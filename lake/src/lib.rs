@@ -12,6 +12,7 @@ pub mod config;
 pub mod dedup_log;
 pub mod error;
 pub mod files;
+pub mod inspect;
 pub mod maintenance;
 pub mod metrics;
 pub mod rows;

@@ -6,18 +6,16 @@
 //! Each test uses a fresh topic, consumer group and Redis key prefix.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use notiflow_ingest::KafkaConfig;
-use notiflow_ingest::kafka::client_config;
 use notiflow_loadgen::GroundTruth;
 use notiflow_schema::counters::{Keys, parse_field, sent_category_slot, status_slot};
 use notiflow_schema::time::{minute_of, parse_rfc3339};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 
+use crate::procs::{Jitter, Proc, free_port, signal, sigterm_and_wait, wait_timeout};
 use crate::{brokers, fresh_topic, notiflow};
 
 const PARTITIONS: i32 = 8;
@@ -119,18 +117,7 @@ listen = "{metrics_listen}"
     /// Starts the generator: `events` records at `rate` (or as fast as the
     /// broker takes them), 1% malformed, with a ground-truth file.
     fn generator(&self, events: u64, rate: Option<&str>) -> Proc {
-        let mut c = self.command();
-        c.args(["gen", "--events", &events.to_string(), "--seed", "31"])
-            .args(["--malformed-share", "0.01", "--duplicate-share", "0.01"])
-            .arg("--truth")
-            .arg(self.truth_path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        match rate {
-            Some(r) => c.args(["--rate", r]),
-            None => c.arg("--fast"),
-        };
-        Proc(c.spawn().unwrap())
+        crate::generator(&self.config, &self.truth_path(), events, rate)
     }
 
     fn log(&self, n: usize) -> String {
@@ -146,14 +133,7 @@ listen = "{metrics_listen}"
 
     /// High watermark of every partition.
     fn highs(&self) -> Vec<i64> {
-        let c: BaseConsumer = client_config(&self.kafka).create().unwrap();
-        (0..PARTITIONS)
-            .map(|p| {
-                c.fetch_watermarks(&self.kafka.topic, p, Duration::from_secs(30))
-                    .unwrap()
-                    .1
-            })
-            .collect()
+        crate::highs(&self.kafka)
     }
 
     /// Waits until Redis holds, for every partition, the high watermark as
@@ -272,86 +252,6 @@ listen = "{metrics_listen}"
             stats.get("rejected"),
             Some(&truth.dlq_by_reason.values().sum::<u64>())
         );
-    }
-}
-
-/// A child process that is killed if the test fails first, so no process
-/// outlives its test (and none keeps the build lock's descriptor).
-struct Proc(Child);
-
-impl Deref for Proc {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl DerefMut for Proc {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = Command::new("kill")
-                .args(["-CONT", &self.0.id().to_string()])
-                .status();
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-fn sigterm_and_wait(child: &mut Child) -> std::process::ExitStatus {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    wait_timeout(child, Duration::from_secs(60))
-}
-
-fn wait_timeout(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let give_up = Instant::now() + timeout;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if Instant::now() > give_up {
-            let _ = child.kill();
-            panic!("process {} did not exit in {timeout:?}", child.id());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {}", child.id());
-}
-
-/// A small xorshift seeded from the clock; the delays it picks are printed.
-struct Jitter(u64);
-
-impl Jitter {
-    fn new() -> Self {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
-        eprintln!("jitter seed {seed}");
-        Jitter(seed | 1)
-    }
-
-    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        Duration::from_millis(lo + self.0 % (hi - lo))
     }
 }
 
@@ -554,14 +454,6 @@ fn http_get(addr: &str, path: &str) -> String {
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -5,8 +5,18 @@
 mod aggregator;
 mod config;
 mod gen_truth;
+mod lake;
+mod procs;
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use notiflow_ingest::KafkaConfig;
+use notiflow_ingest::kafka::client_config;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::procs::Proc;
 
 /// The built binary.
 pub fn notiflow() -> Command {
@@ -25,4 +35,36 @@ pub fn fresh_topic(tag: &str) -> String {
         .unwrap()
         .as_nanos();
     format!("it.{tag}.{}.{nanos}", std::process::id())
+}
+
+/// Starts `notiflow gen` with `config`: `events` records at `rate` (or as
+/// fast as the broker takes them), 1% malformed and 1% duplicates, seed 31,
+/// with its ground truth written to `truth`.
+pub fn generator(config: &Path, truth: &Path, events: u64, rate: Option<&str>) -> Proc {
+    let mut c = notiflow();
+    c.arg("--config")
+        .arg(config)
+        .args(["gen", "--events", &events.to_string(), "--seed", "31"])
+        .args(["--malformed-share", "0.01", "--duplicate-share", "0.01"])
+        .arg("--truth")
+        .arg(truth)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    match rate {
+        Some(r) => c.args(["--rate", r]),
+        None => c.arg("--fast"),
+    };
+    Proc(c.spawn().unwrap())
+}
+
+/// High watermark of every partition of the event topic.
+pub fn highs(kafka: &KafkaConfig) -> Vec<i64> {
+    let c: BaseConsumer = client_config(kafka).create().unwrap();
+    (0..kafka.partitions)
+        .map(|p| {
+            c.fetch_watermarks(&kafka.topic, p, Duration::from_secs(30))
+                .unwrap()
+                .1
+        })
+        .collect()
 }

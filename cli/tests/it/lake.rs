@@ -1,0 +1,466 @@
+//! The lake writer as its own process against the real broker, a local
+//! warehouse folder or the real S3-compatible server (moto), and a SQLite
+//! catalog: reconciliation with the generator's ground truth (read back by
+//! notiflow and by PyIceberg), kill -9 at random moments including between
+//! writing data files and committing, a zombie writer, and compaction while
+//! the writer writes.
+//!
+//! Each test uses a fresh topic, consumer group, warehouse and catalog.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use notiflow_ingest::KafkaConfig;
+use notiflow_loadgen::GroundTruth;
+use serde_json::Value;
+
+use crate::procs::{Jitter, Proc, signal, sigterm_and_wait, wait_timeout};
+use crate::{brokers, fresh_topic, notiflow};
+
+const PARTITIONS: i32 = 8;
+
+/// Counts per (client, day, status).
+type Counts = BTreeMap<(String, String, String), u64>;
+
+/// Where the warehouse of a test lives.
+enum Store {
+    Folder,
+    S3 { endpoint: String, bucket: String },
+}
+
+/// One test's topic, group, warehouse, catalog, config file and logs.
+struct Setup {
+    kafka: KafkaConfig,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    warehouse: String,
+    s3_endpoint: Option<String>,
+}
+
+impl Setup {
+    fn new(tag: &str, store: Store, commit_interval_ms: u64) -> Setup {
+        let topic = fresh_topic(tag);
+        let dir = tempfile::tempdir().unwrap();
+        let group = format!("lake-{}", topic.replace('.', "_"));
+        let (warehouse, s3) = match &store {
+            Store::Folder => (dir.path().join("warehouse").display().to_string(), None),
+            Store::S3 { endpoint, bucket } => {
+                (format!("s3://{bucket}/warehouse"), Some(endpoint.clone()))
+            }
+        };
+        let config = dir.path().join("notiflow.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[kafka]
+brokers = "{brokers}"
+topic = "{topic}"
+dlq_topic = "{topic}.dlq"
+partitions = {PARTITIONS}
+
+[kafka.properties]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
+
+[lake]
+group_id = "{group}"
+warehouse = "{warehouse}"
+catalog_uri = "sqlite://{catalog}"
+commit_interval_ms = {commit_interval_ms}
+flush_rows = 4096
+
+[lake.s3]
+endpoint = "{endpoint}"
+region = "us-east-1"
+access_key_id = "notiflow"
+secret_access_key = "notiflow"
+path_style = true
+
+[metrics]
+listen = ""
+"#,
+                brokers = brokers(),
+                catalog = dir.path().join("catalog.db").display(),
+                endpoint = s3.clone().unwrap_or_default(),
+            ),
+        )
+        .unwrap();
+        Setup {
+            kafka: KafkaConfig {
+                brokers: brokers(),
+                topic: topic.clone(),
+                dlq_topic: format!("{topic}.dlq"),
+                partitions: PARTITIONS,
+                properties: BTreeMap::new(),
+            },
+            dir,
+            config,
+            warehouse,
+            s3_endpoint: s3,
+        }
+    }
+
+    fn truth_path(&self) -> PathBuf {
+        self.dir.path().join("truth.json")
+    }
+
+    fn command(&self) -> Command {
+        let mut c = notiflow();
+        c.arg("--config").arg(&self.config);
+        c
+    }
+
+    fn generator(&self, events: u64, rate: Option<&str>) -> Proc {
+        crate::generator(&self.config, &self.truth_path(), events, rate)
+    }
+
+    /// Starts `notiflow run lake`, its log in `<dir>/lake-<n>.log`.
+    fn writer(&self, n: usize, env: &[(&str, &str)]) -> Proc {
+        let log = std::fs::File::create(self.dir.path().join(format!("lake-{n}.log"))).unwrap();
+        let mut c = self.command();
+        c.args(["run", "lake"]).stdout(Stdio::null()).stderr(log);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        Proc(c.spawn().unwrap())
+    }
+
+    fn log(&self, n: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("lake-{n}.log"))).unwrap_or_default()
+    }
+
+    /// Runs `notiflow lake <action>` to completion; its stdout.
+    fn lake(&self, action: &str, env: &[(&str, &str)]) -> String {
+        let mut c = self.command();
+        c.args(["lake", action]);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "lake {action}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The next offset committed in the table per partition (0 when none).
+    fn committed(&self) -> Vec<i64> {
+        let v: Value = serde_json::from_str(&self.lake("offsets", &[])).unwrap();
+        (0..PARTITIONS)
+            .map(|p| v[&self.kafka.topic][p.to_string()].as_i64().unwrap_or(0))
+            .collect()
+    }
+
+    /// Waits until the table has committed every partition up to its high watermark.
+    fn wait_drained(&self, timeout: Duration) {
+        let highs = crate::highs(&self.kafka);
+        let give_up = Instant::now() + timeout;
+        loop {
+            let committed = self.committed();
+            if committed == highs {
+                return;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "not drained: committed {committed:?}, highs {highs:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    fn stats(&self) -> Value {
+        serde_json::from_str(&self.lake("stats", &[])).unwrap()
+    }
+
+    /// Day partition → (files, bytes).
+    fn files(&self) -> BTreeMap<i64, (u64, u64)> {
+        let v: Value = serde_json::from_str(&self.lake("files", &[])).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["day"].as_i64().unwrap(),
+                    (d["files"].as_u64().unwrap(), d["bytes"].as_u64().unwrap()),
+                )
+            })
+            .collect()
+    }
+
+    /// The ground truth's distinct events per client × UTC day × status.
+    fn truth_counts(&self) -> (GroundTruth, Counts) {
+        let truth = GroundTruth::read(&self.truth_path()).unwrap();
+        let mut want = Counts::new();
+        for c in &truth.minute_counts {
+            *want
+                .entry((
+                    c.client_id.clone(),
+                    c.minute[..10].to_string(),
+                    c.status.as_str().to_string(),
+                ))
+                .or_default() += c.count;
+        }
+        (truth, want)
+    }
+
+    /// The table holds every valid event once: rows per client × day ×
+    /// status equal the ground truth, and no Kafka record is in it twice.
+    /// Returns the stats.
+    fn assert_matches_truth(&self) -> Value {
+        let (truth, want) = self.truth_counts();
+        let stats = self.stats();
+        let got = counts_of(&stats["counts"]);
+        assert_same(&want, &got, "table vs ground truth");
+        assert!(truth.valid_events > 0 && truth.duplicates > 0);
+        assert_eq!(stats["rows"].as_u64(), Some(truth.valid_events));
+        assert_eq!(
+            stats["distinct_offsets"], stats["rows"],
+            "a record written twice"
+        );
+        stats
+    }
+
+    /// PyIceberg, through the same SQLite catalog, sees the same rows.
+    fn assert_pyiceberg_agrees(&self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/pyiceberg_read.py");
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let warehouse = if self.warehouse.starts_with("s3://") {
+            self.warehouse.clone()
+        } else {
+            format!("file://{}", self.warehouse)
+        };
+        let mut c = Command::new(python);
+        c.arg(script)
+            .arg(self.dir.path().join("catalog.db"))
+            .arg(warehouse);
+        if let Some(e) = &self.s3_endpoint {
+            c.arg(e);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "pyiceberg: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let (truth, want) = self.truth_counts();
+        assert_eq!(v["rows"].as_u64(), Some(truth.valid_events));
+        assert_same(&want, &counts_of(&v["counts"]), "PyIceberg vs ground truth");
+    }
+}
+
+fn counts_of(v: &Value) -> Counts {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let s = |i: usize| r[i].as_str().unwrap().to_string();
+            ((s(0), s(1), s(2)), r[3].as_u64().unwrap())
+        })
+        .collect()
+}
+
+fn assert_same(want: &Counts, got: &Counts, what: &str) {
+    let mut diffs: Vec<String> = want
+        .iter()
+        .filter(|(k, v)| got.get(*k) != Some(*v))
+        .map(|(k, v)| format!("{k:?}: want {v}, got {:?}", got.get(k)))
+        .chain(
+            got.iter()
+                .filter(|(k, _)| !want.contains_key(*k))
+                .map(|(k, v)| format!("{k:?}: want nothing, got {v}")),
+        )
+        .collect();
+    diffs.sort();
+    assert!(
+        diffs.is_empty(),
+        "{what}: {} cells differ, e.g. {:?}",
+        diffs.len(),
+        &diffs[..diffs.len().min(10)]
+    );
+}
+
+/// A bucket on the S3-compatible server of `infra/up.sh` (`S3_ENDPOINT`).
+fn s3_bucket(tag: &str) -> Store {
+    let endpoint = std::env::var("S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9000".into());
+    let bucket = fresh_topic(tag).replace('.', "-").to_lowercase();
+    let ok = Command::new("curl")
+        .args(["-sf", "-X", "PUT", &format!("{endpoint}/{bucket}")])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cannot create bucket {bucket} at {endpoint}");
+    Store::S3 { endpoint, bucket }
+}
+
+#[test]
+fn lake_rows_reconcile_and_pyiceberg_reads_them() {
+    let s = Setup::new("lake-rec", Store::Folder, 2000);
+    let mut generator = s.generator(40_000, None);
+    let mut w = s.writer(0, &[]);
+    assert!(generator.wait().unwrap().success());
+    s.wait_drained(Duration::from_secs(120));
+    assert!(sigterm_and_wait(&mut w).success(), "{}", s.log(0));
+    s.assert_matches_truth();
+    s.assert_pyiceberg_agrees();
+}
+
+#[test]
+fn the_lake_on_s3_reconciles_and_compacts() {
+    let s = Setup::new("lake-s3", s3_bucket("lake-s3"), 1500);
+    let mut generator = s.generator(20_000, Some("5000/s"));
+    let mut w = s.writer(0, &[]);
+    assert!(generator.wait().unwrap().success());
+    s.wait_drained(Duration::from_secs(120));
+    assert!(sigterm_and_wait(&mut w).success(), "{}", s.log(0));
+    let before = s.assert_matches_truth();
+    s.assert_pyiceberg_agrees();
+    let files = s.files();
+    assert!(
+        files.values().any(|f| f.0 > 1),
+        "several commits, several files: {files:?}"
+    );
+    let out = s.lake(
+        "compact",
+        &[("NOTIFLOW__LAKE__MAINTENANCE__ORPHAN_GRACE_MINUTES", "0")],
+    );
+    eprintln!("{out}");
+    let after = s.stats();
+    assert_eq!(after["checksum"], before["checksum"]);
+    assert!(s.files().values().all(|f| f.0 == 1), "{:?}", s.files());
+    s.assert_pyiceberg_agrees();
+}
+
+#[test]
+fn kill_9_at_random_moments_neither_loses_nor_duplicates_rows() {
+    let s = Setup::new("lake-crash", Store::Folder, 1000);
+    let mut generator = s.generator(60_000, Some("4000/s"));
+    let mut jitter = Jitter::new();
+    // First life: aborts between writing its 2nd round's data files and
+    // committing them; second life: right after its 1st commit.
+    for (n, fp) in [(0, "lake.after_files:2"), (1, "lake.after_commit:1")] {
+        let mut w = s.writer(n, &[("NOTIFLOW_FAILPOINT", fp)]);
+        let status = wait_timeout(&mut w, Duration::from_secs(60));
+        assert!(
+            !status.success(),
+            "the failpoint should abort: {status:?}\n{}",
+            s.log(n)
+        );
+        assert!(
+            s.log(n).contains("failpoint reached: aborting"),
+            "{}",
+            s.log(n)
+        );
+    }
+    let mut kills = 2;
+    while kills < 6 || generator.try_wait().unwrap().is_none() {
+        let mut w = s.writer(kills, &[]);
+        let life = jitter.millis(800, 4000);
+        eprintln!("life {kills}: kill -9 after {life:?}");
+        std::thread::sleep(life);
+        signal(&w, "-KILL");
+        w.wait().unwrap();
+        kills += 1;
+    }
+    assert!(generator.wait().unwrap().success());
+    // tansu 0.6 drops a dead member only at a rebalance after its session
+    // timed out (6 s): joining sooner would leave its partitions orphaned.
+    std::thread::sleep(Duration::from_secs(7));
+    let mut last = s.writer(kills, &[]);
+    s.wait_drained(Duration::from_secs(180));
+    assert!(sigterm_and_wait(&mut last).success());
+    eprintln!("{kills} kills");
+    let before = s.assert_matches_truth();
+    // The aborted round's files are orphans; maintenance removes them and
+    // changes no row.
+    let out = s.lake(
+        "compact",
+        &[("NOTIFLOW__LAKE__MAINTENANCE__ORPHAN_GRACE_MINUTES", "0")],
+    );
+    let orphans: u64 = out
+        .split("removed ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no orphan count in {out:?}"));
+    assert!(orphans > 0, "{out}");
+    let after = s.assert_matches_truth();
+    assert_eq!(after["checksum"], before["checksum"]);
+}
+
+#[test]
+fn a_zombie_writer_cannot_commit() {
+    let s = Setup::new("lake-zombie", Store::Folder, 1000);
+    let mut generator = s.generator(50_000, Some("4000/s"));
+    let mut a = s.writer(0, &[]);
+    // b stops itself holding its 2nd round's files, just before committing.
+    let mut b = s.writer(1, &[("NOTIFLOW_FAILPOINT", "lake.stop_before_commit:2")]);
+    let give_up = Instant::now() + Duration::from_secs(90);
+    while !s.log(1).contains("failpoint reached: stopping") {
+        assert!(Instant::now() < give_up, "b never stopped:\n{}", s.log(1));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let snapshot = s.committed();
+    // Past b's session timeout, a new member joins and b's partitions move.
+    std::thread::sleep(Duration::from_secs(7));
+    let mut c = s.writer(2, &[]);
+    let give_up = Instant::now() + Duration::from_secs(120);
+    loop {
+        let now = s.committed();
+        if now.iter().zip(&snapshot).all(|(n, was)| n > was) {
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "partitions never moved on: {snapshot:?} → {now:?}\n{}\n{}",
+            s.log(0),
+            s.log(2)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    signal(&b, "-CONT");
+    assert!(generator.wait().unwrap().success());
+    s.wait_drained(Duration::from_secs(180));
+    for (n, p) in [(0, &mut a), (1, &mut b), (2, &mut c)] {
+        assert!(sigterm_and_wait(p).success(), "{}", s.log(n));
+    }
+    assert!(
+        s.log(1).contains("commit fenced"),
+        "the zombie's commit was not fenced:\n{}",
+        s.log(1)
+    );
+    s.assert_matches_truth();
+}
+
+#[test]
+fn compaction_while_the_writer_writes_keeps_every_row() {
+    let s = Setup::new("lake-compact", Store::Folder, 1000);
+    let mut generator = s.generator(40_000, Some("4000/s"));
+    let mut w = s.writer(0, &[]);
+    let mut compactions = 0;
+    while generator.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_secs(3));
+        eprintln!("{}", s.lake("compact", &[]));
+        compactions += 1;
+    }
+    assert!(compactions >= 2, "the generator finished too soon");
+    s.wait_drained(Duration::from_secs(120));
+    let before = s.assert_matches_truth();
+    let files_before = s.files();
+    // Once more with the writer running (idle now): one file per day is
+    // left, every row kept.
+    let out = s.lake("compact", &[]);
+    eprintln!("{out}");
+    assert!(sigterm_and_wait(&mut w).success(), "{}", s.log(0));
+    let after = s.assert_matches_truth();
+    assert_eq!(after["checksum"], before["checksum"]);
+    let files_after = s.files();
+    eprintln!("files per day before {files_before:?}, after {files_after:?}");
+    assert!(files_after.values().all(|f| f.0 == 1), "{files_after:?}");
+}
