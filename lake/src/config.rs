@@ -96,7 +96,7 @@ impl Default for LakeConfig {
             flush_rows: 65_536,
             row_group_rows: 131_072,
             zstd_level: 3,
-            sort_chunks: true,
+            sort_chunks: false,
             dedup_window_hours: 24,
             batch_max_records: 50_000,
             s3: S3Config::default(),

@@ -5,6 +5,7 @@
 //! - [`files`]: Parquet data files of a commit round (iceberg-rust writers);
 //! - [`table`]: catalog, table creation, fenced snapshot commits;
 //! - [`dedup_log`]: the dedup state persisted with each commit;
+//! - [`round`]: one commit round without Kafka (take records, fenced commit);
 //! - [`service`]: the consumer-group member that ties them together;
 //! - [`maintenance`]: compaction, snapshot expiry, orphan removal.
 
@@ -15,6 +16,7 @@ pub mod files;
 pub mod inspect;
 pub mod maintenance;
 pub mod metrics;
+pub mod round;
 pub mod rows;
 pub mod service;
 pub mod table;

@@ -15,13 +15,12 @@
 //! Kafka's committed offsets are written after each commit for monitoring
 //! only; the table's snapshot summary is the source of truth.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use iceberg::table::Table;
-use notiflow_ingest::cursor::{Admit, Cursor};
-use notiflow_ingest::dedup::{Dedup, fingerprint, generation, pack};
+use notiflow_ingest::dedup::Dedup;
 use notiflow_ingest::failpoint;
 use notiflow_ingest::kafka::{ensure_topics, wait_for_broker};
 use notiflow_ingest::source::{now_micros, view};
@@ -33,15 +32,13 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::LakeConfig;
-use crate::dedup_log::{self, Fingerprints};
+use crate::dedup_log;
 use crate::error::LakeError;
-use crate::files::{FileOptions, RoundFiles};
+use crate::files::FileOptions;
 use crate::metrics::Metrics;
-use crate::rows::{Origin, RowBuffer, arrow_schema};
-use crate::table::{
-    Change as SnapshotChange, DEDUP_PROP, Lake, OFFSETS_PROP, committed_offsets, new_snapshot_id,
-    stage, topic_offsets,
-};
+use crate::round::{Outcome, Owned, PartState, Round, SourceRecord};
+use crate::rows::arrow_schema;
+use crate::table::{Lake, topic_offsets};
 
 /// What one run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,19 +52,6 @@ pub struct RunStats {
     /// Rounds refused by the fence.
     pub fenced: u64,
 }
-
-/// What the writer knows of a partition it owns.
-#[derive(Debug, Clone)]
-struct PartState {
-    /// Next offset as committed in the table.
-    committed: Option<i64>,
-    /// Next offset to accept.
-    cursor: Cursor,
-    /// Events seen within the dedup window, as of the cursor.
-    dedup: Dedup,
-}
-
-type Owned = HashMap<i32, PartState>;
 
 /// A partition change seen by the rebalance callback, handed to the loop.
 enum Change {
@@ -189,53 +173,9 @@ async fn load_states(
         .map(|&p| {
             let committed = offsets.get(&p).copied();
             let dedup = dedups.remove(&p).unwrap_or_else(|| Dedup::new(window));
-            (
-                p,
-                PartState {
-                    committed,
-                    cursor: Cursor::at(committed),
-                    dedup,
-                },
-            )
+            (p, PartState::loaded(committed, dedup))
         })
         .collect())
-}
-
-/// Rows and offsets gathered since the last commit.
-struct Round {
-    buffer: RowBuffer,
-    files: Option<RoundFiles>,
-    /// Committed offset of each partition in the round when it began: the fence.
-    expected: BTreeMap<i32, Option<i64>>,
-    /// Next offset of each partition after the round.
-    next: BTreeMap<i32, i64>,
-    fps: Fingerprints,
-    started: Option<Instant>,
-    rows: u64,
-}
-
-impl Round {
-    fn new(schema: arrow::datatypes::SchemaRef, capacity: usize) -> Self {
-        Round {
-            buffer: RowBuffer::new(schema, capacity),
-            files: None,
-            expected: BTreeMap::new(),
-            next: BTreeMap::new(),
-            fps: Fingerprints::new(),
-            started: None,
-            rows: 0,
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.next.is_empty()
-    }
-}
-
-/// How a commit ended.
-enum Outcome {
-    Committed { snapshot_id: i64 },
-    Fenced { stored: BTreeMap<i32, i64> },
 }
 
 /// Failpoints of the crash tests (see `ingest::failpoint`).
@@ -298,7 +238,16 @@ pub async fn run(
         table,
         source,
         owned: Owned::new(),
-        round: Round::new(schema.clone(), cfg.flush_rows.min(65_536)),
+        round: Round::new(
+            schema.clone(),
+            FileOptions {
+                target_size: cfg.target_file_size_bytes,
+                row_group_rows: cfg.row_group_rows,
+                zstd_level: cfg.zstd_level,
+            },
+            cfg.flush_rows,
+            cfg.sort_chunks,
+        ),
         schema,
         metrics,
         stats: RunStats::default(),
@@ -347,8 +296,8 @@ pub async fn run(
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
             w.take(&batch, &views, &decoder);
-            if w.round.buffer.len() >= cfg.flush_rows
-                && let Err(e) = w.flush().await
+            if w.round.buffered() >= cfg.flush_rows
+                && let Err(e) = w.round.flush(&w.table).await
             {
                 w.abort_round(&e, &shutdown).await?;
             }
@@ -383,107 +332,57 @@ pub async fn run(
 }
 
 impl Writer<'_> {
-    /// Runs the records of a batch through cursor, decoding and dedup into the round.
+    /// Runs the records of a batch into the round.
     fn take(
         &mut self,
         batch: &[rdkafka::message::OwnedMessage],
         views: &[notiflow_ingest::RecordView<'_>],
         decoder: &Decoder,
     ) {
-        let (mut stale, mut dup, mut written) = (0u64, 0u64, 0u64);
-        let mut rejected: BTreeMap<&'static str, u64> = BTreeMap::new();
-        let mut reseek: Vec<(i32, i64)> = Vec::new();
-        for (m, v) in batch.iter().zip(views) {
-            let p = m.partition();
-            let Some(st) = self.owned.get_mut(&p) else {
-                stale += 1;
-                continue;
-            };
-            let pending = reseek.iter().any(|r| r.0 == p);
-            match st.cursor.admit(m.offset(), pending) {
-                Admit::Take => {}
-                Admit::Stale => {
-                    stale += 1;
-                    continue;
-                }
-                Admit::Reseek(o) => {
-                    reseek.push((p, o));
-                    stale += 1;
-                    continue;
-                }
-            }
-            self.round.expected.entry(p).or_insert(st.committed);
-            self.round.next.insert(p, m.offset() + 1);
-            self.round.started.get_or_insert_with(Instant::now);
-            let event = match decoder.decode(v) {
-                Ok(e) => e,
-                Err(r) => {
-                    *rejected.entry(r.code()).or_default() += 1;
-                    continue;
-                }
-            };
-            let g = generation(v.timestamp);
-            let fp = fingerprint(&event.event_id);
-            if !st.dedup.insert(fp, g) {
-                dup += 1;
-                continue;
-            }
-            pack(fp, self.round.fps.entry((p, g)).or_default());
-            self.round.buffer.push(
-                &event,
-                Origin {
-                    ingest_time: v.timestamp,
-                    partition: p,
-                    offset: m.offset(),
-                },
-            );
-            written += 1;
-        }
-        for (p, o) in reseek {
+        let records = batch.iter().zip(views).map(|(m, v)| SourceRecord {
+            partition: m.partition(),
+            offset: m.offset(),
+            view: *v,
+        });
+        let s = self.round.take(records, &mut self.owned, decoder);
+        for &(p, o) in &s.reseek {
             seek(&self.source, p, Offset::Offset(o));
         }
         self.stats.records += batch.len() as u64;
-        self.round.rows += written;
         let m = &self.metrics;
         m.records.inc_by(batch.len() as u64);
-        m.events.with_label_values(&["written"]).inc_by(written);
-        m.events.with_label_values(&["duplicate"]).inc_by(dup);
-        m.events.with_label_values(&["stale"]).inc_by(stale);
+        m.events.with_label_values(&["written"]).inc_by(s.written);
         m.events
-            .with_label_values(&["rejected"])
-            .inc_by(rejected.values().sum());
+            .with_label_values(&["duplicate"])
+            .inc_by(s.duplicates);
+        m.events.with_label_values(&["stale"]).inc_by(s.stale);
+        m.events.with_label_values(&["rejected"]).inc_by(s.rejected);
     }
 
-    /// Encodes the buffered rows into the round's open data files.
-    async fn flush(&mut self) -> Result<(), LakeError> {
-        if self.round.buffer.is_empty() {
-            return Ok(());
-        }
-        if self.round.files.is_none() {
-            self.round.files = Some(RoundFiles::new(&self.table, self.file_options())?);
-        }
-        let batches = self.round.buffer.take(self.cfg.sort_chunks)?;
-        if let Some(files) = self.round.files.as_mut() {
-            for (day, batch) in batches {
-                files.write(day, batch).await?;
-            }
-        }
-        Ok(())
-    }
-
-    fn file_options(&self) -> FileOptions {
-        FileOptions {
-            target_size: self.cfg.target_file_size_bytes,
-            row_group_rows: self.cfg.row_group_rows,
-            zstd_level: self.cfg.zstd_level,
-        }
+    fn new_round(&self) -> Round {
+        Round::new(
+            self.schema.clone(),
+            FileOptions {
+                target_size: self.cfg.target_file_size_bytes,
+                row_group_rows: self.cfg.row_group_rows,
+                zstd_level: self.cfg.zstd_level,
+            },
+            self.cfg.flush_rows,
+            self.cfg.sort_chunks,
+        )
     }
 
     /// Commits the round, retrying failures until it lands, is fenced, or
     /// shutdown gives up on it.
     async fn commit_round(&mut self, shutdown: &CancellationToken) -> Result<(), LakeError> {
         match self.try_commit().await {
-            Ok(Outcome::Committed { snapshot_id }) => {
+            Ok(Outcome::Committed {
+                snapshot_id,
+                files,
+                bytes,
+            }) => {
+                self.metrics.files_per_commit.observe(files as f64);
+                self.metrics.bytes_per_commit.observe(bytes as f64);
                 self.committed(snapshot_id);
                 Ok(())
             }
@@ -503,13 +402,9 @@ impl Writer<'_> {
         }
     }
 
-    /// Closes the files, writes the dedup file, then fences and commits.
+    /// Closes the files, then fences and commits.
     async fn try_commit(&mut self) -> Result<Outcome, LakeError> {
-        self.flush().await?;
-        let files = match self.round.files.take() {
-            Some(f) => f.close().await?,
-            None => Vec::new(),
-        };
+        let files = self.round.close_files(&self.table).await?;
         self.rounds += 1;
         if self
             .failpoints
@@ -518,61 +413,24 @@ impl Writer<'_> {
         {
             failpoint::abort("lake.after_files");
         }
-        let started = Instant::now();
-        let dedup_file = if self.round.fps.is_empty() {
-            None
-        } else {
-            let name = uuid::Uuid::new_v4().to_string();
-            Some(dedup_log::write(&self.table, &name, &self.round.fps).await?)
-        };
         if self.failpoints.stop_before_commit == Some(self.rounds) {
             failpoint::stop_self("lake.stop_before_commit");
         }
-        let bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
-        let mut change = SnapshotChange {
-            added: files,
-            ..Default::default()
-        };
-        if let Some(path) = dedup_file {
-            change.properties.insert(DEDUP_PROP.into(), path);
+        let started = Instant::now();
+        let conflicts = self.metrics.commits.with_label_values(&["conflict"]);
+        let outcome = self
+            .round
+            .commit(&self.lake, &self.topic, &self.table, files, || {
+                conflicts.inc()
+            })
+            .await?;
+        if matches!(outcome, Outcome::Committed { .. }) {
+            self.metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
         }
-        loop {
-            let table = self.lake.load().await?;
-            let mut all = committed_offsets(table.metadata())?;
-            let stored = all.remove(&self.topic).unwrap_or_default();
-            if self
-                .round
-                .expected
-                .iter()
-                .any(|(p, e)| stored.get(p).copied() != *e)
-            {
-                self.table = table;
-                return Ok(Outcome::Fenced { stored });
-            }
-            let mut offsets = stored;
-            offsets.extend(self.round.next.iter().map(|(p, o)| (*p, *o)));
-            all.insert(self.topic.clone(), offsets);
-            change.properties.insert(
-                OFFSETS_PROP.into(),
-                serde_json::to_string(&all)
-                    .map_err(|e| LakeError::Table(format!("offsets: {e}")))?,
-            );
-            let snapshot_id = new_snapshot_id(table.metadata());
-            let staged = stage(&table, snapshot_id, &change).await?;
-            if self.lake.swap(&table, staged).await? {
-                self.metrics
-                    .commit_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                self.metrics
-                    .files_per_commit
-                    .observe(change.added.len() as f64);
-                self.metrics.bytes_per_commit.observe(bytes as f64);
-                self.table = self.lake.load().await?;
-                return Ok(Outcome::Committed { snapshot_id });
-            }
-            self.metrics.commits.with_label_values(&["conflict"]).inc();
-            tracing::debug!("commit conflict: another commit landed first; fencing again");
-        }
+        self.table = self.lake.load().await?;
+        Ok(outcome)
     }
 
     /// Book-keeping after a commit landed.
@@ -610,7 +468,7 @@ impl Writer<'_> {
     }
 
     fn reset_round(&mut self) {
-        self.round = Round::new(self.schema.clone(), self.cfg.flush_rows.min(65_536));
+        self.round = self.new_round();
     }
 
     /// Drops the round after a failure, waits, and re-reads from the table's offsets.

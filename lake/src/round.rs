@@ -1,0 +1,279 @@
+//! One commit round, without Kafka: records in (cursor ▸ decode ▸ dedup ▸
+//! row buffer ▸ data files), one fenced snapshot out.
+//!
+//! The service drives it from the consumer; the benchmarks drive it from
+//! an in-process source, so both measure the same code.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use arrow::datatypes::SchemaRef;
+use iceberg::spec::DataFile;
+use iceberg::table::Table;
+use notiflow_ingest::cursor::{Admit, Cursor};
+use notiflow_ingest::dedup::{Dedup, fingerprint, generation, pack};
+use notiflow_ingest::{Decoder, RecordView};
+
+use crate::dedup_log::{self, Fingerprints};
+use crate::error::LakeError;
+use crate::files::{FileOptions, RoundFiles};
+use crate::rows::{Origin, RowBuffer};
+use crate::table::{
+    Change, DEDUP_PROP, Lake, OFFSETS_PROP, committed_offsets, new_snapshot_id, stage,
+};
+
+/// What a writer knows of a partition it owns.
+#[derive(Debug, Clone)]
+pub struct PartState {
+    /// Next offset as committed in the table.
+    pub committed: Option<i64>,
+    /// Next offset to accept.
+    pub cursor: Cursor,
+    /// Events seen within the dedup window, as of the cursor.
+    pub dedup: Dedup,
+}
+
+impl PartState {
+    /// State as loaded from the table.
+    pub fn loaded(committed: Option<i64>, dedup: Dedup) -> Self {
+        PartState {
+            committed,
+            cursor: Cursor::at(committed),
+            dedup,
+        }
+    }
+}
+
+/// The partitions a writer owns.
+pub type Owned = HashMap<i32, PartState>;
+
+/// One record as the writer sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceRecord<'a> {
+    /// Kafka partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key, value, headers and broker timestamp.
+    pub view: RecordView<'a>,
+}
+
+/// Counts of one [`Round::take`].
+#[derive(Debug, Clone, Default)]
+pub struct TakeStats {
+    /// Rows added to the round.
+    pub written: u64,
+    /// Valid events already seen within the window.
+    pub duplicates: u64,
+    /// Records of partitions not owned, or out of cursor order.
+    pub stale: u64,
+    /// Records that break a rule (dead-lettered by the ingest group).
+    pub rejected: u64,
+    /// Partitions to seek back: (partition, offset).
+    pub reseek: Vec<(i32, i64)>,
+}
+
+/// Rows and offsets gathered since the last commit.
+pub struct Round {
+    buffer: RowBuffer,
+    files: Option<RoundFiles>,
+    /// Committed offset of each partition in the round when it began: the fence.
+    pub expected: BTreeMap<i32, Option<i64>>,
+    /// Next offset of each partition after the round.
+    pub next: BTreeMap<i32, i64>,
+    fps: Fingerprints,
+    /// When the round's first record arrived.
+    pub started: Option<Instant>,
+    /// Rows in the round.
+    pub rows: u64,
+    opts: FileOptions,
+    sort: bool,
+}
+
+/// How a commit ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The snapshot is current.
+    Committed {
+        /// Its id.
+        snapshot_id: i64,
+        /// Data files added.
+        files: usize,
+        /// Their bytes.
+        bytes: u64,
+    },
+    /// Another writer moved a partition of the round on: nothing committed.
+    Fenced {
+        /// The table's offsets of the topic.
+        stored: BTreeMap<i32, i64>,
+    },
+}
+
+impl Round {
+    /// An empty round writing rows of `schema` with `opts`.
+    pub fn new(schema: SchemaRef, opts: FileOptions, flush_rows: usize, sort: bool) -> Self {
+        Round {
+            buffer: RowBuffer::new(schema, flush_rows.min(65_536)),
+            files: None,
+            expected: BTreeMap::new(),
+            next: BTreeMap::new(),
+            fps: Fingerprints::new(),
+            started: None,
+            rows: 0,
+            opts,
+            sort,
+        }
+    }
+
+    /// True when no record was taken (nothing to commit).
+    pub fn is_empty(&self) -> bool {
+        self.next.is_empty()
+    }
+
+    /// Rows buffered in memory, not yet encoded.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Runs records through cursor, decoding and dedup into the round.
+    /// `decoder` must be prepared for them.
+    pub fn take<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = SourceRecord<'a>>,
+        owned: &mut Owned,
+        decoder: &Decoder,
+    ) -> TakeStats {
+        let mut s = TakeStats::default();
+        for rec in records {
+            let p = rec.partition;
+            let Some(st) = owned.get_mut(&p) else {
+                s.stale += 1;
+                continue;
+            };
+            let pending = s.reseek.iter().any(|r| r.0 == p);
+            match st.cursor.admit(rec.offset, pending) {
+                Admit::Take => {}
+                Admit::Stale => {
+                    s.stale += 1;
+                    continue;
+                }
+                Admit::Reseek(o) => {
+                    s.reseek.push((p, o));
+                    s.stale += 1;
+                    continue;
+                }
+            }
+            self.expected.entry(p).or_insert(st.committed);
+            self.next.insert(p, rec.offset + 1);
+            self.started.get_or_insert_with(Instant::now);
+            let event = match decoder.decode(&rec.view) {
+                Ok(e) => e,
+                Err(_) => {
+                    s.rejected += 1;
+                    continue;
+                }
+            };
+            let g = generation(rec.view.timestamp);
+            let fp = fingerprint(&event.event_id);
+            if !st.dedup.insert(fp, g) {
+                s.duplicates += 1;
+                continue;
+            }
+            pack(fp, self.fps.entry((p, g)).or_default());
+            self.buffer.push(
+                &event,
+                Origin {
+                    ingest_time: rec.view.timestamp,
+                    partition: p,
+                    offset: rec.offset,
+                },
+            );
+            s.written += 1;
+        }
+        self.rows += s.written;
+        s
+    }
+
+    /// Encodes the buffered rows into the round's open data files.
+    pub async fn flush(&mut self, table: &Table) -> Result<(), LakeError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        if self.files.is_none() {
+            self.files = Some(RoundFiles::new(table, self.opts)?);
+        }
+        let batches = self.buffer.take(self.sort)?;
+        if let Some(files) = self.files.as_mut() {
+            for (day, batch) in batches {
+                files.write(day, batch).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes and closes the round's data files.
+    pub async fn close_files(&mut self, table: &Table) -> Result<Vec<DataFile>, LakeError> {
+        self.flush(table).await?;
+        match self.files.take() {
+            Some(f) => f.close().await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Commits `files` (from [`Round::close_files`]) with the round's
+    /// offsets of `topic` and its dedup file, fenced: only if the table
+    /// still holds the offsets the round started from. A conflicting commit
+    /// (someone else's snapshot landed first) is staged again on top of it,
+    /// after checking the fence again.
+    pub async fn commit(
+        &mut self,
+        lake: &Lake,
+        topic: &str,
+        table: &Table,
+        files: Vec<DataFile>,
+        mut on_conflict: impl FnMut(),
+    ) -> Result<Outcome, LakeError> {
+        let n_files = files.len();
+        let bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
+        let mut change = Change {
+            added: files,
+            ..Default::default()
+        };
+        if !self.fps.is_empty() {
+            let name = uuid::Uuid::new_v4().to_string();
+            let path = dedup_log::write(table, &name, &self.fps).await?;
+            change.properties.insert(DEDUP_PROP.into(), path);
+        }
+        loop {
+            let table = lake.load().await?;
+            let mut all = committed_offsets(table.metadata())?;
+            let stored = all.remove(topic).unwrap_or_default();
+            if self
+                .expected
+                .iter()
+                .any(|(p, e)| stored.get(p).copied() != *e)
+            {
+                return Ok(Outcome::Fenced { stored });
+            }
+            let mut offsets = stored;
+            offsets.extend(self.next.iter().map(|(p, o)| (*p, *o)));
+            all.insert(topic.to_string(), offsets);
+            change.properties.insert(
+                OFFSETS_PROP.into(),
+                serde_json::to_string(&all)
+                    .map_err(|e| LakeError::Table(format!("offsets: {e}")))?,
+            );
+            let snapshot_id = new_snapshot_id(table.metadata());
+            let staged = stage(&table, snapshot_id, &change).await?;
+            if lake.swap(&table, staged).await? {
+                return Ok(Outcome::Committed {
+                    snapshot_id,
+                    files: n_files,
+                    bytes,
+                });
+            }
+            on_conflict();
+            tracing::debug!("commit conflict: another commit landed first; fencing again");
+        }
+    }
+}
