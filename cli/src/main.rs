@@ -7,7 +7,7 @@
 //!  notiflow run lake     ─▶ lake    ─▶ Iceberg table (exactly once)
 //!  notiflow lake compact ─▶ compaction, snapshot expiry, orphan removal
 //!  notiflow lake files   ─▶ data files per day partition (JSON)
-//!  notiflow demo         ─▶ generator, ingest and aggregator, against the local servers (infra/up.sh)
+//!  notiflow demo         ─▶ generator, ingest, aggregator and lake writer, against the local servers (infra/up.sh)
 //!  notiflow config       ─▶ the effective config, validated
 //! ```
 
@@ -48,7 +48,7 @@ enum Command {
         /// Which component.
         component: Component,
     },
-    /// Local demo: create topics, then generate traffic and validate it until Ctrl-C.
+    /// Local demo: create topics, then generate traffic, validate it, count it in Redis and write it to the lake until Ctrl-C.
     Demo {
         /// Target rate (`100M/day`, `1160/s`, …); default from `[gen] rate`.
         #[arg(long)]
@@ -433,6 +433,7 @@ async fn demo(mut cfg: Config) -> anyhow::Result<()> {
     };
     let prom = prometheus::Registry::new();
     let agg_metrics = notiflow_aggregator::Metrics::new(&prom)?;
+    let lake_metrics = notiflow_lake::Metrics::new(&prom)?;
     if let Some(addr) = metrics::serve(&cfg.metrics.listen, prom, shutdown.clone()).await? {
         println!("metrics on http://{addr}/metrics");
     }
@@ -454,6 +455,13 @@ async fn demo(mut cfg: Config) -> anyhow::Result<()> {
             )
         })
     };
+    let lake = {
+        let (cfg, shutdown, m) = (cfg.clone(), shutdown.clone(), lake_metrics.clone());
+        tokio::spawn(async move {
+            let registry = registry(&cfg)?;
+            anyhow::Ok(notiflow_lake::run(&cfg.kafka, registry, &cfg.lake, m, &[], shutdown).await?)
+        })
+    };
     let generator = {
         let (kafka_cfg, gen_cfg, shutdown) =
             (cfg.kafka.clone(), cfg.generator.clone(), shutdown.clone());
@@ -466,13 +474,16 @@ async fn demo(mut cfg: Config) -> anyhow::Result<()> {
         && !generator.is_finished()
         && !ingest.is_finished()
         && !aggregator.is_finished()
+        && !lake.is_finished()
     {
         tokio::select! {
             _ = tick.tick() => println!(
-                "ingest has validated {} events; the aggregator has counted {} in Redis ({})",
+                "ingest has validated {} events; the aggregator has counted {} in Redis ({}); the lake has committed {} rows to {}",
                 counter.0.load(std::sync::atomic::Ordering::Relaxed),
                 agg_metrics.events.with_label_values(&["counted"]).get(),
                 cfg.redis.url,
+                lake_metrics.rows.get(),
+                cfg.lake.warehouse,
             ),
             _ = shutdown.cancelled() => {}
         }
@@ -481,9 +492,17 @@ async fn demo(mut cfg: Config) -> anyhow::Result<()> {
     let report = generator.await.context("generator task")??;
     let stats = ingest.await.context("ingest task")??;
     let agg = aggregator.await.context("aggregator task")??;
+    let lake = lake.await.context("lake task")??;
     println!(
-        "demo stopped: generated {} records; ingest consumed {}, valid {}, dead-lettered {:?}; aggregator counted {} in {} batches",
-        report.records, stats.records, stats.valid, stats.rejected, agg.counted, agg.batches
+        "demo stopped: generated {} records; ingest consumed {}, valid {}, dead-lettered {:?}; aggregator counted {} in {} batches; lake committed {} rows in {} snapshots",
+        report.records,
+        stats.records,
+        stats.valid,
+        stats.rejected,
+        agg.counted,
+        agg.batches,
+        lake.rows,
+        lake.commits
     );
     Ok(())
 }

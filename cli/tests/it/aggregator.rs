@@ -16,7 +16,7 @@ use notiflow_schema::counters::{Keys, parse_field, sent_category_slot, status_sl
 use notiflow_schema::time::{minute_of, parse_rfc3339};
 
 use crate::procs::{Jitter, Proc, free_port, signal, sigterm_and_wait, wait_timeout};
-use crate::{brokers, fresh_topic, notiflow};
+use crate::{brokers, fresh_topic, http_get, notiflow};
 
 const PARTITIONS: i32 = 8;
 
@@ -437,23 +437,6 @@ fn start_redis(dir: &Path, port: u16) -> Proc {
         std::thread::sleep(Duration::from_millis(50));
     }
     Proc(child)
-}
-
-/// A plain HTTP/1.0 GET on loopback; the body.
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut reply = String::new();
-    conn.read_to_string(&mut reply).unwrap();
-    assert!(
-        reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200"),
-        "{reply}"
-    );
-    reply
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
 }
 
 #[test]

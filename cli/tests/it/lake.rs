@@ -16,8 +16,8 @@ use notiflow_ingest::KafkaConfig;
 use notiflow_loadgen::GroundTruth;
 use serde_json::Value;
 
-use crate::procs::{Jitter, Proc, signal, sigterm_and_wait, wait_timeout};
-use crate::{brokers, fresh_topic, notiflow};
+use crate::procs::{Jitter, Proc, free_port, signal, sigterm_and_wait, wait_timeout};
+use crate::{brokers, fresh_topic, http_get, notiflow};
 
 const PARTITIONS: i32 = 8;
 
@@ -41,8 +41,25 @@ struct Setup {
 
 impl Setup {
     fn new(tag: &str, store: Store, commit_interval_ms: u64) -> Setup {
+        Setup::with_catalog(tag, store, commit_interval_ms, None)
+    }
+
+    /// Like `new`; `catalog` is a catalog URI and name instead of a SQLite
+    /// file in the test's folder.
+    fn with_catalog(
+        tag: &str,
+        store: Store,
+        commit_interval_ms: u64,
+        catalog: Option<(String, String)>,
+    ) -> Setup {
         let topic = fresh_topic(tag);
         let dir = tempfile::tempdir().unwrap();
+        let (catalog_uri, catalog_name) = catalog.unwrap_or_else(|| {
+            (
+                format!("sqlite://{}", dir.path().join("catalog.db").display()),
+                "notiflow".into(),
+            )
+        });
         let group = format!("lake-{}", topic.replace('.', "_"));
         let (warehouse, s3) = match &store {
             Store::Folder => (dir.path().join("warehouse").display().to_string(), None),
@@ -68,7 +85,8 @@ partitions = {PARTITIONS}
 [lake]
 group_id = "{group}"
 warehouse = "{warehouse}"
-catalog_uri = "sqlite://{catalog}"
+catalog_uri = "{catalog_uri}"
+catalog_name = "{catalog_name}"
 commit_interval_ms = {commit_interval_ms}
 flush_rows = 4096
 
@@ -83,7 +101,6 @@ path_style = true
 listen = ""
 "#,
                 brokers = brokers(),
-                catalog = dir.path().join("catalog.db").display(),
                 endpoint = s3.clone().unwrap_or_default(),
             ),
         )
@@ -303,12 +320,138 @@ fn s3_bucket(tag: &str) -> Store {
 fn lake_rows_reconcile_and_pyiceberg_reads_them() {
     let s = Setup::new("lake-rec", Store::Folder, 2000);
     let mut generator = s.generator(40_000, None);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut w = s.writer(0, &[("NOTIFLOW__METRICS__LISTEN", listen.as_str())]);
+    assert!(generator.wait().unwrap().success());
+    s.wait_drained(Duration::from_secs(120));
+    let metrics = http_get(&listen, "/metrics");
+    assert!(sigterm_and_wait(&mut w).success(), "{}", s.log(0));
+    let (truth, _) = s.truth_counts();
+    let series = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in\n{metrics}"))
+    };
+    assert_eq!(
+        series("notiflow_lake_rows_committed_total") as u64,
+        truth.valid_events
+    );
+    assert!(series("notiflow_lake_commits_total{outcome=\"committed\"}") >= 1.0);
+    assert!(series("notiflow_lake_commit_seconds_count") >= 1.0);
+    assert!(series("notiflow_lake_files_per_commit_count") >= 1.0);
+    assert!(series("notiflow_lake_bytes_per_commit_sum") > 0.0);
+    assert!(metrics.contains("notiflow_lake_consumer_lag{partition="));
+    s.assert_matches_truth();
+    s.assert_pyiceberg_agrees();
+}
+
+#[test]
+fn the_lake_on_a_postgres_catalog_reconciles() {
+    let url = std::env::var("POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    // Each run is its own catalog (the catalog_name column) in the shared database.
+    let name = fresh_topic("pg").replace(['.'], "_");
+    let s = Setup::with_catalog("lake-pg", Store::Folder, 1000, Some((url, name)));
+    let mut generator = s.generator(10_000, None);
     let mut w = s.writer(0, &[]);
     assert!(generator.wait().unwrap().success());
     s.wait_drained(Duration::from_secs(120));
     assert!(sigterm_and_wait(&mut w).success(), "{}", s.log(0));
     s.assert_matches_truth();
-    s.assert_pyiceberg_agrees();
+}
+
+/// A TCP proxy in front of the S3 server that the test can cut: while cut,
+/// open connections are reset and new ones closed at once.
+struct Proxy {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(target: String) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up2, open2) = (up.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                open2.lock().unwrap().push(client.try_clone().unwrap());
+                open2.lock().unwrap().push(server.try_clone().unwrap());
+                let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                };
+                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pipe(server, client);
+            }
+        });
+        Proxy { port, up, open }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.open.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn an_object_store_outage_loses_nothing() {
+    let Store::S3 { endpoint, bucket } = s3_bucket("lake-outage") else {
+        unreachable!()
+    };
+    let proxy = Proxy::start(endpoint.trim_start_matches("http://").to_string());
+    let via_proxy = format!("http://127.0.0.1:{}", proxy.port);
+    let s = Setup::new(
+        "lake-outage",
+        Store::S3 {
+            endpoint: via_proxy,
+            bucket,
+        },
+        1000,
+    );
+    let mut generator = s.generator(30_000, Some("3000/s"));
+    let mut w = s.writer(0, &[]);
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while s.committed().iter().sum::<i64>() < 3000 {
+        assert!(Instant::now() < give_up, "nothing committed:\n{}", s.log(0));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    proxy.cut();
+    let down = Instant::now();
+    let give_up = down + Duration::from_secs(90);
+    while !s.log(0).contains("round failed") || down.elapsed() < Duration::from_secs(3) {
+        assert!(
+            Instant::now() < give_up,
+            "the outage was not seen:\n{}",
+            s.log(0)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    proxy.restore();
+    assert!(generator.wait().unwrap().success());
+    s.wait_drained(Duration::from_secs(180));
+    assert!(sigterm_and_wait(&mut w).success(), "{}", s.log(0));
+    s.assert_matches_truth();
 }
 
 #[test]
