@@ -28,13 +28,7 @@ fn shape() -> Shape {
 }
 
 fn views(recs: &[OwnedRecord]) -> Vec<SourceRecord<'_>> {
-    recs.iter()
-        .map(|r| SourceRecord {
-            partition: r.partition,
-            offset: r.offset,
-            view: r.view(),
-        })
-        .collect()
+    recs.iter().map(OwnedRecord::source).collect()
 }
 
 fn aggregate(c: &mut Criterion) {

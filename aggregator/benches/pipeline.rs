@@ -19,58 +19,19 @@ use notiflow_aggregator::config::{AggregatorConfig, RedisConfig};
 use notiflow_aggregator::sink::{Applied, Scripts};
 use notiflow_aggregator::{Metrics, service};
 use notiflow_ingest::dedup::Dedup;
-use notiflow_ingest::kafka::{client_config, ensure_topic};
+use notiflow_ingest::kafka::ensure_topic;
 use notiflow_ingest::{Decoder, KafkaConfig, RecordView, SchemaRegistry};
+use notiflow_loadgen::bench::{
+    PARTITIONS, bare_consumer, env, gen_cfg, kafka, produce, rss_mib, shape, stamp,
+};
 use notiflow_loadgen::fixture::{OwnedRecord, RecordStream};
-use notiflow_loadgen::generator::Shape;
-use notiflow_loadgen::{GenConfig, RunOptions, run_blocking};
-use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use notiflow_loadgen::{RunOptions, run_blocking};
 use tokio_util::sync::CancellationToken;
 
-const PARTITIONS: i32 = 8;
 const BATCH: usize = 50_000;
 
 fn batch_size() -> usize {
     env("BATCH", "50000").parse().unwrap()
-}
-
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.into())
-}
-
-fn stamp() -> String {
-    format!(
-        "{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    )
-}
-
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-/// Traffic as produced: `RATE` events/s of simulated time (default the
-/// 100M/day average, i.e. a backlog of a real day).
-fn shape() -> Shape {
-    Shape {
-        seed: 5,
-        clients: 5000,
-        rate: env("RATE", "1160").parse().unwrap(),
-        start: notiflow_ingest::source::now_micros() - 3_600_000_000,
-        avro_share: 0.3,
-        content_type_share: 0.0,
-        duplicate_share: 0.005,
-        malformed_share: 0.0,
-    }
 }
 
 fn redis_cfg(prefix: &str) -> RedisConfig {
@@ -93,24 +54,8 @@ fn agg_cfg(group: &str) -> AggregatorConfig {
     }
 }
 
-fn kafka(topic: &str) -> KafkaConfig {
-    KafkaConfig {
-        brokers: env("KAFKA_BROKERS", "127.0.0.1:9092"),
-        topic: topic.into(),
-        dlq_topic: format!("{topic}.dlq"),
-        partitions: PARTITIONS,
-        properties: BTreeMap::new(),
-    }
-}
-
 fn views(recs: &[OwnedRecord]) -> Vec<SourceRecord<'_>> {
-    recs.iter()
-        .map(|r| SourceRecord {
-            partition: r.partition,
-            offset: r.offset,
-            view: r.view(),
-        })
-        .collect()
+    recs.iter().map(OwnedRecord::source).collect()
 }
 
 /// Processes and applies `recs` batch by batch; returns events counted.
@@ -216,63 +161,6 @@ async fn in_process(total: usize, chunk: usize, report_rss_at: &[usize]) {
         .query_async(&mut conn)
         .await
         .unwrap();
-}
-
-/// Produces `n` generator records as fast as the broker takes them.
-async fn produce(k: &KafkaConfig, n: u64) -> f64 {
-    ensure_topic(k, &k.topic, PARTITIONS).await.unwrap();
-    let (k2, gen_cfg) = (k.clone(), gen_cfg());
-    let report = tokio::task::spawn_blocking(move || {
-        run_blocking(
-            &k2,
-            &gen_cfg,
-            &RunOptions {
-                events: Some(n),
-                fast: true,
-                ..RunOptions::default()
-            },
-            &CancellationToken::new(),
-        )
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    report.rate()
-}
-
-fn gen_cfg() -> GenConfig {
-    GenConfig {
-        seed: 5,
-        clients: 5000,
-        rate: "100M/day".into(),
-        avro_share: 0.3,
-        content_type_share: 0.0,
-        duplicate_share: 0.005,
-        malformed_share: 0.0,
-        billing_tz: "America/Sao_Paulo".into(),
-    }
-}
-
-/// A bare librdkafka consumer reading every partition at once, as the
-/// aggregator does: records/s.
-async fn bare_consumer(k: &KafkaConfig, n: u64) -> f64 {
-    let c: StreamConsumer = client_config(k)
-        .set("group.id", format!("bare-{}", stamp()))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "100")
-        .create()
-        .unwrap();
-    c.subscribe(&[&k.topic]).unwrap();
-    let mut seen = 0u64;
-    let mut t0 = None;
-    while seen < n {
-        let m = c.recv().await.unwrap();
-        std::hint::black_box(m.payload());
-        t0.get_or_insert_with(Instant::now);
-        seen += 1;
-    }
-    seen as f64 / t0.unwrap().elapsed().as_secs_f64()
 }
 
 /// The aggregator service running in this process on a fresh key prefix and group.

@@ -12,22 +12,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use notiflow_ingest::Decoder;
+use notiflow_ingest::cursor::{Admit, Cursor};
 use notiflow_ingest::dedup::{Dedup, fingerprint, generation, pack};
-use notiflow_ingest::{Decoder, RecordView};
+pub use notiflow_ingest::source::SourceRecord;
 use notiflow_schema::counters::{Counts, SLOTS, sent_category_slot, status_slot};
 use notiflow_schema::time::{DAY_MICROS, HOUR_MICROS, minute_of};
 use notiflow_schema::{Micros, Status};
-
-/// One record as the aggregator sees it.
-#[derive(Debug, Clone, Copy)]
-pub struct SourceRecord<'a> {
-    /// Kafka partition.
-    pub partition: i32,
-    /// Offset in the partition.
-    pub offset: i64,
-    /// Key, value, headers and broker timestamp.
-    pub view: RecordView<'a>,
-}
 
 /// The partitions a member owns, by number.
 pub type Owned = HashMap<i32, PartitionState>;
@@ -38,12 +29,9 @@ pub struct PartitionState {
     /// Next offset as stored in Redis (`None`: nothing stored yet).
     pub applied: Option<i64>,
     /// Next offset to accept; ahead of `applied` while a batch is pending.
-    pub cursor: Option<i64>,
+    pub cursor: Cursor,
     /// Events seen within the dedup window, as of `cursor`.
     pub dedup: Dedup,
-    /// A gap after the cursor was seen once and a re-seek asked for; a
-    /// second gap at the same place is real (the log has no such offset).
-    pub gap_seen: bool,
 }
 
 impl PartitionState {
@@ -51,9 +39,8 @@ impl PartitionState {
     pub fn loaded(applied: Option<i64>, dedup: Dedup) -> Self {
         PartitionState {
             applied,
-            cursor: applied,
+            cursor: Cursor::at(applied),
             dedup,
-            gap_seen: false,
         }
     }
 }
@@ -156,26 +143,19 @@ pub fn process<'a>(
             out.stats.stale += 1;
             continue;
         };
-        match state.cursor {
-            Some(c) if rec.offset < c => {
+        let pending = out.reseek.iter().any(|r| r.0 == rec.partition);
+        match state.cursor.admit(rec.offset, pending) {
+            Admit::Take => {}
+            Admit::Stale => {
                 out.stats.stale += 1;
                 continue;
             }
-            // Records past the cursor: normally an outdated fetch racing a
-            // seek, so seek back once; if the gap is still there it is real.
-            Some(c) if rec.offset > c && !state.gap_seen => {
-                state.gap_seen = true;
+            Admit::Reseek(c) => {
                 out.reseek.push((rec.partition, c));
                 out.stats.stale += 1;
                 continue;
             }
-            Some(c) if rec.offset > c && out.reseek.iter().any(|r| r.0 == rec.partition) => {
-                out.stats.stale += 1;
-                continue;
-            }
-            _ => state.gap_seen = false,
         }
-        state.cursor = Some(rec.offset + 1);
         let generation = generation(rec.view.timestamp);
         let upd = out
             .offsets
@@ -248,7 +228,7 @@ pub fn process<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notiflow_ingest::SchemaRegistry;
+    use notiflow_ingest::{RecordView, SchemaRegistry};
     use notiflow_schema::time::{MINUTE_MICROS, parse_rfc3339};
 
     const NOW: &str = "2026-11-23T12:00:30Z";

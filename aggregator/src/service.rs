@@ -10,11 +10,11 @@
 //! Kafka's committed offsets are never used: Redis holds them, with the
 //! counters, so a crash at any instant neither loses nor doubles a count.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use notiflow_ingest::failpoint;
 use notiflow_ingest::kafka::{ensure_topics, wait_for_broker};
+use notiflow_ingest::rebalance::{Change, Handoff};
 use notiflow_ingest::source::{now_micros, view};
 use notiflow_ingest::{Decoder, KafkaConfig, SchemaRegistry, Source};
 use notiflow_schema::counters::Keys;
@@ -43,18 +43,10 @@ pub struct RunStats {
     pub fenced: u64,
 }
 
-/// A partition change seen by the rebalance callback, handed to the loop.
-enum Change {
-    Assigned(i32, PartitionState),
-    Revoked(Vec<i32>),
-}
-
 /// Consumer context: on assignment, loads each partition's state from Redis
 /// and starts fetching at its stored offset.
 struct Rebalancer {
-    changes: Arc<Mutex<Vec<Change>>>,
-    /// High watermark per partition, from librdkafka's statistics.
-    highs: Arc<Mutex<HashMap<i32, i64>>>,
+    handoff: Handoff<PartitionState>,
     client: redis::Client,
     scripts: Scripts,
     target: Target,
@@ -64,16 +56,7 @@ struct Rebalancer {
 
 impl ClientContext for Rebalancer {
     fn stats(&self, statistics: rdkafka::Statistics) {
-        let Some(topic) = statistics.topics.get(&self.target.topic) else {
-            return;
-        };
-        if let Ok(mut highs) = self.highs.lock() {
-            for (p, part) in &topic.partitions {
-                if *p >= 0 && part.hi_offset >= 0 {
-                    highs.insert(*p, part.hi_offset);
-                }
-            }
-        }
+        self.handoff.record_highs(&self.target.topic, &statistics);
     }
 }
 
@@ -91,26 +74,16 @@ impl ConsumerContext for Rebalancer {
                         tracing::error!(partition = p, error = %e, "cannot set start offset");
                     }
                     tracing::info!(partition = p, offset = ?state.applied, dedup = state.dedup.len(), "partition assigned");
-                    self.push(Change::Assigned(p, state));
+                    self.handoff.push(Change::Assigned(p, state));
                 }
             }
-            Rebalance::Revoke(tpl) => {
-                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                tracing::info!(partitions = ?parts, "partitions revoked");
-                self.push(Change::Revoked(parts));
-            }
+            Rebalance::Revoke(tpl) => self.handoff.revoke(tpl),
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
     }
 }
 
 impl Rebalancer {
-    fn push(&self, c: Change) {
-        if let Ok(mut v) = self.changes.lock() {
-            v.push(c);
-        }
-    }
-
     /// Blocks (this runs inside the consumer's poll) until Redis answers;
     /// while it does not, nothing is fetched, which is the pause we want.
     fn load_retrying(&self, p: i32) -> Option<PartitionState> {
@@ -139,7 +112,7 @@ impl Rebalancer {
     }
 }
 
-/// Test-only fault injection, `NOTIFLOW_FAILPOINT=<name>:<n>`:
+/// Failpoints of the crash tests (`ingest::failpoint`):
 /// - `aggregator.after_apply:N` aborts the process right after its N-th apply;
 /// - `aggregator.stop_before_apply:N` stops the process (SIGSTOP to itself)
 ///   with its N-th batch in hand, just before the apply: a zombie in the
@@ -152,38 +125,22 @@ struct Failpoints {
 
 impl Failpoints {
     fn from_env() -> Self {
-        let mut f = Failpoints::default();
-        let Ok(spec) = std::env::var("NOTIFLOW_FAILPOINT") else {
-            return f;
-        };
-        let Some((name, n)) = spec.rsplit_once(':') else {
-            return f;
-        };
-        let n = n.parse().ok();
-        match name {
-            "aggregator.after_apply" => f.abort_after_apply = n,
-            "aggregator.stop_before_apply" => f.stop_before_apply = n,
-            _ => {}
+        Failpoints {
+            abort_after_apply: failpoint::armed("aggregator.after_apply"),
+            stop_before_apply: failpoint::armed("aggregator.stop_before_apply"),
         }
-        tracing::warn!(%spec, "test failpoint armed");
-        f
     }
 
     fn before_apply(&mut self, batch: u64) {
         if self.stop_before_apply == Some(batch) {
             self.stop_before_apply = None;
-            tracing::warn!("failpoint aggregator.stop_before_apply reached: stopping");
-            let _ = std::process::Command::new("kill")
-                .args(["-STOP", &std::process::id().to_string()])
-                .status();
-            tracing::warn!("resumed after failpoint stop");
+            failpoint::stop_self("aggregator.stop_before_apply");
         }
     }
 
     fn after_apply(&self, batches: u64) {
         if self.abort_after_apply.is_some_and(|n| batches >= n) {
-            tracing::error!("failpoint aggregator.after_apply reached: aborting");
-            std::process::abort();
+            failpoint::abort("aggregator.after_apply");
         }
     }
 }
@@ -242,11 +199,9 @@ pub async fn run(
     ensure_topics(kafka).await?;
     let mut conn = connect(redis_cfg, &shutdown).await?;
     let target = target(kafka, redis_cfg, cfg);
-    let changes = Arc::new(Mutex::new(Vec::new()));
-    let highs = Arc::new(Mutex::new(HashMap::new()));
+    let handoff = Handoff::default();
     let context = Rebalancer {
-        changes: Arc::clone(&changes),
-        highs: Arc::clone(&highs),
+        handoff: handoff.clone(),
         client: redis::Client::open(redis_cfg.url.as_str())?,
         scripts: Scripts::default(),
         target: target.clone(),
@@ -287,7 +242,7 @@ pub async fn run(
                 Vec::new()
             }
         };
-        take_changes(&changes, &mut owned, &metrics);
+        take_changes(&handoff, &mut owned, &metrics);
         if !batch.is_empty() {
             let now = now_micros();
             let views: Vec<_> = batch.iter().map(|m| view(m, now)).collect();
@@ -357,7 +312,7 @@ pub async fn run(
                 .await?;
             }
         }
-        update_gauges(&highs, &owned, &metrics);
+        update_gauges(&handoff, &owned, &metrics);
         if last_log.elapsed() > Duration::from_secs(10) {
             tracing::info!(
                 records = stats.records,
@@ -409,9 +364,8 @@ async fn audit(
     }
 }
 
-fn take_changes(changes: &Mutex<Vec<Change>>, owned: &mut Owned, metrics: &Metrics) {
-    let Ok(mut v) = changes.lock() else { return };
-    for c in v.drain(..) {
+fn take_changes(handoff: &Handoff<PartitionState>, owned: &mut Owned, metrics: &Metrics) {
+    for c in handoff.take() {
         match c {
             Change::Assigned(p, s) => {
                 owned.insert(p, s);
@@ -537,9 +491,9 @@ fn observe_applied(m: &Metrics, p: &Pending) {
     local.flush();
 }
 
-fn update_gauges(highs: &Mutex<HashMap<i32, i64>>, owned: &Owned, m: &Metrics) {
+fn update_gauges(handoff: &Handoff<PartitionState>, owned: &Owned, m: &Metrics) {
     let mut entries = 0;
-    let highs = highs.lock().map(|h| h.clone()).unwrap_or_default();
+    let highs = handoff.highs();
     for (p, s) in owned {
         entries += s.dedup.len();
         if let Some(&high) = highs.get(p) {

@@ -439,7 +439,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(st.applied, Some(42));
-        assert_eq!(st.cursor, Some(42));
+        assert_eq!(st.cursor.next(), Some(42));
         let mut d = st.dedup;
         assert!(!d.insert(77, 10));
         let empty = parse_load(&[vec![], vec![]], 24).unwrap();

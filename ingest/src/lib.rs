@@ -21,6 +21,7 @@ pub mod dlq;
 pub mod error;
 pub mod failpoint;
 pub mod kafka;
+pub mod rebalance;
 pub mod registry;
 pub mod service;
 pub mod source;

@@ -122,6 +122,18 @@ impl<C: ConsumerContext + 'static> Source<C> {
     }
 }
 
+/// One record with its place in the log, as the consumers that keep their
+/// own offsets (aggregator, lake) process it.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceRecord<'a> {
+    /// Kafka partition.
+    pub partition: i32,
+    /// Offset in the partition.
+    pub offset: i64,
+    /// Key, value, headers and broker timestamp.
+    pub view: RecordView<'a>,
+}
+
 /// For each partition in `batch`, the offset after its last record.
 pub fn next_offsets(batch: &[OwnedMessage]) -> BTreeMap<i32, i64> {
     let mut next = BTreeMap::new();

@@ -10,9 +10,10 @@ use std::time::Instant;
 use arrow::datatypes::SchemaRef;
 use iceberg::spec::DataFile;
 use iceberg::table::Table;
+use notiflow_ingest::Decoder;
 use notiflow_ingest::cursor::{Admit, Cursor};
 use notiflow_ingest::dedup::{Dedup, fingerprint, generation, pack};
-use notiflow_ingest::{Decoder, RecordView};
+pub use notiflow_ingest::source::SourceRecord;
 
 use crate::dedup_log::{self, Fingerprints};
 use crate::error::LakeError;
@@ -46,17 +47,6 @@ impl PartState {
 
 /// The partitions a writer owns.
 pub type Owned = HashMap<i32, PartState>;
-
-/// One record as the writer sees it.
-#[derive(Debug, Clone, Copy)]
-pub struct SourceRecord<'a> {
-    /// Kafka partition.
-    pub partition: i32,
-    /// Offset.
-    pub offset: i64,
-    /// Key, value, headers and broker timestamp.
-    pub view: RecordView<'a>,
-}
 
 /// Counts of one [`Round::take`].
 #[derive(Debug, Clone, Default)]

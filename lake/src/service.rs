@@ -16,13 +16,13 @@
 //! only; the table's snapshot summary is the source of truth.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use iceberg::table::Table;
 use notiflow_ingest::dedup::Dedup;
 use notiflow_ingest::failpoint;
 use notiflow_ingest::kafka::{ensure_topics, wait_for_broker};
+use notiflow_ingest::rebalance::{Change, Handoff};
 use notiflow_ingest::source::{now_micros, view};
 use notiflow_ingest::{Decoder, KafkaConfig, SchemaRegistry, Source};
 use rdkafka::client::ClientContext;
@@ -53,17 +53,10 @@ pub struct RunStats {
     pub fenced: u64,
 }
 
-/// A partition change seen by the rebalance callback, handed to the loop.
-enum Change {
-    Assigned(i32, PartState),
-    Revoked(Vec<i32>),
-}
-
 /// Consumer context: on assignment, loads each partition's committed offset
 /// and dedup state from the table and starts fetching there.
 struct Rebalancer {
-    changes: Arc<Mutex<Vec<Change>>>,
-    highs: Arc<Mutex<HashMap<i32, i64>>>,
+    handoff: Handoff<PartState>,
     cfg: LakeConfig,
     topic: String,
     shutdown: CancellationToken,
@@ -71,16 +64,7 @@ struct Rebalancer {
 
 impl ClientContext for Rebalancer {
     fn stats(&self, statistics: rdkafka::Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else {
-            return;
-        };
-        if let Ok(mut highs) = self.highs.lock() {
-            for (p, part) in &topic.partitions {
-                if *p >= 0 && part.hi_offset >= 0 {
-                    highs.insert(*p, part.hi_offset);
-                }
-            }
-        }
+        self.handoff.record_highs(&self.topic, &statistics);
     }
 }
 
@@ -102,26 +86,16 @@ impl ConsumerContext for Rebalancer {
                         tracing::error!(partition = p, error = %e, "cannot set start offset");
                     }
                     tracing::info!(partition = p, offset = ?state.committed, dedup = state.dedup.len(), "partition assigned");
-                    self.push(Change::Assigned(p, state));
+                    self.handoff.push(Change::Assigned(p, state));
                 }
             }
-            Rebalance::Revoke(tpl) => {
-                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                tracing::info!(partitions = ?parts, "partitions revoked");
-                self.push(Change::Revoked(parts));
-            }
+            Rebalance::Revoke(tpl) => self.handoff.revoke(tpl),
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
     }
 }
 
 impl Rebalancer {
-    fn push(&self, c: Change) {
-        if let Ok(mut v) = self.changes.lock() {
-            v.push(c);
-        }
-    }
-
     /// Blocks (this runs inside the consumer's poll, so nothing is fetched
     /// meanwhile) until the table answers. The catalog client is async and
     /// this thread may be a runtime worker, so the load runs on a thread of
@@ -215,11 +189,9 @@ pub async fn run(
     let lake = open_retrying(cfg, &shutdown).await?;
     let table = lake.load().await?;
     let schema = arrow_schema(table.metadata().current_schema())?;
-    let changes = Arc::new(Mutex::new(Vec::new()));
-    let highs = Arc::new(Mutex::new(HashMap::new()));
+    let handoff = Handoff::default();
     let context = Rebalancer {
-        changes: Arc::clone(&changes),
-        highs: Arc::clone(&highs),
+        handoff: handoff.clone(),
         cfg: cfg.clone(),
         topic: kafka.topic.clone(),
         shutdown: shutdown.clone(),
@@ -276,10 +248,7 @@ pub async fn run(
                 Vec::new()
             }
         };
-        let pending: Vec<Change> = changes
-            .lock()
-            .map(|mut v| v.drain(..).collect())
-            .unwrap_or_default();
+        let pending = handoff.take();
         if !pending.is_empty() {
             w.apply_changes(pending, &shutdown).await?;
         }
@@ -306,7 +275,7 @@ pub async fn run(
         if !w.round.is_empty() && (due || stopping) {
             w.commit_round(&shutdown).await?;
         }
-        update_gauges(&highs, &w.owned, &w.metrics);
+        update_gauges(&handoff, &w.owned, &w.metrics);
         if last_log.elapsed() > Duration::from_secs(10) {
             tracing::info!(
                 records = w.stats.records,
@@ -530,7 +499,7 @@ impl Writer<'_> {
     /// partitions are taken in or dropped.
     async fn apply_changes(
         &mut self,
-        changes: Vec<Change>,
+        changes: Vec<Change<PartState>>,
         shutdown: &CancellationToken,
     ) -> Result<(), LakeError> {
         let touched: Vec<i32> = self.round.next.keys().copied().collect();
@@ -586,8 +555,8 @@ fn seek<C: ConsumerContext + 'static>(source: &Source<C>, p: i32, offset: Offset
     }
 }
 
-fn update_gauges(highs: &Mutex<HashMap<i32, i64>>, owned: &Owned, m: &Metrics) {
-    let highs = highs.lock().map(|h| h.clone()).unwrap_or_default();
+fn update_gauges(handoff: &Handoff<PartState>, owned: &Owned, m: &Metrics) {
+    let highs = handoff.highs();
     let mut entries = 0;
     for (p, s) in owned {
         entries += s.dedup.len();

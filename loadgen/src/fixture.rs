@@ -6,6 +6,7 @@
 //! tracking behave as they do behind Kafka.
 
 use notiflow_ingest::RecordView;
+use notiflow_ingest::source::SourceRecord;
 use notiflow_schema::Micros;
 
 use crate::generator::{Generator, Shape};
@@ -35,6 +36,15 @@ impl OwnedRecord {
             value: self.value.as_deref(),
             content_type: self.content_type.as_deref().map(str::as_bytes),
             timestamp: self.timestamp,
+        }
+    }
+
+    /// The record as the own-offset consumers process it.
+    pub fn source(&self) -> SourceRecord<'_> {
+        SourceRecord {
+            partition: self.partition,
+            offset: self.offset,
+            view: self.view(),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! any later part (aggregator, lake, reports) can be reconciled exactly
 //! against [`truth::GroundTruth`].
 
+pub mod bench;
 pub mod config;
 pub mod fixture;
 pub mod generator;

@@ -321,10 +321,7 @@ fn kill_9_at_random_moments_neither_loses_nor_doubles() {
     let mut agg = s.aggregator(0, &[("NOTIFLOW_FAILPOINT", "aggregator.after_apply:3")]);
     let status = wait_timeout(&mut agg, Duration::from_secs(60));
     assert!(!status.success(), "the failpoint should abort: {status:?}");
-    assert!(
-        s.log(0)
-            .contains("failpoint aggregator.after_apply reached")
-    );
+    assert!(s.log(0).contains("failpoint reached: aborting"));
     kills += 1;
     while kills < 6 || generator.try_wait().unwrap().is_none() {
         let mut agg = s.aggregator(kills, &[]);
@@ -359,7 +356,7 @@ fn a_killed_member_and_a_zombie_change_nothing() {
     );
     let mut a = s.aggregator(0, &[]);
     let give_up = Instant::now() + Duration::from_secs(90);
-    while !s.log(1).contains("stop_before_apply reached") {
+    while !s.log(1).contains("failpoint reached: stopping") {
         assert!(
             Instant::now() < give_up,
             "b never reached its failpoint:\n{}",

@@ -11,7 +11,7 @@ use notiflow_ingest::{Decoder, RecordView, SchemaRegistry};
 use notiflow_lake::files::FileOptions;
 use notiflow_lake::inspect::stats;
 use notiflow_lake::maintenance::{self, live_files};
-use notiflow_lake::round::{Outcome, Owned, PartState, Round, SourceRecord};
+use notiflow_lake::round::{Outcome, Owned, PartState, Round};
 use notiflow_lake::rows::arrow_schema;
 use notiflow_lake::table::{Change, new_snapshot_id, stage, topic_offsets};
 use notiflow_lake::{Lake, LakeConfig};
@@ -78,11 +78,7 @@ impl Writer {
             cfg.flush_rows,
             false,
         );
-        let views = recs.iter().map(|r| SourceRecord {
-            partition: r.partition,
-            offset: r.offset,
-            view: r.view(),
-        });
+        let views = recs.iter().map(OwnedRecord::source);
         round.take(views, &mut self.owned, &self.decoder);
         let files = round.close_files(&table).await.unwrap();
         (round, files)
