@@ -10,6 +10,7 @@
 //! Kafka's committed offsets are never used: Redis holds them, with the
 //! counters, so a crash at any instant neither loses nor doubles a count.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use notiflow_ingest::failpoint;
@@ -215,7 +216,7 @@ pub async fn run(
     overrides.extend_from_slice(consumer_overrides);
     let source = Source::subscribe_with(kafka, &cfg.group_id, &overrides, context)?;
     let mut decoder = Decoder::new(registry);
-    let scripts = Scripts::default();
+    let scripts = Arc::new(Scripts::default());
     let retention = Retention::new(
         cfg.dedup_window_hours,
         cfg.minute_retention_hours,
@@ -227,6 +228,7 @@ pub async fn run(
     let mut stats = RunStats::default();
     let mut last_log = Instant::now();
     let mut last_audit = Instant::now();
+    let mut inflight: Option<Inflight> = None;
     tracing::info!(topic = %kafka.topic, group = %cfg.group_id, prefix = %redis_cfg.key_prefix, "aggregator running");
 
     loop {
@@ -243,6 +245,7 @@ pub async fn run(
             }
         };
         take_changes(&handoff, &mut owned, &metrics);
+        let mut next: Option<Pending> = None;
         if !batch.is_empty() {
             let now = now_micros();
             let views: Vec<_> = batch.iter().map(|m| view(m, now)).collect();
@@ -267,41 +270,56 @@ pub async fn run(
                 seek(&source, p, Offset::Offset(offset));
             }
             if !pending.is_empty() {
-                failpoints.before_apply(stats.batches + 1);
-                match apply(&scripts, &mut conn, &target, &pending, &metrics, &shutdown).await? {
-                    Some(Applied::Ok(_) | Applied::AlreadyApplied) => {
-                        for (p, u) in &pending.offsets {
-                            if let Some(s) = owned.get_mut(p) {
-                                s.applied = Some(u.next);
-                            }
-                        }
-                        stats.batches += 1;
-                        stats.counted += pending.stats.counted;
-                        observe_applied(&metrics, &pending);
-                        failpoints.after_apply(stats.batches);
+                next = Some(pending);
+            }
+        }
+        let audit_due = last_audit.elapsed() > AUDIT_EVERY && !owned.is_empty();
+        // One batch in flight at a time: the next goes out once Redis has
+        // answered for this one, so the offset CAS sees them in order.
+        if let Some(f) = inflight.take() {
+            match settle(f, &mut stats, &metrics, &failpoints).await? {
+                Settled::Applied => {}
+                Settled::Fenced(mut parts) => {
+                    // The batch processed meanwhile assumed this one applied.
+                    if let Some(n) = next.take() {
+                        parts.extend(n.offsets.keys().copied());
                     }
-                    Some(Applied::Fenced(stored)) => {
-                        stats.fenced += 1;
-                        metrics.fenced.inc();
-                        tracing::warn!(
-                            ?stored,
-                            "batch fenced: another member moved these partitions; reloading"
-                        );
-                        let parts: Vec<i32> = pending.offsets.keys().copied().collect();
+                    parts.sort_unstable();
+                    parts.dedup();
+                    resync(
+                        &scripts, &mut conn, &target, &source, &mut owned, &parts, &shutdown,
+                    )
+                    .await?;
+                }
+                Settled::ShutDown => break,
+            }
+        }
+        if let Some(pending) = next {
+            failpoints.before_apply(stats.batches + 1);
+            // The next batch's CAS expects these offsets: set them now;
+            // a fence or a failure reloads them from Redis.
+            for (p, u) in &pending.offsets {
+                if let Some(s) = owned.get_mut(p) {
+                    s.applied = Some(u.next);
+                }
+            }
+            let f = launch(&scripts, &conn, &target, pending, &metrics, &shutdown);
+            if stopping || audit_due {
+                match settle(f, &mut stats, &metrics, &failpoints).await? {
+                    Settled::Applied => {}
+                    Settled::Fenced(parts) => {
                         resync(
                             &scripts, &mut conn, &target, &source, &mut owned, &parts, &shutdown,
                         )
                         .await?;
                     }
-                    None => {
-                        // Shut down while Redis was unreachable: the batch is
-                        // not applied and will be read again after a restart.
-                        break;
-                    }
+                    Settled::ShutDown => break,
                 }
+            } else {
+                inflight = Some(f);
             }
         }
-        if last_audit.elapsed() > AUDIT_EVERY && !owned.is_empty() {
+        if audit_due {
             last_audit = Instant::now();
             let moved = audit(&scripts, &mut conn, &target, &owned).await;
             if !moved.is_empty() {
@@ -379,6 +397,71 @@ fn take_changes(handoff: &Handoff<PartitionState>, owned: &mut Owned, metrics: &
         }
     }
     metrics.partitions.set(owned.len() as i64);
+}
+
+/// A batch being applied by its own task, so that the next batch is
+/// processed meanwhile (Redis works on the other core).
+type Inflight = tokio::task::JoinHandle<(Pending, Result<Option<Applied>, AggregatorError>)>;
+
+/// How an applied batch ended.
+enum Settled {
+    Applied,
+    /// Refused by the offset CAS; these partitions must be reloaded.
+    Fenced(Vec<i32>),
+    /// Shutdown came while Redis was unreachable: nothing applied.
+    ShutDown,
+}
+
+fn launch(
+    scripts: &Arc<Scripts>,
+    conn: &redis::aio::ConnectionManager,
+    target: &Target,
+    pending: Pending,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> Inflight {
+    let (scripts, mut conn, target, metrics, shutdown) = (
+        Arc::clone(scripts),
+        conn.clone(),
+        target.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    tokio::spawn(async move {
+        let r = apply(&scripts, &mut conn, &target, &pending, &metrics, &shutdown).await;
+        (pending, r)
+    })
+}
+
+/// Waits for the batch in flight and books its outcome.
+async fn settle(
+    f: Inflight,
+    stats: &mut RunStats,
+    metrics: &Metrics,
+    failpoints: &Failpoints,
+) -> Result<Settled, AggregatorError> {
+    let (pending, result) = f
+        .await
+        .map_err(|e| AggregatorError::Protocol(format!("apply task failed: {e}")))?;
+    match result? {
+        Some(Applied::Ok(_) | Applied::AlreadyApplied) => {
+            stats.batches += 1;
+            stats.counted += pending.stats.counted;
+            observe_applied(metrics, &pending);
+            failpoints.after_apply(stats.batches);
+            Ok(Settled::Applied)
+        }
+        Some(Applied::Fenced(stored)) => {
+            stats.fenced += 1;
+            metrics.fenced.inc();
+            tracing::warn!(
+                ?stored,
+                "batch fenced: another member moved these partitions; reloading"
+            );
+            Ok(Settled::Fenced(pending.offsets.keys().copied().collect()))
+        }
+        None => Ok(Settled::ShutDown),
+    }
 }
 
 /// Applies one batch, retrying while Redis is unreachable. `None` if
