@@ -429,6 +429,10 @@ fn launch(
     );
     tokio::spawn(async move {
         let r = apply(&scripts, &mut conn, &target, &pending, &metrics, &shutdown).await;
+        // Metrics move when Redis does, not when the loop next looks.
+        if let Ok(Some(Applied::Ok(_) | Applied::AlreadyApplied)) = &r {
+            observe_applied(&metrics, &pending);
+        }
         (pending, r)
     })
 }
@@ -447,7 +451,6 @@ async fn settle(
         Some(Applied::Ok(_) | Applied::AlreadyApplied) => {
             stats.batches += 1;
             stats.counted += pending.stats.counted;
-            observe_applied(metrics, &pending);
             failpoints.after_apply(stats.batches);
             Ok(Settled::Applied)
         }
