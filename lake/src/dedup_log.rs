@@ -5,10 +5,8 @@
 //! writer that takes over a partition must know the events of the last
 //! window. Only committed snapshots name dedup files, so an uncommitted
 //! (crashed or fenced) round never marks its events as seen. A restore
-//! walks the snapshots back from the current one and stops once their
-//! commit time is older than the newest generation read minus the window:
-//! rows are committed after their broker timestamp, so older snapshots
-//! hold only expired generations.
+//! reads the files of the snapshots committed within the window (plus an
+//! hour) before the current one, 16 at a time.
 //!
 //! Format (little endian): `NFD1`, then sections of `partition: i32,
 //! generation: u32, count: u32` followed by `count` fingerprints (`u64`),
@@ -16,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use futures::StreamExt;
 use iceberg::table::Table;
 use notiflow_ingest::dedup::{Dedup, GENERATION_MICROS};
 
@@ -73,6 +72,9 @@ pub async fn write(table: &Table, name: &str, fps: &Fingerprints) -> Result<Stri
     Ok(path)
 }
 
+/// Dedup files read at once while restoring.
+const PARALLEL_READS: usize = 16;
+
 /// The dedup state of `partitions` as of `table`'s current snapshot.
 pub async fn restore(
     table: &Table,
@@ -83,33 +85,51 @@ pub async fn restore(
         .iter()
         .map(|&p| (p, Dedup::new(window)))
         .collect();
-    let md = table.metadata();
-    let mut newest: Option<u32> = None;
+    let io = table.file_io().clone();
+    let mut reads = futures::stream::iter(files_in_window(table, window))
+        .map(move |path| read(io.clone(), path))
+        .buffer_unordered(PARALLEL_READS);
     let mut files = 0usize;
-    let mut snap = md.current_snapshot();
-    while let Some(s) = snap {
-        if let Some(n) = newest {
-            // Committed before generation `n - window - 1` began: everything
-            // in it is older than the window.
-            let cutoff_ms = i64::from(n.saturating_sub(window + 1)) * GENERATION_MICROS / 1000;
-            if s.timestamp_ms() < cutoff_ms {
-                break;
+    while let Some(bytes) = reads.next().await {
+        decode(&bytes?, |p, g, packed| {
+            if let Some(d) = out.get_mut(&p) {
+                d.restore_packed(g, packed);
             }
-        }
-        if let Some(path) = s.summary().additional_properties.get(DEDUP_PROP) {
-            let bytes = table.file_io().new_input(path)?.read().await?;
-            decode(&bytes, |p, g, packed| {
-                newest = Some(newest.map_or(g, |n| n.max(g)));
-                if let Some(d) = out.get_mut(&p) {
-                    d.restore_packed(g, packed);
-                }
-            })?;
-            files += 1;
-        }
-        snap = s.parent_snapshot_id().and_then(|id| md.snapshot_by_id(id));
+        })?;
+        files += 1;
     }
     tracing::debug!(files, partitions = ?partitions, "dedup state restored");
     Ok(out)
+}
+
+async fn read(io: iceberg::io::FileIO, path: String) -> Result<bytes::Bytes, LakeError> {
+    Ok(io.new_input(&path)?.read().await?)
+}
+
+/// Dedup files of the snapshots committed within the window (plus an hour)
+/// before the current one. Rows are committed after their broker timestamp,
+/// so older snapshots hold only older generations; when old records are
+/// replayed this takes more files than needed, never fewer. The order of
+/// the restore does not matter: expired generations are swept out.
+fn files_in_window(table: &Table, window: u32) -> Vec<String> {
+    let md = table.metadata();
+    let Some(current) = md.current_snapshot() else {
+        return Vec::new();
+    };
+    let span_ms = i64::from(window + 1) * GENERATION_MICROS / 1000;
+    let cutoff_ms = current.timestamp_ms() - span_ms;
+    let mut out = Vec::new();
+    let mut snap = Some(current);
+    while let Some(s) = snap {
+        if s.timestamp_ms() < cutoff_ms {
+            break;
+        }
+        if let Some(path) = s.summary().additional_properties.get(DEDUP_PROP) {
+            out.push(path.clone());
+        }
+        snap = s.parent_snapshot_id().and_then(|id| md.snapshot_by_id(id));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -186,3 +186,48 @@ async fn compaction_then_expiry_and_orphan_removal_keep_every_row() {
     assert_eq!(end.checksum, before.checksum);
     assert_eq!(end.rows, before.rows);
 }
+
+#[tokio::test]
+async fn the_dedup_state_is_restored_from_the_committed_snapshots_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cfg(dir.path());
+    let lake = Lake::open(&cfg).await.unwrap();
+    let recs = records(3500, 5);
+    let mut w = Writer::new();
+    let mut rows = 0;
+    for chunk in recs[..3000].chunks(1000) {
+        rows += w.commit(&lake, &cfg, chunk).await;
+    }
+    // A round that never commits must not mark its events as seen.
+    let (_, _files) = w.round(&lake, &cfg, &recs[3000..]).await;
+    let table = lake.load().await.unwrap();
+    let parts: Vec<i32> = (0..PARTITIONS).collect();
+    let restored = notiflow_lake::dedup_log::restore(&table, &parts, 24)
+        .await
+        .unwrap();
+    let remembered: usize = restored.values().map(|d| d.len()).sum();
+    assert_eq!(remembered as u64, rows, "one fingerprint per committed row");
+    // Each of those rows' events is a duplicate for the restored state, and
+    // the uncommitted round's events are new.
+    let mut decoder = Decoder::new(SchemaRegistry::builtin());
+    let plain: Vec<RecordView<'_>> = recs.iter().map(|r| r.view()).collect();
+    decoder.prepare(&plain).await.unwrap();
+    let mut restored = restored;
+    let (mut seen, mut new) = (0u64, 0u64);
+    for (i, r) in recs.iter().enumerate() {
+        let Ok(e) = decoder.decode(&r.view()) else {
+            continue;
+        };
+        let fp = notiflow_ingest::dedup::fingerprint(&e.event_id);
+        let g = notiflow_ingest::dedup::generation(r.timestamp);
+        let fresh = restored.get_mut(&r.partition).unwrap().insert(fp, g);
+        match (i < 3000, fresh) {
+            (true, false) => seen += 1,
+            (false, true) => new += 1,
+            (true, true) => panic!("a committed event was forgotten: {}", e.event_id),
+            (false, false) => {} // a duplicate of an earlier event
+        }
+    }
+    assert!(seen >= rows, "{seen} < {rows}");
+    assert!(new > 400, "{new}");
+}
