@@ -80,7 +80,12 @@ enum Component {
 enum LakeAction {
     /// Rewrite small files into large ones (one commit per day partition),
     /// expire old snapshots, remove orphan files. Safe while writers run.
-    Compact,
+    Compact {
+        /// Run again every this many minutes until Ctrl-C (a scheduled
+        /// job in one process); once when absent.
+        #[arg(long)]
+        every_minutes: Option<u64>,
+    },
     /// Print the live data files per day partition as JSON: count, bytes, rows.
     Files,
     /// Print the committed Kafka offsets (per topic and partition) as JSON.
@@ -272,21 +277,23 @@ async fn dispatch(command: Command, mut cfg: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Lake {
-            action: LakeAction::Compact,
+            action: LakeAction::Compact { every_minutes },
         } => {
-            let report =
-                notiflow_lake::maintenance::run(&cfg.lake, std::time::SystemTime::now()).await?;
-            println!(
-                "compacted {} partitions: {} files -> {} files, {} rows ({} conflicts retried); expired {} snapshots; removed {} orphan files",
-                report.partitions,
-                report.files_in,
-                report.files_out,
-                report.rows,
-                report.conflicts,
-                report.expired,
-                report.orphans
-            );
-            Ok(())
+            let Some(minutes) = every_minutes.filter(|m| *m > 0) else {
+                return compact_once(&cfg).await;
+            };
+            let shutdown = shutdown_token();
+            let mut tick = tokio::time::interval(Duration::from_secs(minutes * 60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+                // A failed run is reported and tried again at the next tick.
+                if let Err(e) = compact_once(&cfg).await {
+                    tracing::error!(error = %format!("{e:#}"), "maintenance run failed");
+                }
+            }
         }
         Command::Lake {
             action: LakeAction::Files,
@@ -334,6 +341,24 @@ async fn dispatch(command: Command, mut cfg: Config) -> anyhow::Result<()> {
             demo(cfg).await
         }
     }
+}
+
+/// One maintenance run of the lake, with its summary on stdout.
+async fn compact_once(cfg: &Config) -> anyhow::Result<()> {
+    let report = notiflow_lake::maintenance::run(&cfg.lake, std::time::SystemTime::now())
+        .await
+        .context("lake maintenance")?;
+    println!(
+        "compacted {} partitions: {} files -> {} files, {} rows ({} conflicts retried); expired {} snapshots; removed {} orphan files",
+        report.partitions,
+        report.files_in,
+        report.files_out,
+        report.rows,
+        report.conflicts,
+        report.expired,
+        report.orphans
+    );
+    Ok(())
 }
 
 fn registry(cfg: &Config) -> anyhow::Result<SchemaRegistry> {

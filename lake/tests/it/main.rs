@@ -78,8 +78,17 @@ impl Writer {
             cfg.flush_rows,
             false,
         );
-        let views = recs.iter().map(OwnedRecord::source);
-        round.take(views, &mut self.owned, &self.decoder);
+        // As the service does: encode whenever `flush_rows` rows are buffered.
+        for chunk in recs.chunks(cfg.flush_rows) {
+            round.take(
+                chunk.iter().map(OwnedRecord::source),
+                &mut self.owned,
+                &self.decoder,
+            );
+            if round.buffered() >= cfg.flush_rows {
+                round.flush(&table).await.unwrap();
+            }
+        }
         let files = round.close_files(&table).await.unwrap();
         (round, files)
     }
@@ -230,4 +239,28 @@ async fn the_dedup_state_is_restored_from_the_committed_snapshots_only() {
     }
     assert!(seen >= rows, "{seen} < {rows}");
     assert!(new > 400, "{new}");
+}
+
+#[tokio::test]
+async fn data_files_roll_over_at_the_target_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LakeConfig {
+        target_file_size_bytes: 1 << 20,
+        row_group_rows: 8192,
+        ..cfg(dir.path())
+    };
+    let lake = Lake::open(&cfg).await.unwrap();
+    let mut w = Writer::new();
+    let rows = w.commit(&lake, &cfg, &records(80_000, 6)).await;
+    let files = live_files(&lake.load().await.unwrap()).await.unwrap();
+    let per_day = maintenance::layout(&files);
+    let sizes: Vec<u64> = per_day.values().flatten().copied().collect();
+    let total: u64 = sizes.iter().sum();
+    assert!(total > 2 << 20, "{total} bytes: too little data to roll");
+    let biggest_day = per_day.values().map(Vec::len).max().unwrap();
+    assert!(biggest_day >= 2, "no roll-over: {per_day:?}");
+    // A file closes at the first row group past the target.
+    assert!(sizes.iter().all(|&s| s < 2 << 20), "{sizes:?}");
+    let s = stats(&lake.load().await.unwrap()).await.unwrap();
+    assert_eq!(s.rows, rows);
 }
