@@ -210,10 +210,8 @@ async fn commit_replace(lake: &Lake, change: &mut Change) -> Result<u64, LakeErr
         let table = lake.load().await?;
         // The writers' offsets move forward unchanged.
         change.properties.clear();
-        if let Some(s) = table.metadata().current_snapshot()
-            && let Ok(offsets) = crate::table::committed_offsets(table.metadata())
-        {
-            let _ = s;
+        let offsets = crate::table::committed_offsets(table.metadata())?;
+        if !offsets.is_empty() {
             change.properties.insert(
                 OFFSETS_PROP.into(),
                 serde_json::to_string(&offsets)
