@@ -86,10 +86,7 @@ async fn drain_in_process(
         );
         tp += t.elapsed();
         let t = Instant::now();
-        if let Some(f) = inflight.take() {
-            let applied = f.await.unwrap();
-            assert!(matches!(applied, Applied::Ok(_)), "{applied:?}");
-        }
+        settle(inflight.take()).await;
         tw += t.elapsed();
         for (p, u) in &pending.offsets {
             owned.get_mut(p).unwrap().applied = Some(u.next);
@@ -102,10 +99,7 @@ async fn drain_in_process(
         }));
     }
     let t = Instant::now();
-    if let Some(f) = inflight.take() {
-        let applied = f.await.unwrap();
-        assert!(matches!(applied, Applied::Ok(_)), "{applied:?}");
-    }
+    settle(inflight.take()).await;
     tw += t.elapsed();
     eprintln!(
         "  {} records: process {:.2} s, waiting for the apply in flight (call built and run by Redis meanwhile) {:.2} s",
@@ -114,6 +108,14 @@ async fn drain_in_process(
         tw.as_secs_f64()
     );
     counted
+}
+
+/// Waits for the apply in flight, if any; it must have applied.
+async fn settle(inflight: Option<tokio::task::JoinHandle<Applied>>) {
+    if let Some(f) = inflight {
+        let applied = f.await.unwrap();
+        assert!(matches!(applied, Applied::Ok(_)), "{applied:?}");
+    }
 }
 
 /// `chunk` records are generated at a time (the fixture's own memory).

@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 use notiflow_ingest::failpoint;
 use notiflow_ingest::kafka::{ensure_topics, wait_for_broker};
 use notiflow_ingest::rebalance::{Change, Handoff};
-use notiflow_ingest::source::{now_micros, view};
+use notiflow_ingest::source::{now_micros, sleep_or_cancel, view};
 use notiflow_ingest::{Decoder, KafkaConfig, SchemaRegistry, Source};
 use notiflow_schema::counters::Keys;
 use rdkafka::Offset;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::message::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -70,12 +70,12 @@ impl ConsumerContext for Rebalancer {
                     let Some(state) = self.load_retrying(p) else {
                         return; // shutting down: nothing will be applied
                     };
-                    let from = state.applied.map_or(Offset::Beginning, Offset::Offset);
-                    if let Err(e) = elem.set_offset(from) {
-                        tracing::error!(partition = p, error = %e, "cannot set start offset");
-                    }
-                    tracing::info!(partition = p, offset = ?state.applied, dedup = state.dedup.len(), "partition assigned");
-                    self.handoff.push(Change::Assigned(p, state));
+                    tracing::debug!(
+                        partition = p,
+                        dedup = state.dedup.len(),
+                        "dedup state loaded"
+                    );
+                    self.handoff.assign(&mut elem, state.applied, state);
                 }
             }
             Rebalance::Revoke(tpl) => self.handoff.revoke(tpl),
@@ -249,15 +249,7 @@ pub async fn run(
         if !batch.is_empty() {
             let now = now_micros();
             let views: Vec<_> = batch.iter().map(|m| view(m, now)).collect();
-            let mut delay = Duration::from_millis(100);
-            while let Err(e) = decoder.prepare(&views).await {
-                if !e.is_retryable() || shutdown.is_cancelled() {
-                    return Err(e.into());
-                }
-                tracing::warn!(error = %e, "schema registry failed, retrying");
-                sleep_or_cancel(&shutdown, delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
+            decoder.prepare_retrying(&views, &shutdown).await?;
             let records = batch.iter().zip(&views).map(|(m, v)| SourceRecord {
                 partition: m.partition(),
                 offset: m.offset(),
@@ -267,7 +259,7 @@ pub async fn run(
             stats.records += batch.len() as u64;
             observe_batch(&metrics, &pending);
             for &(p, offset) in &pending.reseek {
-                seek(&source, p, Offset::Offset(offset));
+                source.seek(p, Offset::Offset(offset));
             }
             if !pending.is_empty() {
                 next = Some(pending);
@@ -529,23 +521,10 @@ async fn resync<C: ConsumerContext + 'static>(
                 Err(e) => return Err(e),
             }
         };
-        seek(
-            source,
-            p,
-            state.applied.map_or(Offset::Beginning, Offset::Offset),
-        );
+        source.seek(p, state.applied.map_or(Offset::Beginning, Offset::Offset));
         owned.insert(p, state);
     }
     Ok(())
-}
-
-fn seek<C: ConsumerContext + 'static>(source: &Source<C>, p: i32, offset: Offset) {
-    if let Err(e) = source
-        .consumer()
-        .seek(source.topic(), p, offset, Duration::from_secs(5))
-    {
-        tracing::warn!(partition = p, ?offset, error = %e, "seek failed");
-    }
 }
 
 fn observe_batch(m: &Metrics, p: &Pending) {
@@ -590,11 +569,4 @@ fn update_gauges(handoff: &Handoff<PartitionState>, owned: &Owned, m: &Metrics) 
         }
     }
     m.dedup_entries.set(entries as i64);
-}
-
-async fn sleep_or_cancel(shutdown: &CancellationToken, d: Duration) {
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = tokio::time::sleep(d) => {}
-    }
 }

@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use rdkafka::Statistics;
-use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::topic_partition_list::{TopicPartitionList, TopicPartitionListElem};
+use rdkafka::{Offset, Statistics};
 
 /// A partition change seen by the rebalance callback; `S` is the state the
 /// service loaded for an assigned partition.
@@ -50,6 +50,17 @@ impl<S> Handoff<S> {
         if let Ok(mut v) = self.changes.lock() {
             v.push(c);
         }
+    }
+
+    /// Starts fetching `elem` at the `next` offset the service keeps (the
+    /// beginning when none yet) and queues its loaded `state`.
+    pub fn assign(&self, elem: &mut TopicPartitionListElem<'_>, next: Option<i64>, state: S) {
+        let p = elem.partition();
+        if let Err(e) = elem.set_offset(next.map_or(Offset::Beginning, Offset::Offset)) {
+            tracing::error!(partition = p, error = %e, "cannot set start offset");
+        }
+        tracing::info!(partition = p, offset = ?next, "partition assigned");
+        self.push(Change::Assigned(p, state));
     }
 
     /// Queues the revocation of every partition of `tpl`.

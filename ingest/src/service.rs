@@ -24,7 +24,7 @@ use crate::dlq::DlqWriter;
 use crate::error::{IngestError, Reject};
 use crate::kafka::{ensure_topics, wait_for_broker};
 use crate::registry::SchemaRegistry;
-use crate::source::{Source, now_micros, view};
+use crate::source::{Source, now_micros, sleep_or_cancel, view};
 
 /// Where valid events go.
 pub trait EventSink: Send {
@@ -87,7 +87,7 @@ pub async fn run(
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "fetch failed, backing off");
-                backoff(&shutdown, Duration::from_secs(1)).await;
+                sleep_or_cancel(&shutdown, Duration::from_secs(1)).await;
                 continue;
             }
         };
@@ -165,15 +165,8 @@ impl Backoff {
             return Err(err);
         }
         tracing::warn!(error = %err, retry_in_ms = self.delay.as_millis() as u64, "{} failed, retrying", self.what);
-        backoff(shutdown, self.delay).await;
+        sleep_or_cancel(shutdown, self.delay).await;
         self.delay = (self.delay * 2).min(Duration::from_secs(10));
         Ok(())
-    }
-}
-
-async fn backoff(shutdown: &CancellationToken, delay: Duration) {
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = tokio::time::sleep(delay) => {}
     }
 }

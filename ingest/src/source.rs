@@ -75,6 +75,18 @@ impl<C: ConsumerContext + 'static> Source<C> {
         &self.consumer
     }
 
+    /// Moves partition `p`'s fetch position to `offset`. A failure is logged,
+    /// not returned: the callers' cursors drop whatever arrives from the
+    /// wrong place and ask again.
+    pub fn seek(&self, p: i32, offset: Offset) {
+        if let Err(e) = self
+            .consumer
+            .seek(&self.topic, p, offset, Duration::from_secs(5))
+        {
+            tracing::warn!(partition = p, ?offset, error = %e, "seek failed");
+        }
+    }
+
     /// Waits up to `max_wait` for a first record, then takes whatever else
     /// arrives until `max_records` or the deadline. Empty on shutdown or timeout.
     pub async fn next_batch(
@@ -164,4 +176,12 @@ pub fn now_micros() -> Micros {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as Micros)
+}
+
+/// Waits `d`, or less if `shutdown` comes first.
+pub async fn sleep_or_cancel(shutdown: &CancellationToken, d: Duration) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
 }

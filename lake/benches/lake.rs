@@ -35,14 +35,6 @@ fn lake_cfg(dir: &std::path::Path) -> LakeConfig {
     }
 }
 
-fn opts(cfg: &LakeConfig) -> FileOptions {
-    FileOptions {
-        target_size: cfg.target_file_size_bytes,
-        row_group_rows: cfg.row_group_rows,
-        zstd_level: cfg.zstd_level,
-    }
-}
-
 fn views(recs: &[OwnedRecord]) -> Vec<SourceRecord<'_>> {
     recs.iter().map(OwnedRecord::source).collect()
 }
@@ -71,7 +63,7 @@ fn encode(n: usize) {
         let mut writer = ArrowWriter::try_new(
             Vec::with_capacity(64 << 20),
             schema.clone(),
-            Some(writer_properties(opts(&cfg)).unwrap()),
+            Some(writer_properties(FileOptions::from(&cfg)).unwrap()),
         )
         .unwrap();
         for (i, e) in events.iter().enumerate() {
@@ -129,7 +121,7 @@ async fn inproc(n: usize, commit_every: usize) {
         let plain: Vec<RecordView<'_>> = views.iter().map(|v| v.view).collect();
         decoder.prepare(&plain).await.unwrap();
         let t0 = Instant::now();
-        let mut round = Round::new(schema.clone(), opts(&cfg), cfg.flush_rows, cfg.sort_chunks);
+        let mut round = Round::new(schema.clone(), &cfg);
         for chunk in views.chunks(cfg.batch_max_records) {
             let t = Instant::now();
             round.take(chunk.iter().copied(), &mut owned, &decoder);

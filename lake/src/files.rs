@@ -21,6 +21,7 @@ use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
+use crate::config::LakeConfig;
 use crate::error::LakeError;
 
 type Inner =
@@ -35,6 +36,16 @@ pub struct FileOptions {
     pub row_group_rows: usize,
     /// zstd level.
     pub zstd_level: i32,
+}
+
+impl From<&LakeConfig> for FileOptions {
+    fn from(cfg: &LakeConfig) -> Self {
+        FileOptions {
+            target_size: cfg.target_file_size_bytes,
+            row_group_rows: cfg.row_group_rows,
+            zstd_level: cfg.zstd_level,
+        }
+    }
 }
 
 /// Parquet writer properties for the table's files.

@@ -153,11 +153,7 @@ pub async fn compact(lake: &Lake, cfg: &LakeConfig) -> Result<Report, LakeError>
     let table = lake.load().await?;
     let plans = plan(&live_files(&table).await?, cfg);
     let schema = arrow_schema(table.metadata().current_schema())?;
-    let opts = FileOptions {
-        target_size: cfg.target_file_size_bytes,
-        row_group_rows: cfg.row_group_rows,
-        zstd_level: cfg.zstd_level,
-    };
+    let opts = FileOptions::from(cfg);
     for (day, groups) in plans {
         let mut change = Change::default();
         let mut rows_in = 0u64;
@@ -275,7 +271,10 @@ async fn referenced(table: &Table) -> Result<HashSet<String>, LakeError> {
         }
         let list = table.manifest_list_reader(s).load().await?;
         for mf in list.entries() {
-            out.insert(mf.manifest_path.clone());
+            // Snapshots share most manifests: read each once.
+            if !out.insert(mf.manifest_path.clone()) {
+                continue;
+            }
             let manifest = mf.load_manifest(table.file_io()).await?;
             for e in manifest.entries() {
                 out.insert(e.file_path().to_string());

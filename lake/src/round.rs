@@ -15,6 +15,7 @@ use notiflow_ingest::cursor::{Admit, Cursor};
 use notiflow_ingest::dedup::{Dedup, fingerprint, generation, pack};
 pub use notiflow_ingest::source::SourceRecord;
 
+use crate::config::LakeConfig;
 use crate::dedup_log::{self, Fingerprints};
 use crate::error::LakeError;
 use crate::files::{FileOptions, RoundFiles};
@@ -100,18 +101,19 @@ pub enum Outcome {
 }
 
 impl Round {
-    /// An empty round writing rows of `schema` with `opts`.
-    pub fn new(schema: SchemaRef, opts: FileOptions, flush_rows: usize, sort: bool) -> Self {
+    /// An empty round writing rows of `schema` as `cfg` says (file size,
+    /// row groups, zstd level, flush size, sorting).
+    pub fn new(schema: SchemaRef, cfg: &LakeConfig) -> Self {
         Round {
-            buffer: RowBuffer::new(schema, flush_rows.min(65_536)),
+            buffer: RowBuffer::new(schema, cfg.flush_rows.min(65_536)),
             files: None,
             expected: BTreeMap::new(),
             next: BTreeMap::new(),
             fps: Fingerprints::new(),
             started: None,
             rows: 0,
-            opts,
-            sort,
+            opts: FileOptions::from(cfg),
+            sort: cfg.sort_chunks,
         }
     }
 

@@ -23,7 +23,7 @@ use notiflow_ingest::dedup::Dedup;
 use notiflow_ingest::failpoint;
 use notiflow_ingest::kafka::{ensure_topics, wait_for_broker};
 use notiflow_ingest::rebalance::{Change, Handoff};
-use notiflow_ingest::source::{now_micros, view};
+use notiflow_ingest::source::{now_micros, sleep_or_cancel, view};
 use notiflow_ingest::{Decoder, KafkaConfig, SchemaRegistry, Source};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -34,7 +34,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::LakeConfig;
 use crate::dedup_log;
 use crate::error::LakeError;
-use crate::files::FileOptions;
 use crate::metrics::Metrics;
 use crate::round::{Outcome, Owned, PartState, Round, SourceRecord};
 use crate::rows::arrow_schema;
@@ -81,12 +80,12 @@ impl ConsumerContext for Rebalancer {
                     let Some(state) = states.remove(&p) else {
                         continue;
                     };
-                    let from = state.committed.map_or(Offset::Beginning, Offset::Offset);
-                    if let Err(e) = elem.set_offset(from) {
-                        tracing::error!(partition = p, error = %e, "cannot set start offset");
-                    }
-                    tracing::info!(partition = p, offset = ?state.committed, dedup = state.dedup.len(), "partition assigned");
-                    self.handoff.push(Change::Assigned(p, state));
+                    tracing::debug!(
+                        partition = p,
+                        dedup = state.dedup.len(),
+                        "dedup state loaded"
+                    );
+                    self.handoff.assign(&mut elem, state.committed, state);
                 }
             }
             Rebalance::Revoke(tpl) => self.handoff.revoke(tpl),
@@ -210,16 +209,7 @@ pub async fn run(
         table,
         source,
         owned: Owned::new(),
-        round: Round::new(
-            schema.clone(),
-            FileOptions {
-                target_size: cfg.target_file_size_bytes,
-                row_group_rows: cfg.row_group_rows,
-                zstd_level: cfg.zstd_level,
-            },
-            cfg.flush_rows,
-            cfg.sort_chunks,
-        ),
+        round: Round::new(schema.clone(), cfg),
         schema,
         metrics,
         stats: RunStats::default(),
@@ -255,15 +245,7 @@ pub async fn run(
         if !batch.is_empty() {
             let now = now_micros();
             let views: Vec<_> = batch.iter().map(|m| view(m, now)).collect();
-            let mut delay = Duration::from_millis(100);
-            while let Err(e) = decoder.prepare(&views).await {
-                if !e.is_retryable() || shutdown.is_cancelled() {
-                    return Err(e.into());
-                }
-                tracing::warn!(error = %e, "schema registry failed, retrying");
-                sleep_or_cancel(&shutdown, delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
+            decoder.prepare_retrying(&views, &shutdown).await?;
             w.take(&batch, &views, &decoder);
             if w.round.buffered() >= cfg.flush_rows
                 && let Err(e) = w.round.flush(&w.table).await
@@ -315,7 +297,7 @@ impl Writer<'_> {
         });
         let s = self.round.take(records, &mut self.owned, decoder);
         for &(p, o) in &s.reseek {
-            seek(&self.source, p, Offset::Offset(o));
+            self.source.seek(p, Offset::Offset(o));
         }
         self.stats.records += batch.len() as u64;
         let m = &self.metrics;
@@ -329,16 +311,7 @@ impl Writer<'_> {
     }
 
     fn new_round(&self) -> Round {
-        Round::new(
-            self.schema.clone(),
-            FileOptions {
-                target_size: self.cfg.target_file_size_bytes,
-                row_group_rows: self.cfg.row_group_rows,
-                zstd_level: self.cfg.zstd_level,
-            },
-            self.cfg.flush_rows,
-            self.cfg.sort_chunks,
-        )
+        Round::new(self.schema.clone(), self.cfg)
     }
 
     /// Commits the round, retrying failures until it lands, is fenced, or
@@ -484,11 +457,8 @@ impl Writer<'_> {
             }
         };
         for (p, st) in states {
-            seek(
-                &self.source,
-                p,
-                st.committed.map_or(Offset::Beginning, Offset::Offset),
-            );
+            self.source
+                .seek(p, st.committed.map_or(Offset::Beginning, Offset::Offset));
             self.owned.insert(p, st);
         }
         Ok(())
@@ -546,15 +516,6 @@ async fn open_retrying(cfg: &LakeConfig, shutdown: &CancellationToken) -> Result
     }
 }
 
-fn seek<C: ConsumerContext + 'static>(source: &Source<C>, p: i32, offset: Offset) {
-    if let Err(e) = source
-        .consumer()
-        .seek(source.topic(), p, offset, Duration::from_secs(5))
-    {
-        tracing::warn!(partition = p, ?offset, error = %e, "seek failed");
-    }
-}
-
 fn update_gauges(handoff: &Handoff<PartState>, owned: &Owned, m: &Metrics) {
     let highs = handoff.highs();
     let mut entries = 0;
@@ -567,11 +528,4 @@ fn update_gauges(handoff: &Handoff<PartState>, owned: &Owned, m: &Metrics) {
         }
     }
     m.dedup_entries.set(entries as i64);
-}
-
-async fn sleep_or_cancel(shutdown: &CancellationToken, d: Duration) {
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = tokio::time::sleep(d) => {}
-    }
 }

@@ -273,7 +273,11 @@ pub async fn stage(
     let (mut del_rows, mut del_size) = (0u64, 0u64);
     if let Some(parent) = parent {
         let list = base.manifest_list_reader(parent).load().await?;
-        for (n, mf) in list.entries().iter().enumerate() {
+        // The surviving entries of every manifest that lists a removed file
+        // go into one new manifest, so compaction also merges the small
+        // manifests that 60-s appends leave behind.
+        let mut rewritten = None;
+        for mf in list.entries() {
             if change.removed.is_empty() {
                 manifests.push(mf.clone());
                 continue;
@@ -287,10 +291,21 @@ pub async fn stage(
                 manifests.push(mf.clone());
                 continue;
             }
-            let out = io.new_output(format!("{meta}/{attempt}-r{n}.avro"))?;
-            let mut w =
-                ManifestWriterBuilder::new(out, Some(snapshot_id), schema.clone(), spec.clone())
-                    .build_v2_data();
+            let w = match rewritten.as_mut() {
+                Some(w) => w,
+                None => {
+                    let out = io.new_output(format!("{meta}/{attempt}-r.avro"))?;
+                    rewritten.insert(
+                        ManifestWriterBuilder::new(
+                            out,
+                            Some(snapshot_id),
+                            schema.clone(),
+                            spec.clone(),
+                        )
+                        .build_v2_data(),
+                    )
+                }
+            };
             for e in manifest.entries() {
                 if !e.is_alive() {
                     continue;
@@ -310,6 +325,8 @@ pub async fn stage(
                     )?;
                 }
             }
+        }
+        if let Some(w) = rewritten {
             manifests.push(w.write_manifest_file().await?);
         }
     }

@@ -39,13 +39,7 @@ fn main() {
 
     let cfg = GenConfig {
         seed: 1,
-        clients: 5000,
-        rate: "100M/day".into(),
-        avro_share: 0.3,
-        content_type_share: 0.0,
-        duplicate_share: 0.005,
-        malformed_share: 0.0,
-        billing_tz: "America/Sao_Paulo".into(),
+        ..notiflow_loadgen::bench::gen_cfg()
     };
     // Pre-encode the generator's own records (same config) so the bare
     // producer sends the same bytes.

@@ -80,6 +80,28 @@ impl Decoder {
         }
     }
 
+    /// [`Decoder::prepare`], retried with backoff (0.1 s doubling to 10 s)
+    /// while the registry cannot be reached; an error only when it is not
+    /// retryable or `shutdown` came first.
+    pub async fn prepare_retrying(
+        &mut self,
+        records: &[RecordView<'_>],
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), IngestError> {
+        let mut delay = std::time::Duration::from_millis(100);
+        loop {
+            match self.prepare(records).await {
+                Ok(()) => return Ok(()),
+                Err(e) if !e.is_retryable() || shutdown.is_cancelled() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "schema registry failed, retrying");
+                    crate::source::sleep_or_cancel(shutdown, delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
     /// Resolves every schema id these records name that has no plan yet.
     /// Fails only when the registry cannot be asked (retry later); an id the
     /// registry does not know becomes an `unknown_schema_id` reject.

@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime};
 
 use notiflow_ingest::dedup::Dedup;
 use notiflow_ingest::{Decoder, RecordView, SchemaRegistry};
-use notiflow_lake::files::FileOptions;
 use notiflow_lake::inspect::stats;
 use notiflow_lake::maintenance::{self, live_files};
 use notiflow_lake::round::{Outcome, Owned, PartState, Round};
@@ -70,13 +69,7 @@ impl Writer {
         self.decoder.prepare(&plain).await.unwrap();
         let mut round = Round::new(
             arrow_schema(table.metadata().current_schema()).unwrap(),
-            FileOptions {
-                target_size: cfg.target_file_size_bytes,
-                row_group_rows: cfg.row_group_rows,
-                zstd_level: cfg.zstd_level,
-            },
-            cfg.flush_rows,
-            false,
+            cfg,
         );
         // As the service does: encode whenever `flush_rows` rows are buffered.
         for chunk in recs.chunks(cfg.flush_rows) {
