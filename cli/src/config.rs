@@ -12,6 +12,7 @@ use notiflow_aggregator::{AggregatorConfig, RedisConfig};
 use notiflow_ingest::{IngestConfig, KafkaConfig, SchemaRegistryConfig};
 use notiflow_lake::LakeConfig;
 use notiflow_loadgen::GenConfig;
+use notiflow_reports::ReportsConfig;
 use serde::{Deserialize, Serialize};
 
 /// The embedded defaults (`cli/config/default.toml`).
@@ -35,6 +36,8 @@ pub struct Config {
     pub aggregator: AggregatorConfig,
     /// The lake writer and its Iceberg table.
     pub lake: LakeConfig,
+    /// Billing and detail exports, and their schedule.
+    pub reports: ReportsConfig,
     /// Prometheus exposition.
     pub metrics: MetricsConfig,
     /// The load generator's traffic shape (`[gen]`).
@@ -130,6 +133,10 @@ impl Config {
                 ),
             ));
         }
+        self.reports.validate().map_err(|e| match e {
+            notiflow_reports::ReportError::Config { field, reason } => invalid(field, reason),
+            other => invalid("reports".into(), other.to_string()),
+        })?;
         if !self.metrics.listen.is_empty()
             && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
         {

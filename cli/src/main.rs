@@ -7,12 +7,15 @@
 //!  notiflow run lake     ─▶ lake    ─▶ Iceberg table (exactly once)
 //!  notiflow lake compact ─▶ compaction, snapshot expiry, orphan removal
 //!  notiflow lake files   ─▶ data files per day partition (JSON)
+//!  notiflow report billing|detail|runs ─▶ reports ─▶ CSV/Parquet exports (DuckDB or DataFusion)
+//!  notiflow run reports ─▶ the report scheduler (cron jobs, catch-up, retries)
 //!  notiflow demo         ─▶ generator, ingest, aggregator and lake writer, against the local servers (infra/up.sh)
 //!  notiflow config       ─▶ the effective config, validated
 //! ```
 
 mod config;
 mod metrics;
+mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,6 +63,12 @@ enum Command {
         #[command(subcommand)]
         action: LakeAction,
     },
+    /// Billing and detail exports on demand, and the run ledger.
+    Report {
+        /// What to do.
+        #[command(subcommand)]
+        action: report::ReportAction,
+    },
     /// Create the event and dead-letter topics if missing.
     Topics,
     /// Print the effective config (defaults, file and environment), validated.
@@ -74,6 +83,8 @@ enum Component {
     Aggregator,
     /// Every event as a row of the Iceberg table, exactly once.
     Lake,
+    /// The report scheduler: cron jobs, catch-up after downtime, retries.
+    Reports,
 }
 
 #[derive(Subcommand)]
@@ -276,6 +287,10 @@ async fn dispatch(command: Command, mut cfg: Config) -> anyhow::Result<()> {
             println!("{stats:?}");
             Ok(())
         }
+        Command::Run {
+            component: Component::Reports,
+        } => report::scheduler(&cfg, shutdown_token()).await,
+        Command::Report { action } => report::command(action, &cfg).await,
         Command::Lake {
             action: LakeAction::Compact { every_minutes },
         } => {

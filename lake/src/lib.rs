@@ -7,8 +7,11 @@
 //! - [`dedup_log`]: the dedup state persisted with each commit;
 //! - [`round`]: one commit round without Kafka (take records, fenced commit);
 //! - [`service`]: the consumer-group member that ties them together;
-//! - [`maintenance`]: compaction, snapshot expiry, orphan removal.
+//! - [`maintenance`]: compaction, snapshot expiry, orphan removal;
+//! - [`bulk`]: events appended without Kafka (tests, benchmarks, backfills);
+//! - [`store`]: an opendal operator over the warehouse (or any folder/bucket).
 
+pub mod bulk;
 pub mod config;
 pub mod dedup_log;
 pub mod error;
@@ -19,6 +22,7 @@ pub mod metrics;
 pub mod round;
 pub mod rows;
 pub mod service;
+pub mod store;
 pub mod table;
 
 pub use config::{LakeConfig, MaintenanceConfig, S3Config};

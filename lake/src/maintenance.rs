@@ -28,7 +28,7 @@ use crate::config::LakeConfig;
 use crate::error::LakeError;
 use crate::files::{FileOptions, RoundFiles};
 use crate::rows::arrow_schema;
-use crate::table::{Change, DEDUP_PROP, Lake, OFFSETS_PROP, new_snapshot_id, stage};
+use crate::table::{Change, DEDUP_PROP, Lake};
 
 /// What one maintenance run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -201,30 +201,11 @@ pub async fn compact(lake: &Lake, cfg: &LakeConfig) -> Result<Report, LakeError>
 
 /// Commits a rewrite on top of whatever is current; the number of conflicts.
 async fn commit_replace(lake: &Lake, change: &mut Change) -> Result<u64, LakeError> {
-    let mut conflicts = 0;
-    loop {
-        let table = lake.load().await?;
-        // The writers' offsets move forward unchanged.
-        change.properties.clear();
-        let offsets = crate::table::committed_offsets(table.metadata())?;
-        if !offsets.is_empty() {
-            change.properties.insert(
-                OFFSETS_PROP.into(),
-                serde_json::to_string(&offsets)
-                    .map_err(|e| LakeError::Table(format!("offsets: {e}")))?,
-            );
-        }
-        change
-            .properties
-            .insert("notiflow.operation".into(), "compaction".into());
-        let id = new_snapshot_id(table.metadata());
-        let staged = stage(&table, id, change).await?;
-        if lake.swap(&table, staged).await? {
-            return Ok(conflicts);
-        }
-        conflicts += 1;
-        tracing::info!("compaction commit conflicted with a writer; staging again");
-    }
+    Ok(
+        crate::table::commit_carrying_offsets(lake, change, "compaction")
+            .await?
+            .1,
+    )
 }
 
 /// Expires snapshots older than the configured age; how many went.
@@ -298,7 +279,7 @@ pub async fn remove_orphans(
         .to_string();
     let keep = referenced(&table).await?;
     let grace = Duration::from_secs(u64::from(cfg.maintenance.orphan_grace_minutes) * 60);
-    let (op, prefix, base) = operator(cfg, &location)?;
+    let (op, prefix, base) = crate::store::operator(&cfg.s3, &location)?;
     let mut removed = 0;
     for entry in op.list_with(&prefix).recursive(true).await? {
         if entry.metadata().is_dir() {
@@ -323,44 +304,6 @@ pub async fn remove_orphans(
         tracing::debug!(file = %url, "orphan removed");
     }
     Ok(removed)
-}
-
-/// An operator over the warehouse; the table's prefix in it; and what to
-/// put before a listed path to get the URL iceberg uses.
-fn operator(
-    cfg: &LakeConfig,
-    location: &str,
-) -> Result<(opendal::Operator, String, String), LakeError> {
-    if let Some(rest) = location.strip_prefix("s3://") {
-        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
-        let s = &cfg.s3;
-        let mut b = opendal::services::S3::default()
-            .bucket(bucket)
-            .region(&s.region)
-            .disable_config_load()
-            .disable_ec2_metadata();
-        if !s.endpoint.is_empty() {
-            b = b.endpoint(&s.endpoint);
-        }
-        if !s.access_key_id.is_empty() {
-            b = b
-                .access_key_id(&s.access_key_id)
-                .secret_access_key(&s.secret_access_key);
-        }
-        if !s.path_style {
-            b = b.enable_virtual_host_style();
-        }
-        let op = opendal::Operator::new(b)?.finish();
-        Ok((op, format!("{key}/"), format!("s3://{bucket}/")))
-    } else {
-        let path = location.strip_prefix("file://").unwrap_or(location);
-        let op = opendal::Operator::new(opendal::services::Fs::default().root("/"))?.finish();
-        Ok((
-            op,
-            format!("{}/", path.trim_start_matches('/')),
-            "file:///".to_string(),
-        ))
-    }
 }
 
 #[cfg(test)]

@@ -241,6 +241,40 @@ pub struct Change {
     pub properties: HashMap<String, String>,
 }
 
+/// Commits `change` on top of whatever is current, carrying the writers'
+/// offsets forward unchanged (compaction, bulk loads: snapshots that are
+/// not a writer's round); the new snapshot's id and the number of conflicts
+/// it staged again after.
+pub async fn commit_carrying_offsets(
+    lake: &Lake,
+    change: &mut Change,
+    operation: &str,
+) -> Result<(i64, u64), LakeError> {
+    let mut conflicts = 0;
+    loop {
+        let table = lake.load().await?;
+        change.properties.clear();
+        let offsets = committed_offsets(table.metadata())?;
+        if !offsets.is_empty() {
+            change.properties.insert(
+                OFFSETS_PROP.into(),
+                serde_json::to_string(&offsets)
+                    .map_err(|e| LakeError::Table(format!("offsets: {e}")))?,
+            );
+        }
+        change
+            .properties
+            .insert("notiflow.operation".into(), operation.into());
+        let id = new_snapshot_id(table.metadata());
+        let staged = stage(&table, id, change).await?;
+        if lake.swap(&table, staged).await? {
+            return Ok((id, conflicts));
+        }
+        conflicts += 1;
+        tracing::info!(operation, "commit conflicted with another; staging again");
+    }
+}
+
 /// A new snapshot id not used by `md`.
 pub fn new_snapshot_id(md: &TableMetadata) -> i64 {
     loop {

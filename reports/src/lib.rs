@@ -1,4 +1,25 @@
-//! Detailed and daily billing exports with DuckDB and DataFusion, on demand and on a schedule (SPEC §5).
+//! Detailed and daily billing exports over the Iceberg table, with DuckDB
+//! and DataFusion, on demand and on a schedule (SPEC §5).
 //!
-//! Not built yet: this crate only reserves its place in the data flow
-//! (see the workspace README). Its issue describes what it will do.
+//! - [`config`]: the `[reports]` section; [`ratecard`]: prices;
+//! - [`billing`] and [`detail`]: the reports' rules, engine-independent;
+//! - [`engine`]: DuckDB and DataFusion over a pinned lake snapshot;
+//! - [`output`]: files and manifests in object storage;
+//! - [`report`]: one report run end to end;
+//! - [`ledger`] and [`schedule`]: recorded runs and the cron scheduler.
+
+pub mod billing;
+pub mod config;
+pub mod detail;
+pub mod engine;
+pub mod error;
+pub mod ledger;
+pub mod output;
+pub mod ratecard;
+pub mod report;
+pub mod schedule;
+
+pub use config::{EngineKind, Format, JobConfig, JobKind, ReportsConfig};
+pub use error::ReportError;
+pub use output::Manifest;
+pub use report::{BillingRequest, DetailRequest, Reports};

@@ -40,6 +40,68 @@ struct Setup {
 }
 
 impl Setup {
+    /// `notiflow report detail --all` over the lake writes one CSV row per
+    /// valid event, and `notiflow report runs` lists the run as succeeded.
+    fn assert_detail_report_has_every_row(&self, valid_events: u64) {
+        let out = self.dir.path().join("reports-out");
+        let now = chrono::Utc::now();
+        let fmt = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let (from, to) = (
+            fmt(now - chrono::Duration::days(2)),
+            fmt(now + chrono::Duration::hours(1)),
+        );
+        let run = notiflow()
+            .arg("--config")
+            .arg(&self.config)
+            .env("NOTIFLOW__REPORTS__OUTPUT", &out)
+            .args(["report", "detail", "--all", "--from", &from, "--to", &to])
+            .args(["--format", "csv", "--quiet"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&run.stdout).to_string();
+        assert!(
+            run.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert!(stdout.contains(&format!("{valid_events} rows")), "{stdout}");
+        let dir = std::fs::read_dir(out.join("reports/detail"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let csv = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "csv"))
+            .unwrap();
+        let text = std::fs::read_to_string(csv).unwrap();
+        assert_eq!(
+            text.lines().count() as u64,
+            valid_events + 1,
+            "rows + header"
+        );
+        for line in text.lines().skip(1).take(100) {
+            let recipient = line.split(',').nth(3).unwrap();
+            assert!(
+                recipient.starts_with('+') && recipient.contains("**"),
+                "masked by default: {line}"
+            );
+        }
+        let runs = notiflow()
+            .arg("--config")
+            .arg(&self.config)
+            .args(["report", "runs"])
+            .output()
+            .unwrap();
+        let runs = String::from_utf8_lossy(&runs.stdout);
+        assert!(
+            runs.contains("\"job\":\"on-demand\"") && runs.contains("\"status\":\"succeeded\""),
+            "{runs}"
+        );
+    }
+
     fn new(tag: &str, store: Store, commit_interval_ms: u64) -> Setup {
         Setup::with_catalog(tag, store, commit_interval_ms, None)
     }
@@ -344,6 +406,7 @@ fn lake_rows_reconcile_and_pyiceberg_reads_them() {
     assert!(metrics.contains("notiflow_lake_consumer_lag{partition="));
     s.assert_matches_truth();
     s.assert_pyiceberg_agrees();
+    s.assert_detail_report_has_every_row(truth.valid_events);
 }
 
 #[test]

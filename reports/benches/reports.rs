@@ -1,0 +1,241 @@
+//! Report figures over a generated day in a real lake. Prints them;
+//! BENCHMARKS.md records them with the machine.
+//!
+//! ```text
+//! cargo bench -p notiflow-reports --bench reports -- load [N]        # N rows (default 100M) of one São Paulo day straight into the lake (no broker)
+//! cargo bench -p notiflow-reports --bench reports -- billing [ENGINE] # daily billing of that day: duckdb, datafusion or both (default)
+//! cargo bench -p notiflow-reports --bench reports -- detail [ENGINE]  # the busiest client's day to CSV, rows/s and peak RSS
+//! ```
+//! The lake lives in `REPORTS_BENCH_DIR` (default `~/.cache/notiflow/bench-reports`);
+//! `load` replaces it. Each mode is its own process, so peak RSS is its own.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use notiflow_ingest::{Decoder, RecordView, SchemaRegistry};
+use notiflow_lake::bulk::Bulk;
+use notiflow_lake::rows::Origin;
+use notiflow_lake::{Lake, LakeConfig};
+use notiflow_loadgen::bench::{env, rss_mib};
+use notiflow_loadgen::generator::{Generator, Kind, Shape};
+use notiflow_reports::detail::DetailQuery;
+use notiflow_reports::{BillingRequest, DetailRequest, EngineKind, Format, Reports, ReportsConfig};
+use notiflow_schema::time::parse_rfc3339;
+
+const DAY: &str = "2026-11-10";
+
+fn dir() -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/tmp".into());
+    PathBuf::from(env(
+        "REPORTS_BENCH_DIR",
+        &format!("{home}/.cache/notiflow/bench-reports"),
+    ))
+}
+
+fn lake_cfg() -> LakeConfig {
+    let d = dir();
+    LakeConfig {
+        warehouse: d.join("warehouse").display().to_string(),
+        catalog_uri: format!("sqlite://{}", d.join("catalog.db").display()),
+        ..LakeConfig::default()
+    }
+}
+
+fn reports_cfg() -> ReportsConfig {
+    ReportsConfig {
+        output: dir().join("out").display().to_string(),
+        ..ReportsConfig::default()
+    }
+}
+
+fn peak_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// `n` generated records over the São Paulo day `DAY` (2,500 clients: the
+/// busiest sends about a tenth of the traffic), decoded and bulk-loaded.
+async fn load(n: u64) {
+    let d = dir();
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let cfg = lake_cfg();
+    let lake = Lake::open(&cfg).await.unwrap();
+    let shape = Shape {
+        seed: 11,
+        clients: 2500,
+        rate: n as f64 / 86_400.0,
+        start: parse_rfc3339(&format!("{DAY}T03:00:00Z")).unwrap(),
+        avro_share: 0.0,
+        content_type_share: 0.0,
+        duplicate_share: 0.0,
+        malformed_share: 0.0,
+    };
+    let mut g = Generator::new(shape, None);
+    let mut decoder = Decoder::new(SchemaRegistry::builtin());
+    let mut bulk = Bulk::new(&lake, &cfg).await.unwrap();
+    let t = Instant::now();
+    let mut offset = 0i64;
+    for i in 0..n {
+        let r = g.next_record();
+        if r.kind != Kind::Valid {
+            continue;
+        }
+        let view = RecordView {
+            key: r.key,
+            value: r.value,
+            content_type: None,
+            timestamp: r.arrival,
+        };
+        if i == 0 {
+            decoder.prepare(std::slice::from_ref(&view)).await.unwrap();
+        }
+        let e = decoder.decode(&view).unwrap();
+        bulk.push(
+            &e,
+            Origin {
+                ingest_time: r.arrival,
+                partition: 0,
+                offset,
+            },
+        )
+        .await
+        .unwrap();
+        offset += 1;
+        if i % 10_000_000 == 0 && i > 0 {
+            eprintln!(
+                "  {i} rows, {:.0} rows/s",
+                i as f64 / t.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let rows = bulk.rows();
+    bulk.commit(&lake).await.unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let bytes: u64 = walk(&d.join("warehouse"));
+    println!(
+        "load: {rows} rows in {secs:.1} s ({:.0} rows/s), {:.2} GiB on disk ({:.1} B/row), RSS {:.0} MiB",
+        rows as f64 / secs,
+        bytes as f64 / (1u64 << 30) as f64,
+        bytes as f64 / rows as f64,
+        rss_mib()
+    );
+}
+
+fn walk(p: &std::path::Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| {
+            let m = e.metadata().unwrap();
+            if m.is_dir() { walk(&e.path()) } else { m.len() }
+        })
+        .sum()
+}
+
+fn engines(arg: Option<&str>) -> Vec<EngineKind> {
+    match arg {
+        Some("duckdb") => vec![EngineKind::DuckDb],
+        Some("datafusion") => vec![EngineKind::DataFusion],
+        _ => vec![EngineKind::DuckDb, EngineKind::DataFusion],
+    }
+}
+
+async fn billing(engine: EngineKind) {
+    let r = Reports::open(&reports_cfg(), &lake_cfg()).await.unwrap();
+    let t = Instant::now();
+    let m = r
+        .billing(
+            &BillingRequest {
+                day: DAY.parse().unwrap(),
+                engine: Some(engine),
+                formats: vec![Format::Csv, Format::Parquet],
+                snapshot_id: None,
+            },
+            notiflow_ingest::source::now_micros(),
+        )
+        .await
+        .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let csv = String::from_utf8(r.output().get(&m.files[0].path).await.unwrap()).unwrap();
+    let billed: u64 = csv
+        .lines()
+        .filter(|l| l.contains(",total,"))
+        .map(|l| l.split(',').nth(5).unwrap().parse::<u64>().unwrap())
+        .sum();
+    println!(
+        "billing {DAY} [{}]: {secs:.2} s, {} lines, {billed} billed messages, sha256 {}, peak RSS {:.0} MiB",
+        engine.as_str(),
+        m.rows,
+        &m.files[0].sha256[..16],
+        peak_mib()
+    );
+}
+
+async fn detail(engine: EngineKind) {
+    let r = Reports::open(&reports_cfg(), &lake_cfg()).await.unwrap();
+    let from = notiflow_reports::billing::day_start(r.tz(), DAY.parse().unwrap()).unwrap();
+    let t = Instant::now();
+    let m = r
+        .detail(
+            &DetailRequest {
+                query: DetailQuery {
+                    client: Some("client-00000".into()),
+                    from,
+                    to: from + 86_400_000_000,
+                    ..Default::default()
+                },
+                engine: Some(engine),
+                formats: vec![Format::Csv],
+                snapshot_id: None,
+            },
+            notiflow_ingest::source::now_micros(),
+            None,
+        )
+        .await
+        .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "detail client-00000 {DAY} CSV [{}]: {} rows in {secs:.2} s ({:.0} rows/s), {:.2} GiB, peak RSS {:.0} MiB",
+        engine.as_str(),
+        m.rows,
+        m.rows as f64 / secs,
+        m.files[0].bytes as f64 / (1u64 << 30) as f64,
+        peak_mib()
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    match args.first().map(String::as_str) {
+        Some("load") => {
+            let n = args.get(1).map_or(100_000_000, |s| s.parse().unwrap());
+            rt.block_on(load(n));
+        }
+        Some("billing") => {
+            for e in engines(args.get(1).map(String::as_str)) {
+                rt.block_on(billing(e));
+            }
+        }
+        Some("detail") => {
+            for e in engines(args.get(1).map(String::as_str)) {
+                rt.block_on(detail(e));
+            }
+        }
+        _ => eprintln!("usage: reports (load [N] | billing [ENGINE] | detail [ENGINE])"),
+    }
+}

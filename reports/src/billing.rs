@@ -1,0 +1,285 @@
+//! The daily billing report's rules (SPEC §5) that do not depend on the
+//! engine: the billing day's window in the billing zone, pricing the
+//! engine's counts with the rate card in integer micros, per-client totals,
+//! and the report's Arrow shape. The engines only count, per client ×
+//! category × country, the messages whose first billable event falls in
+//! the window; everything that touches money happens here, once.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Builder, RecordBatch, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use chrono::{NaiveDate, TimeZone};
+use chrono_tz::Tz;
+use notiflow_schema::Micros;
+
+use crate::error::ReportError;
+use crate::ratecard::RateCard;
+
+/// The instants a billing day covers, and the look-back that finds each
+/// message's first billable event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// The billing day.
+    pub day: NaiveDate,
+    /// First instant of the day in the billing zone, UTC micros.
+    pub start: Micros,
+    /// First instant of the next day.
+    pub end: Micros,
+    /// `start` minus the look-back: events before it are not read.
+    pub lookback_start: Micros,
+}
+
+/// The first instant whose local date in `tz` is `day` (midnight, or the
+/// end of a DST gap that swallowed midnight).
+pub fn day_start(tz: Tz, day: NaiveDate) -> Result<Micros, ReportError> {
+    for minute in (0..=180).step_by(15) {
+        let local = day
+            .and_hms_opt(0, 0, 0)
+            .map(|d| d + chrono::Duration::minutes(minute))
+            .ok_or_else(|| ReportError::input(format!("bad day {day}")))?;
+        if let Some(t) = tz.from_local_datetime(&local).earliest() {
+            return Ok(t.timestamp_micros());
+        }
+    }
+    Err(ReportError::input(format!("{day} has no midnight in {tz}")))
+}
+
+impl Window {
+    /// The window of `day` in `tz`, looking back `lookback_days`.
+    pub fn of(tz: Tz, day: NaiveDate, lookback_days: u32) -> Result<Window, ReportError> {
+        let next = day
+            .succ_opt()
+            .ok_or_else(|| ReportError::input(format!("bad day {day}")))?;
+        let back = day
+            .checked_sub_days(chrono::Days::new(u64::from(lookback_days)))
+            .ok_or_else(|| ReportError::input(format!("bad day {day}")))?;
+        Ok(Window {
+            day,
+            start: day_start(tz, day)?,
+            end: day_start(tz, next)?,
+            lookback_start: day_start(tz, back)?,
+        })
+    }
+
+    /// Refuses a day that has not ended yet in the billing zone.
+    pub fn check_complete(&self, now: Micros) -> Result<(), ReportError> {
+        if self.end > now {
+            return Err(ReportError::input(format!(
+                "billing day {} has not ended yet in the billing time zone (it ends at {})",
+                self.day,
+                notiflow_schema::time::format_rfc3339(self.end)
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Messages first billed in the window, per client × category × country
+/// (what an engine returns, sorted).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Count {
+    /// Tenant.
+    pub client_id: String,
+    /// Pricing category.
+    pub category: String,
+    /// Market.
+    pub country: String,
+    /// Messages.
+    pub messages: u64,
+}
+
+/// One line of the billing report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    /// Tenant.
+    pub client_id: String,
+    /// Category (None on the client's total line).
+    pub category: Option<String>,
+    /// Country (None on the client's total line).
+    pub country: Option<String>,
+    /// Billable messages.
+    pub messages: u64,
+    /// Unit price (None on the total line).
+    pub unit_price_micros: Option<i64>,
+    /// Amount, micros.
+    pub amount_micros: i64,
+}
+
+/// Prices `counts` (sorted by client) with `card` on `day`: an item line per
+/// count and a total line after each client's items. A missing price is an
+/// error.
+pub fn price(counts: &[Count], card: &RateCard, day: NaiveDate) -> Result<Vec<Line>, ReportError> {
+    let mut out = Vec::with_capacity(counts.len() + counts.len() / 2);
+    let mut i = 0;
+    while i < counts.len() {
+        let client = &counts[i].client_id;
+        let (mut messages, mut amount) = (0u64, 0i64);
+        while i < counts.len() && &counts[i].client_id == client {
+            let c = &counts[i];
+            let unit = card.price(&c.category, &c.country, day)?;
+            let n = i64::try_from(c.messages)
+                .map_err(|_| ReportError::Other("message count overflows".into()))?;
+            let amt = unit.checked_mul(n).ok_or_else(|| {
+                ReportError::Other(format!("amount overflows for {client} × {}", c.category))
+            })?;
+            amount = amount
+                .checked_add(amt)
+                .ok_or_else(|| ReportError::Other(format!("total overflows for {client}")))?;
+            messages += c.messages;
+            out.push(Line {
+                client_id: client.clone(),
+                category: Some(c.category.clone()),
+                country: Some(c.country.clone()),
+                messages: c.messages,
+                unit_price_micros: Some(unit),
+                amount_micros: amt,
+            });
+            i += 1;
+        }
+        out.push(Line {
+            client_id: client.clone(),
+            category: None,
+            country: None,
+            messages,
+            unit_price_micros: None,
+            amount_micros: amount,
+        });
+    }
+    Ok(out)
+}
+
+/// The billing report's columns.
+pub fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("billing_day", DataType::Utf8, false),
+        Field::new("client_id", DataType::Utf8, false),
+        Field::new("line", DataType::Utf8, false),
+        Field::new("category", DataType::Utf8, true),
+        Field::new("country", DataType::Utf8, true),
+        Field::new("billable_messages", DataType::Int64, false),
+        Field::new("unit_price_micros", DataType::Int64, true),
+        Field::new("amount_micros", DataType::Int64, false),
+        Field::new("currency", DataType::Utf8, false),
+    ]))
+}
+
+/// The lines as one record batch (`line` is `item` or `total`).
+pub fn to_batch(
+    day: NaiveDate,
+    lines: &[Line],
+    currency: &str,
+) -> Result<RecordBatch, ReportError> {
+    let n = lines.len();
+    let day = day.to_string();
+    let mut b_day = StringBuilder::with_capacity(n, n * 10);
+    let mut b_client = StringBuilder::with_capacity(n, n * 16);
+    let mut b_line = StringBuilder::with_capacity(n, n * 5);
+    let mut b_cat = StringBuilder::with_capacity(n, n * 10);
+    let mut b_country = StringBuilder::with_capacity(n, n * 2);
+    let mut b_msgs = Int64Builder::with_capacity(n);
+    let mut b_unit = Int64Builder::with_capacity(n);
+    let mut b_amount = Int64Builder::with_capacity(n);
+    let mut b_cur = StringBuilder::with_capacity(n, n * 3);
+    for l in lines {
+        b_day.append_value(&day);
+        b_client.append_value(&l.client_id);
+        b_line.append_value(if l.category.is_some() {
+            "item"
+        } else {
+            "total"
+        });
+        b_cat.append_option(l.category.as_deref());
+        b_country.append_option(l.country.as_deref());
+        b_msgs.append_value(l.messages as i64);
+        b_unit.append_option(l.unit_price_micros);
+        b_amount.append_value(l.amount_micros);
+        b_cur.append_value(currency);
+    }
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(b_day.finish()),
+        Arc::new(b_client.finish()),
+        Arc::new(b_line.finish()),
+        Arc::new(b_cat.finish()),
+        Arc::new(b_country.finish()),
+        Arc::new(b_msgs.finish()),
+        Arc::new(b_unit.finish()),
+        Arc::new(b_amount.finish()),
+        Arc::new(b_cur.finish()),
+    ];
+    Ok(RecordBatch::try_new(schema(), cols)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sp() -> Tz {
+        "America/Sao_Paulo".parse().unwrap()
+    }
+
+    #[test]
+    fn a_sao_paulo_day_runs_from_03_00_utc() {
+        let w = Window::of(sp(), "2026-11-22".parse().unwrap(), 7).unwrap();
+        let t = |s: &str| notiflow_schema::time::parse_rfc3339(s).unwrap();
+        assert_eq!(w.start, t("2026-11-22T03:00:00Z"));
+        assert_eq!(w.end, t("2026-11-23T03:00:00Z"));
+        assert_eq!(w.lookback_start, t("2026-11-15T03:00:00Z"));
+        // 02:30 UTC on the 23rd is still the 22nd in São Paulo.
+        let late = t("2026-11-23T02:30:00Z");
+        assert!(w.start <= late && late < w.end);
+        assert!(w.check_complete(t("2026-11-23T02:59:59Z")).is_err());
+        assert!(w.check_complete(t("2026-11-23T03:00:00Z")).is_ok());
+    }
+
+    #[test]
+    fn a_dst_gap_at_midnight_starts_the_day_when_the_clock_resumes() {
+        // Brazil's DST began at 00:00 on 2018-11-04: the day began at 01:00 local.
+        let s = day_start(sp(), "2018-11-04".parse().unwrap()).unwrap();
+        assert_eq!(
+            s,
+            notiflow_schema::time::parse_rfc3339("2018-11-04T03:00:00Z").unwrap()
+        );
+    }
+
+    #[test]
+    fn lines_are_priced_in_micros_with_a_total_per_client() {
+        let card = RateCard::parse(
+            r#"version = "v"
+currency = "USD"
+[[rates]]
+category = "marketing"
+country = "*"
+price_micros = 25000
+from = "2026-01-01"
+[[rates]]
+category = "utility"
+country = "BR"
+price_micros = 3333
+from = "2026-01-01"
+"#,
+        )
+        .unwrap();
+        let c = |client: &str, cat: &str, country: &str, n| Count {
+            client_id: client.into(),
+            category: cat.into(),
+            country: country.into(),
+            messages: n,
+        };
+        let counts = [
+            c("a", "marketing", "MX", 3),
+            c("a", "utility", "BR", 7),
+            c("b", "marketing", "BR", 1),
+        ];
+        let day = "2026-11-22".parse().unwrap();
+        let lines = price(&counts, &card, day).unwrap();
+        let amounts: Vec<i64> = lines.iter().map(|l| l.amount_micros).collect();
+        assert_eq!(amounts, [75_000, 23_331, 98_331, 25_000, 25_000]);
+        assert_eq!(lines[2].messages, 10);
+        assert!(lines[2].category.is_none());
+        let e = price(&[c("a", "utility", "MX", 1)], &card, day).unwrap_err();
+        assert!(e.to_string().contains("no price for utility × MX"), "{e}");
+        let batch = to_batch(day, &lines, &card.currency).unwrap();
+        assert_eq!(batch.num_rows(), 5);
+    }
+}

@@ -1,0 +1,204 @@
+//! The detailed report's query: who may see what, which rows, in what
+//! shape. A caller's mistakes (empty or oversized range, a range starting in
+//! the future, a bad filter value, an unknown client) are refused with a
+//! clear message; the recipient is masked unless the caller holds `pii`.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, RecordBatch, StringArray, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use notiflow_schema::time::DAY_MICROS;
+use notiflow_schema::{Category, Country, Micros, Status};
+
+use crate::error::ReportError;
+
+/// Which rows a detailed report holds.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DetailQuery {
+    /// One client, or every client (admins only; the caller checks roles).
+    pub client: Option<String>,
+    /// First instant (inclusive), UTC micros.
+    pub from: Micros,
+    /// Last instant (exclusive).
+    pub to: Micros,
+    /// Only these statuses (empty = all).
+    pub statuses: Vec<Status>,
+    /// Only these categories (empty = all).
+    pub categories: Vec<Category>,
+    /// Only these countries (empty = all).
+    pub countries: Vec<Country>,
+    /// Recipients unmasked.
+    pub pii: bool,
+}
+
+/// Checks a client id's shape (SPEC §2).
+pub fn check_client(c: &str) -> Result<(), ReportError> {
+    let ok = !c.is_empty()
+        && c.len() <= notiflow_schema::event::limits::CLIENT_ID_MAX
+        && c.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ReportError::input(format!(
+            "client '{c}' is not a client id (1–64 characters [A-Za-z0-9_.-])"
+        )))
+    }
+}
+
+impl DetailQuery {
+    /// Refuses what cannot be answered: an empty range, a range over
+    /// `max_days` days, a range starting after `now`, a malformed client.
+    pub fn validate(&self, now: Micros, max_days: u32) -> Result<(), ReportError> {
+        if let Some(c) = &self.client {
+            check_client(c)?;
+        }
+        if self.to <= self.from {
+            return Err(ReportError::input(format!(
+                "empty range: 'to' ({}) must be after 'from' ({})",
+                notiflow_schema::time::format_rfc3339(self.to),
+                notiflow_schema::time::format_rfc3339(self.from)
+            )));
+        }
+        if self.from > now {
+            return Err(ReportError::input(format!(
+                "the range starts in the future ({})",
+                notiflow_schema::time::format_rfc3339(self.from)
+            )));
+        }
+        if self.to - self.from > i64::from(max_days) * DAY_MICROS {
+            return Err(ReportError::input(format!(
+                "the range spans more than {max_days} days"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `+5511987654321` → `+5511*****4321`: the country and area digits and the
+/// last four stay, the rest become `*` (at least two are hidden).
+pub fn mask(recipient: &str) -> String {
+    let digits = recipient.trim_start_matches('+');
+    let n = digits.len();
+    if n < 6 || !digits.is_ascii() {
+        return "*".repeat(recipient.len());
+    }
+    let head = 4.min(n - 6);
+    let tail = 4;
+    let mut s = String::with_capacity(recipient.len());
+    if recipient.starts_with('+') {
+        s.push('+');
+    }
+    s.push_str(&digits[..head]);
+    s.extend(std::iter::repeat_n('*', n - head - tail));
+    s.push_str(&digits[n - tail..]);
+    s
+}
+
+fn ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))
+}
+
+/// The detailed report's columns (the lake row, SPEC §4).
+pub fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("message_id", DataType::Utf8, false),
+        Field::new("client_id", DataType::Utf8, false),
+        Field::new("recipient", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("category", DataType::Utf8, false),
+        Field::new("billable", DataType::Boolean, false),
+        Field::new("country", DataType::Utf8, false),
+        Field::new("template", DataType::Utf8, true),
+        Field::new("event_time", ts(), false),
+        Field::new("error_code", DataType::Int64, true),
+        Field::new("ingest_time", ts(), false),
+        Field::new("kafka_partition", DataType::Int32, false),
+        Field::new("kafka_offset", DataType::Int64, false),
+    ]))
+}
+
+/// An engine's batch in the report's shape: columns cast to the canonical
+/// types (engines differ in time-zone names and string views) and the
+/// recipient masked unless `pii`.
+pub fn shape(batch: &RecordBatch, pii: bool) -> Result<RecordBatch, ReportError> {
+    let schema = schema();
+    let mut cols = Vec::with_capacity(schema.fields().len());
+    for (i, f) in schema.fields().iter().enumerate() {
+        let col = batch.column(i);
+        let col = if col.data_type() == f.data_type() {
+            col.clone()
+        } else {
+            arrow::compute::cast(col, f.data_type())?
+        };
+        if f.name() == "recipient" && !pii {
+            let s = col
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| ReportError::Other("recipient is not a string column".into()))?;
+            let mut b = StringBuilder::with_capacity(s.len(), s.value_data().len());
+            for v in s.iter() {
+                b.append_option(v.map(mask));
+            }
+            cols.push(Arc::new(b.finish()) as _);
+        } else {
+            cols.push(col);
+        }
+    }
+    Ok(RecordBatch::try_new(schema, cols)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masking_keeps_the_area_and_the_last_four() {
+        assert_eq!(mask("+5511987654321"), "+5511*****4321");
+        assert_eq!(mask("+14155550123"), "+1415***0123");
+        assert_eq!(mask("+12345678"), "+12**5678");
+    }
+
+    #[test]
+    fn bad_queries_are_refused() {
+        let now = 100 * DAY_MICROS;
+        let q = DetailQuery {
+            client: Some("acme".into()),
+            from: now - DAY_MICROS,
+            to: now,
+            ..Default::default()
+        };
+        q.validate(now, 31).unwrap();
+        let e = |q: DetailQuery| q.validate(now, 31).unwrap_err().to_string();
+        assert!(
+            e(DetailQuery {
+                to: q.from,
+                ..q.clone()
+            })
+            .contains("empty range")
+        );
+        assert!(
+            e(DetailQuery {
+                from: now + 1,
+                to: now + 2,
+                ..q.clone()
+            })
+            .contains("future")
+        );
+        assert!(
+            e(DetailQuery {
+                from: 0,
+                ..q.clone()
+            })
+            .contains("more than 31 days")
+        );
+        assert!(
+            e(DetailQuery {
+                client: Some("a b".into()),
+                ..q.clone()
+            })
+            .contains("not a client id")
+        );
+    }
+}

@@ -1,0 +1,181 @@
+//! The two engines behind every report, over one pinned lake snapshot.
+//!
+//! - [`duck`]: DuckDB reads the Parquet data files that iceberg-rust's scan
+//!   planning selects (partition and column-metrics pruning), straight from
+//!   the local warehouse or copied from S3 through opendal first (DuckDB's
+//!   `httpfs`/`iceberg` extensions cannot be loaded offline);
+//! - [`fusion`]: DataFusion scans through iceberg-datafusion's table
+//!   provider, which pushes the filters into the Iceberg scan.
+//!
+//! Both answer the same two questions: billing counts for a window, and the
+//! detail rows of a query (a bounded stream of batches in `event_time,
+//! event_id` order, so outputs are reproducible).
+
+pub mod duck;
+pub mod fusion;
+
+use arrow::array::RecordBatch;
+use futures::TryStreamExt;
+use iceberg::expr::{Predicate, Reference};
+use iceberg::spec::Datum;
+use iceberg::table::Table;
+use notiflow_lake::{Lake, S3Config};
+use tokio::sync::mpsc;
+
+use crate::billing::{Count, Window};
+use crate::config::{EngineKind, ReportsConfig};
+use crate::detail::DetailQuery;
+use crate::error::ReportError;
+
+/// The table at one snapshot, and how to reach its files.
+#[derive(Clone)]
+pub struct Source {
+    /// The table.
+    pub table: Table,
+    /// The pinned snapshot (None: the table has no data yet).
+    pub snapshot_id: Option<i64>,
+    /// S3 settings of the warehouse.
+    pub s3: S3Config,
+}
+
+impl Source {
+    /// The current snapshot, or `snapshot_id` when given (reproducing a
+    /// report); an unknown id is an input error.
+    pub async fn pin(
+        lake: &Lake,
+        s3: &S3Config,
+        snapshot_id: Option<i64>,
+    ) -> Result<Source, ReportError> {
+        let table = lake.load().await?;
+        let id = match snapshot_id {
+            Some(id) => {
+                if table.metadata().snapshot_by_id(id).is_none() {
+                    return Err(ReportError::input(format!(
+                        "snapshot {id} is not in the table (expired, or never existed)"
+                    )));
+                }
+                Some(id)
+            }
+            None => table.metadata().current_snapshot_id(),
+        };
+        Ok(Source {
+            table,
+            snapshot_id: id,
+            s3: s3.clone(),
+        })
+    }
+}
+
+/// Engine limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Memory before spilling, bytes.
+    pub memory_bytes: u64,
+    /// Threads.
+    pub threads: usize,
+}
+
+impl From<&ReportsConfig> for Limits {
+    fn from(c: &ReportsConfig) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Limits {
+            memory_bytes: c.memory_limit_mib * 1024 * 1024,
+            threads: if c.threads == 0 { cores } else { c.threads },
+        }
+    }
+}
+
+/// Billing counts of `w`, sorted by client, category, country.
+pub async fn billing_counts(
+    kind: EngineKind,
+    src: &Source,
+    w: &Window,
+    limits: Limits,
+) -> Result<Vec<Count>, ReportError> {
+    if src.snapshot_id.is_none() {
+        return Ok(Vec::new());
+    }
+    let mut counts = match kind {
+        EngineKind::DuckDb => duck::billing_counts(src, w, limits).await?,
+        EngineKind::DataFusion => fusion::billing_counts(src, w, limits).await?,
+    };
+    counts.sort();
+    Ok(counts)
+}
+
+/// Sends the rows of `q` as batches (engine types: see
+/// [`crate::detail::shape`]) into `tx`, in `event_time, event_id` order.
+pub async fn detail(
+    kind: EngineKind,
+    src: &Source,
+    q: &DetailQuery,
+    limits: Limits,
+    tx: mpsc::Sender<RecordBatch>,
+) -> Result<(), ReportError> {
+    if src.snapshot_id.is_none() {
+        return Ok(());
+    }
+    match kind {
+        EngineKind::DuckDb => duck::detail(src, q, limits, tx).await,
+        EngineKind::DataFusion => fusion::detail(src, q, limits, tx).await,
+    }
+}
+
+/// Whether `client` has any row in the snapshot (to tell an unknown
+/// client from an empty range).
+pub async fn client_exists(
+    kind: EngineKind,
+    src: &Source,
+    client: &str,
+    limits: Limits,
+) -> Result<bool, ReportError> {
+    if src.snapshot_id.is_none() {
+        return Ok(false);
+    }
+    match kind {
+        EngineKind::DuckDb => duck::client_exists(src, client, limits).await,
+        EngineKind::DataFusion => fusion::client_exists(src, client, limits).await,
+    }
+}
+
+/// The scan predicate of a time range (and a client).
+pub(crate) fn range_predicate(from: i64, to: i64, client: Option<&str>) -> Predicate {
+    let t = Reference::new("event_time");
+    let mut p = t
+        .clone()
+        .greater_than_or_equal_to(Datum::timestamptz_micros(from))
+        .and(t.less_than(Datum::timestamptz_micros(to)));
+    if let Some(c) = client {
+        p = p.and(Reference::new("client_id").equal_to(Datum::string(c)));
+    }
+    p
+}
+
+/// The data files of the pinned snapshot that the scan planning keeps for
+/// `pred` (partition and column-metrics pruning), in a stable order.
+pub(crate) async fn plan_files(
+    src: &Source,
+    pred: Option<Predicate>,
+) -> Result<Vec<String>, ReportError> {
+    let Some(id) = src.snapshot_id else {
+        return Ok(Vec::new());
+    };
+    let mut b = src.table.scan().snapshot_id(id);
+    if let Some(p) = pred {
+        b = b.with_filter(p);
+    }
+    let tasks: Vec<_> = b.build()?.plan_files().await?.try_collect().await?;
+    let mut files = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        if !t.deletes.is_empty() {
+            return Err(ReportError::Other(format!(
+                "{} has delete files; notiflow's table is append-only",
+                t.data_file_path
+            )));
+        }
+        files.push(t.data_file_path);
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
+}

@@ -1,0 +1,233 @@
+//! Report files in object storage under `reports/<kind>/<date>/`, written
+//! as the rows stream in (bounded memory), each with its row count and
+//! sha256, plus a manifest that says how to reproduce them (engine, lake
+//! snapshot, rate-card version). Encoders are deterministic (fixed
+//! `created_by`, no clock), so the same snapshot gives the same bytes.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
+use notiflow_lake::S3Config;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::Format;
+use crate::error::ReportError;
+
+/// The output store: a folder or bucket prefix.
+#[derive(Clone)]
+pub struct Output {
+    op: opendal::Operator,
+    prefix: String,
+    base: String,
+}
+
+impl Output {
+    /// The store at `location` (folder, `file://` or `s3://`).
+    pub fn open(location: &str, s3: &S3Config) -> Result<Output, ReportError> {
+        let (op, prefix, base) = notiflow_lake::store::operator(s3, location)?;
+        Ok(Output { op, prefix, base })
+    }
+
+    /// The URL of a report file (`file:///…` or `s3://…`).
+    pub fn url(&self, rel: &str) -> String {
+        format!("{}{}{}", self.base, self.prefix, rel)
+    }
+
+    /// Starts a file at `rel` (relative to the store's root).
+    pub async fn create(
+        &self,
+        rel: &str,
+        format: Format,
+        schema: SchemaRef,
+    ) -> Result<FileSink, ReportError> {
+        let writer = self.op.writer(&format!("{}{rel}", self.prefix)).await?;
+        let enc = match format {
+            Format::Csv => Encoder::Csv { header: true },
+            Format::Parquet => {
+                let props = WriterProperties::builder()
+                    .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+                    .set_max_row_group_row_count(Some(262_144))
+                    .set_created_by("notiflow-reports".to_string())
+                    .build();
+                Encoder::Parquet(Box::new(ArrowWriter::try_new(
+                    Vec::new(),
+                    schema,
+                    Some(props),
+                )?))
+            }
+        };
+        Ok(FileSink {
+            rel: rel.to_string(),
+            format,
+            writer,
+            enc,
+            hash: Sha256::new(),
+            rows: 0,
+            bytes: 0,
+        })
+    }
+
+    /// Writes a small file whole (manifests, run records).
+    pub async fn put(&self, rel: &str, body: Vec<u8>) -> Result<(), ReportError> {
+        self.op
+            .write(&format!("{}{rel}", self.prefix), body)
+            .await?;
+        Ok(())
+    }
+
+    /// Reads a file whole (manifests; tests).
+    pub async fn get(&self, rel: &str) -> Result<Vec<u8>, ReportError> {
+        Ok(self
+            .op
+            .read(&format!("{}{rel}", self.prefix))
+            .await?
+            .to_vec())
+    }
+
+    /// A reader for streaming a file out (downloads).
+    pub async fn reader(&self, rel: &str) -> Result<opendal::Reader, ReportError> {
+        Ok(self.op.reader(&format!("{}{rel}", self.prefix)).await?)
+    }
+
+    /// Whether a file exists.
+    pub async fn exists(&self, rel: &str) -> Result<bool, ReportError> {
+        Ok(self.op.exists(&format!("{}{rel}", self.prefix)).await?)
+    }
+}
+
+enum Encoder {
+    Csv { header: bool },
+    Parquet(Box<ArrowWriter<Vec<u8>>>),
+}
+
+/// A report file being written.
+pub struct FileSink {
+    rel: String,
+    format: Format,
+    writer: opendal::Writer,
+    enc: Encoder,
+    hash: Sha256,
+    rows: u64,
+    bytes: u64,
+}
+
+/// CSV timestamps: RFC 3339 with microseconds and the offset.
+const TS_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.6f%:z";
+
+impl FileSink {
+    /// Encodes and writes one batch.
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), ReportError> {
+        self.rows += batch.num_rows() as u64;
+        let chunk = match &mut self.enc {
+            Encoder::Csv { header } => {
+                let mut buf = Vec::with_capacity(batch.num_rows() * 160);
+                {
+                    let mut w = arrow::csv::WriterBuilder::new()
+                        .with_header(*header)
+                        .with_timestamp_tz_format(TS_FORMAT.to_string())
+                        .build(&mut buf);
+                    w.write(batch)?;
+                }
+                *header = false;
+                buf
+            }
+            Encoder::Parquet(w) => {
+                w.write(batch)?;
+                std::mem::take(w.inner_mut())
+            }
+        };
+        self.push(chunk).await
+    }
+
+    async fn push(&mut self, chunk: Vec<u8>) -> Result<(), ReportError> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.hash.update(&chunk);
+        self.bytes += chunk.len() as u64;
+        self.writer.write(Bytes::from(chunk)).await?;
+        Ok(())
+    }
+
+    /// Finishes the file; what the manifest says of it.
+    pub async fn finish(mut self, schema: &SchemaRef) -> Result<FileEntry, ReportError> {
+        let enc = std::mem::replace(&mut self.enc, Encoder::Csv { header: false });
+        match enc {
+            Encoder::Csv { header } => {
+                if header {
+                    // No rows: still a header line.
+                    let empty = RecordBatch::new_empty(Arc::clone(schema));
+                    let mut buf = Vec::new();
+                    {
+                        let mut w = arrow::csv::WriterBuilder::new()
+                            .with_header(true)
+                            .build(&mut buf);
+                        w.write(&empty)?;
+                    }
+                    self.push(buf).await?;
+                }
+            }
+            Encoder::Parquet(w) => {
+                let tail = w.into_inner()?;
+                self.push(tail).await?;
+            }
+        }
+        self.writer.close().await?;
+        Ok(FileEntry {
+            path: self.rel,
+            format: self.format,
+            rows: self.rows,
+            bytes: self.bytes,
+            sha256: hex::encode(self.hash.finalize()),
+        })
+    }
+}
+
+/// One file of a report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path under the store's root.
+    pub path: String,
+    /// Format.
+    pub format: Format,
+    /// Data rows.
+    pub rows: u64,
+    /// Size.
+    pub bytes: u64,
+    /// sha256 of the bytes, hex.
+    pub sha256: String,
+}
+
+/// What a report is and how to reproduce it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// `billing` or `detail`.
+    pub kind: String,
+    /// Billing day, or the detail range's first UTC day.
+    pub date: String,
+    /// The report's parameters.
+    pub params: serde_json::Value,
+    /// Engine that ran it.
+    pub engine: String,
+    /// Lake snapshot read (None: the table was empty).
+    pub lake_snapshot_id: Option<i64>,
+    /// Rate card version (billing).
+    pub rate_card_version: Option<String>,
+    /// Data rows (per file; every format holds the same rows).
+    pub rows: u64,
+    /// The files.
+    pub files: Vec<FileEntry>,
+}
+
+impl Manifest {
+    /// The manifest's path next to its files.
+    pub fn path(dir: &str, name: &str) -> String {
+        format!("{dir}{name}.manifest.json")
+    }
+}

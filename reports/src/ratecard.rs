@@ -1,0 +1,274 @@
+//! The rate card: price in integer micros per category × country, with
+//! effective dates and a `*` country fallback (SPEC §5). Loaded from TOML and
+//! checked whole before any report uses it; a billed cell without a price is
+//! an error, never a silent zero.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::NaiveDate;
+use notiflow_schema::{Category, Country};
+use serde::Deserialize;
+
+use crate::error::ReportError;
+
+/// One rate as written in the file (dates as `YYYY-MM-DD` strings).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRate {
+    category: String,
+    country: String,
+    price_micros: i64,
+    from: String,
+    #[serde(default)]
+    to: Option<String>,
+}
+
+/// One price, effective on `[from, to)` (`to` open when absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rate {
+    /// Pricing category.
+    pub category: String,
+    /// ISO country code, or `*` for every country without its own row.
+    pub country: String,
+    /// Price per billable message, micros of `currency`.
+    pub price_micros: i64,
+    /// First billing day the price applies to.
+    pub from: NaiveDate,
+    /// First billing day it no longer applies to.
+    pub to: Option<NaiveDate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    version: String,
+    currency: String,
+    #[serde(default)]
+    rates: Vec<RawRate>,
+}
+
+/// A validated rate card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateCard {
+    /// Version (recorded in every report's manifest).
+    pub version: String,
+    /// ISO 4217 currency of every price.
+    pub currency: String,
+    /// Rates per (category, country), sorted by `from`, not overlapping.
+    rates: BTreeMap<(String, String), Vec<Rate>>,
+}
+
+/// The demo rate card embedded in the binary.
+pub const DEMO: &str = include_str!("../rate-card.toml");
+
+impl RateCard {
+    /// The configured card: the file at `path`, or the embedded demo card
+    /// when `path` is empty.
+    pub fn configured(path: &str) -> Result<RateCard, ReportError> {
+        if path.trim().is_empty() {
+            return RateCard::parse(DEMO);
+        }
+        RateCard::load(Path::new(path))
+    }
+
+    /// Reads and validates the rate card at `path`.
+    pub fn load(path: &Path) -> Result<RateCard, ReportError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ReportError::RateCard(format!("{}: {e}", path.display())))?;
+        RateCard::parse(&text).map_err(|e| match e {
+            ReportError::RateCard(m) => ReportError::RateCard(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parses and validates a rate card.
+    pub fn parse(text: &str) -> Result<RateCard, ReportError> {
+        let file: File = toml::from_str(text).map_err(|e| ReportError::RateCard(e.to_string()))?;
+        if file.version.trim().is_empty() {
+            return Err(ReportError::RateCard("version: must not be empty".into()));
+        }
+        if file.currency.len() != 3 || !file.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(ReportError::RateCard(format!(
+                "currency: '{}' is not an ISO 4217 code",
+                file.currency
+            )));
+        }
+        let mut rates: BTreeMap<(String, String), Vec<Rate>> = BTreeMap::new();
+        for (i, raw) in file.rates.into_iter().enumerate() {
+            let at = format!("rates[{i}]");
+            let date = |field: &str, v: &str| {
+                v.parse::<NaiveDate>().map_err(|_| {
+                    ReportError::RateCard(format!("{at}.{field}: '{v}' is not a date (YYYY-MM-DD)"))
+                })
+            };
+            let r = Rate {
+                from: date("from", &raw.from)?,
+                to: raw.to.as_deref().map(|v| date("to", v)).transpose()?,
+                category: raw.category,
+                country: raw.country,
+                price_micros: raw.price_micros,
+            };
+            if Category::parse(&r.category).is_none() {
+                return Err(ReportError::RateCard(format!(
+                    "{at}.category: unknown category '{}'",
+                    r.category
+                )));
+            }
+            if r.country != "*" && Country::parse(&r.country).is_none() {
+                return Err(ReportError::RateCard(format!(
+                    "{at}.country: '{}' is neither an ISO 3166-1 alpha-2 code nor '*'",
+                    r.country
+                )));
+            }
+            if r.price_micros < 0 {
+                return Err(ReportError::RateCard(format!(
+                    "{at}.price_micros: must not be negative"
+                )));
+            }
+            if r.to.is_some_and(|to| to <= r.from) {
+                return Err(ReportError::RateCard(format!(
+                    "{at}.to: must be after from ({})",
+                    r.from
+                )));
+            }
+            rates
+                .entry((r.category.clone(), r.country.clone()))
+                .or_default()
+                .push(r);
+        }
+        for ((category, country), list) in &mut rates {
+            list.sort_by_key(|r| r.from);
+            for w in list.windows(2) {
+                if w[0].to.is_none_or(|to| to > w[1].from) {
+                    return Err(ReportError::RateCard(format!(
+                        "{category} × {country}: the rate from {} overlaps the rate from {}",
+                        w[0].from, w[1].from
+                    )));
+                }
+            }
+        }
+        Ok(RateCard {
+            version: file.version,
+            currency: file.currency,
+            rates,
+        })
+    }
+
+    /// The price of one message of `category` to `country` billed on `day`:
+    /// the country's own rate, else the `*` rate; an error if neither is
+    /// effective that day.
+    pub fn price(&self, category: &str, country: &str, day: NaiveDate) -> Result<i64, ReportError> {
+        for key in [country, "*"] {
+            if let Some(list) = self.rates.get(&(category.to_string(), key.to_string()))
+                && let Some(r) = list
+                    .iter()
+                    .find(|r| r.from <= day && r.to.is_none_or(|to| day < to))
+            {
+                return Ok(r.price_micros);
+            }
+        }
+        Err(ReportError::RateCard(format!(
+            "no price for {category} × {country} (nor {category} × *) effective on {day} in rate card {}",
+            self.version
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CARD: &str = r#"
+version = "2026-11"
+currency = "USD"
+[[rates]]
+category = "marketing"
+country = "*"
+price_micros = 25000
+from = "2026-01-01"
+[[rates]]
+category = "marketing"
+country = "BR"
+price_micros = 62500
+from = "2026-01-01"
+to = "2026-11-15"
+[[rates]]
+category = "marketing"
+country = "BR"
+price_micros = 70000
+from = "2026-11-15"
+"#;
+
+    fn day(s: &str) -> NaiveDate {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn country_rate_wins_then_star_then_error() {
+        let c = RateCard::parse(CARD).unwrap();
+        assert_eq!(
+            c.price("marketing", "BR", day("2026-11-01")).unwrap(),
+            62500
+        );
+        assert_eq!(
+            c.price("marketing", "MX", day("2026-11-01")).unwrap(),
+            25000
+        );
+        let e = c.price("utility", "BR", day("2026-11-01")).unwrap_err();
+        assert!(e.to_string().contains("no price for utility × BR"), "{e}");
+        let e = c.price("marketing", "BR", day("2025-12-31")).unwrap_err();
+        assert!(e.to_string().contains("2025-12-31"), "{e}");
+    }
+
+    #[test]
+    fn the_demo_card_is_valid() {
+        let c = RateCard::configured("").unwrap();
+        assert_eq!(
+            c.price("marketing", "BR", day("2026-11-22")).unwrap(),
+            62500
+        );
+    }
+
+    #[test]
+    fn a_rate_change_mid_month_applies_from_its_day() {
+        let c = RateCard::parse(CARD).unwrap();
+        assert_eq!(
+            c.price("marketing", "BR", day("2026-11-14")).unwrap(),
+            62500
+        );
+        assert_eq!(
+            c.price("marketing", "BR", day("2026-11-15")).unwrap(),
+            70000
+        );
+    }
+
+    #[test]
+    fn malformed_cards_are_refused_with_the_field() {
+        let bad = [
+            (CARD.replace("\"USD\"", "\"usd\""), "currency"),
+            (
+                CARD.replace("\"marketing\"", "\"spam\""),
+                "unknown category",
+            ),
+            (CARD.replace("\"*\"", "\"BRA\""), "rates[0].country"),
+            (CARD.replace("25000", "-1"), "price_micros"),
+            (
+                CARD.replace("to = \"2026-11-15\"", "to = \"2026-11-20\""),
+                "overlaps",
+            ),
+            (
+                CARD.replace("price_micros = 25000", "price_micros = 2.5"),
+                "price_micros",
+            ),
+            (
+                CARD.replace("version = \"2026-11\"", "version = \"\""),
+                "version",
+            ),
+        ];
+        for (text, want) in bad {
+            let e = RateCard::parse(&text).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+}

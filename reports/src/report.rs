@@ -1,0 +1,287 @@
+//! One report run end to end: pin the lake snapshot, let the engine count
+//! or stream rows, price or mask them, write every requested format in one
+//! pass, then the manifest.
+
+use arrow::compute::BatchCoalescer;
+use chrono::NaiveDate;
+use chrono_tz::Tz;
+use notiflow_lake::{Lake, LakeConfig};
+use notiflow_schema::Micros;
+use notiflow_schema::time::format_rfc3339;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::billing::{self, Window};
+use crate::config::{EngineKind, Format, ReportsConfig};
+use crate::detail::{self, DetailQuery};
+use crate::engine::{self, Limits, Source};
+use crate::error::ReportError;
+use crate::output::{FileSink, Manifest, Output};
+use crate::ratecard::RateCard;
+
+/// Rows per batch handed to the encoders.
+const OUT_BATCH_ROWS: usize = 8192;
+
+/// A daily billing report to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BillingRequest {
+    /// The billing day (in the billing zone).
+    pub day: NaiveDate,
+    /// Engine (None: the configured default).
+    pub engine: Option<EngineKind>,
+    /// Formats to write.
+    pub formats: Vec<Format>,
+    /// Snapshot to read (None: the current one).
+    pub snapshot_id: Option<i64>,
+}
+
+/// A detailed report to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetailRequest {
+    /// Rows and masking.
+    pub query: DetailQuery,
+    /// Engine (None: the configured default).
+    pub engine: Option<EngineKind>,
+    /// Formats to write.
+    pub formats: Vec<Format>,
+    /// Snapshot to read (None: the current one).
+    pub snapshot_id: Option<i64>,
+}
+
+/// Progress of a run: rows written so far.
+pub type Progress<'a> = &'a (dyn Fn(u64) + Send + Sync);
+
+/// Everything a report needs: the lake, the output store, the rate card.
+pub struct Reports {
+    cfg: ReportsConfig,
+    lake_cfg: LakeConfig,
+    lake: Lake,
+    out: Output,
+    card: RateCard,
+    tz: Tz,
+}
+
+impl Reports {
+    /// Validates `cfg`, loads the rate card, opens the lake and the store.
+    pub async fn open(cfg: &ReportsConfig, lake_cfg: &LakeConfig) -> Result<Reports, ReportError> {
+        cfg.validate()?;
+        let card = RateCard::configured(&cfg.rate_card)?;
+        let lake = Lake::open(lake_cfg).await?;
+        let out = Output::open(&cfg.output, &lake_cfg.s3)?;
+        Ok(Reports {
+            tz: cfg.tz()?,
+            cfg: cfg.clone(),
+            lake_cfg: lake_cfg.clone(),
+            lake,
+            out,
+            card,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ReportsConfig {
+        &self.cfg
+    }
+
+    /// The output store.
+    pub fn output(&self) -> &Output {
+        &self.out
+    }
+
+    /// The lake's catalog URI (the run ledger lives next to the catalog).
+    pub fn catalog_uri(&self) -> &str {
+        &self.lake_cfg.catalog_uri
+    }
+
+    /// The rate card in use.
+    pub fn rate_card(&self) -> &RateCard {
+        &self.card
+    }
+
+    /// The billing zone.
+    pub fn tz(&self) -> Tz {
+        self.tz
+    }
+
+    fn limits(&self) -> Limits {
+        Limits::from(&self.cfg)
+    }
+
+    /// Runs the daily billing report for `req.day`.
+    pub async fn billing(
+        &self,
+        req: &BillingRequest,
+        now: Micros,
+    ) -> Result<Manifest, ReportError> {
+        if req.formats.is_empty() {
+            return Err(ReportError::input("no output format asked for"));
+        }
+        let w = Window::of(self.tz, req.day, self.cfg.lookback_days)?;
+        w.check_complete(now)?;
+        let engine = req.engine.unwrap_or(self.cfg.engine);
+        let src = Source::pin(&self.lake, &self.lake_cfg.s3, req.snapshot_id).await?;
+        let counts = engine::billing_counts(engine, &src, &w, self.limits()).await?;
+        let lines = billing::price(&counts, &self.card, req.day)?;
+        let batch = billing::to_batch(req.day, &lines, &self.card.currency)?;
+        let schema = billing::schema();
+        let date = req.day.to_string();
+        let dir = format!("reports/billing/{date}/");
+        let name = format!("billing-{date}");
+        let mut files = Vec::new();
+        for f in sorted(&req.formats) {
+            let mut sink = self
+                .out
+                .create(&format!("{dir}{name}.{}", f.ext()), f, schema.clone())
+                .await?;
+            sink.write(&batch).await?;
+            files.push(sink.finish(&schema).await?);
+        }
+        let manifest = Manifest {
+            kind: "billing".into(),
+            date,
+            params: json!({ "billing_day": req.day.to_string(), "timezone": self.cfg.timezone, "lookback_days": self.cfg.lookback_days }),
+            engine: engine.as_str().into(),
+            lake_snapshot_id: src.snapshot_id,
+            rate_card_version: Some(self.card.version.clone()),
+            rows: batch.num_rows() as u64,
+            files,
+        };
+        self.write_manifest(&dir, &name, &manifest).await?;
+        Ok(manifest)
+    }
+
+    /// Runs a detailed report.
+    pub async fn detail(
+        &self,
+        req: &DetailRequest,
+        now: Micros,
+        progress: Option<Progress<'_>>,
+    ) -> Result<Manifest, ReportError> {
+        if req.formats.is_empty() {
+            return Err(ReportError::input("no output format asked for"));
+        }
+        let q = &req.query;
+        q.validate(now, self.cfg.max_detail_days)?;
+        let engine = req.engine.unwrap_or(self.cfg.engine);
+        let src = Source::pin(&self.lake, &self.lake_cfg.s3, req.snapshot_id).await?;
+        let limits = self.limits();
+        if let Some(c) = &q.client
+            && !engine::client_exists(engine, &src, c, limits).await?
+        {
+            return Err(ReportError::input(format!(
+                "unknown client '{c}': it has no events in the lake"
+            )));
+        }
+        let params = detail_params(q);
+        let date = format_rfc3339(q.from)[..10].to_string();
+        let dir = format!("reports/detail/{date}/");
+        let digest = hex::encode(Sha256::digest(params.to_string().as_bytes()));
+        let name = format!(
+            "detail-{}-{}-{}",
+            q.client.as_deref().unwrap_or("all"),
+            compact(q.from),
+            &digest[..12]
+        );
+        let schema = detail::schema();
+        let mut sinks: Vec<FileSink> = Vec::new();
+        for f in sorted(&req.formats) {
+            sinks.push(
+                self.out
+                    .create(&format!("{dir}{name}.{}", f.ext()), f, schema.clone())
+                    .await?,
+            );
+        }
+        let (tx, mut rx) = mpsc::channel(4);
+        let producer = {
+            let src = src.clone();
+            let q = q.clone();
+            tokio::spawn(async move { engine::detail(engine, &src, &q, limits, tx).await })
+        };
+        let mut rows = 0u64;
+        // Fixed-size batches: the files' bytes must not depend on how an
+        // engine happens to chunk its output.
+        let mut chunks = BatchCoalescer::new(schema.clone(), OUT_BATCH_ROWS);
+        let written: Result<(), ReportError> = async {
+            let mut done = false;
+            while !done {
+                match rx.recv().await {
+                    Some(b) => chunks.push_batch(detail::shape(&b, q.pii)?)?,
+                    None => {
+                        chunks.finish_buffered_batch()?;
+                        done = true;
+                    }
+                }
+                while let Some(b) = chunks.next_completed_batch() {
+                    for s in &mut sinks {
+                        s.write(&b).await?;
+                    }
+                    rows += b.num_rows() as u64;
+                    if let Some(p) = progress {
+                        p(rows);
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        drop(rx);
+        let produced = producer
+            .await
+            .map_err(|e| ReportError::Other(format!("engine task: {e}")))?;
+        written?;
+        produced?;
+        let mut files = Vec::new();
+        for s in sinks {
+            files.push(s.finish(&schema).await?);
+        }
+        let manifest = Manifest {
+            kind: "detail".into(),
+            date,
+            params,
+            engine: engine.as_str().into(),
+            lake_snapshot_id: src.snapshot_id,
+            rate_card_version: None,
+            rows,
+            files,
+        };
+        self.write_manifest(&dir, &name, &manifest).await?;
+        Ok(manifest)
+    }
+
+    async fn write_manifest(&self, dir: &str, name: &str, m: &Manifest) -> Result<(), ReportError> {
+        let mut body =
+            serde_json::to_vec_pretty(m).map_err(|e| ReportError::Other(e.to_string()))?;
+        body.push(b'\n');
+        self.out.put(&Manifest::path(dir, name), body).await
+    }
+}
+
+fn sorted(formats: &[Format]) -> Vec<Format> {
+    let mut f = formats.to_vec();
+    f.sort();
+    f.dedup();
+    f
+}
+
+/// `20261122T030000Z`
+fn compact(t: Micros) -> String {
+    format_rfc3339(t)
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(15)
+        .collect::<String>()
+        + "Z"
+}
+
+fn detail_params(q: &DetailQuery) -> serde_json::Value {
+    json!({
+        "client": q.client,
+        "from": format_rfc3339(q.from),
+        "to": format_rfc3339(q.to),
+        "statuses": q.statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        "categories": q.categories.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        "countries": q.countries.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        "pii": q.pii,
+    })
+}
