@@ -186,9 +186,7 @@ where
     let (status, outputs, error) = match &out {
         Ok(m) => (
             Status::Succeeded,
-            Some(serde_json::to_string(
-                &m.files.iter().map(|f| &f.path).collect::<Vec<_>>(),
-            )?),
+            Some(serde_json::to_string(&m.outputs())?),
             None,
         ),
         Err(e) => (Status::Failed, None, Some(e.to_string())),

@@ -175,8 +175,9 @@ impl Lake {
 }
 
 /// The sqlx URI of a configured catalog: SQLite files are created when
-/// missing (with their folder).
-fn catalog_uri(configured: &str) -> Result<String, LakeError> {
+/// missing (with their folder). The run ledger of the reports opens the
+/// same database with it.
+pub fn catalog_uri(configured: &str) -> Result<String, LakeError> {
     let Some(path) = configured.strip_prefix("sqlite://") else {
         return Ok(configured.to_string());
     };
@@ -193,7 +194,7 @@ fn catalog_uri(configured: &str) -> Result<String, LakeError> {
 }
 
 /// `?` placeholders as `$1, $2, …` (PostgreSQL).
-fn dollar(sql: &str) -> String {
+pub fn dollar(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 16);
     let mut n = 0;
     for c in sql.chars() {

@@ -5,6 +5,8 @@
 //! cargo bench -p notiflow-reports --bench reports -- load [N]        # N rows (default 100M) of one São Paulo day straight into the lake (no broker)
 //! cargo bench -p notiflow-reports --bench reports -- billing [ENGINE] # daily billing of that day: duckdb, datafusion or both (default)
 //! cargo bench -p notiflow-reports --bench reports -- detail [ENGINE]  # the busiest client's day to CSV, rows/s and peak RSS
+//! cargo bench -p notiflow-reports --bench reports -- s3 [N]          # N rows (default 5M) into a lake on S3_ENDPOINT, then billing
+//!                                                                   # and detail with DuckDB (files copied / Arrow batches) and DataFusion
 //! ```
 //! The lake lives in `REPORTS_BENCH_DIR` (default `~/.cache/notiflow/bench-reports`);
 //! `load` replaces it. Each mode is its own process, so peak RSS is its own.
@@ -16,11 +18,13 @@ use std::time::Instant;
 use notiflow_ingest::{Decoder, RecordView, SchemaRegistry};
 use notiflow_lake::bulk::Bulk;
 use notiflow_lake::rows::Origin;
-use notiflow_lake::{Lake, LakeConfig};
+use notiflow_lake::{Lake, LakeConfig, S3Config};
 use notiflow_loadgen::bench::{env, rss_mib};
 use notiflow_loadgen::generator::{Generator, Kind, Shape};
 use notiflow_reports::detail::DetailQuery;
-use notiflow_reports::{BillingRequest, DetailRequest, EngineKind, Format, Reports, ReportsConfig};
+use notiflow_reports::{
+    BillingRequest, DetailRequest, DuckS3Input, EngineKind, Format, Reports, ReportsConfig,
+};
 use notiflow_schema::time::parse_rfc3339;
 
 const DAY: &str = "2026-11-10";
@@ -42,10 +46,19 @@ fn lake_cfg() -> LakeConfig {
     }
 }
 
+/// Defaults, but for the outputs' folder and `REPORTS_BENCH_BILLING_MIB`
+/// (the billing memory limit, to compare).
 fn reports_cfg() -> ReportsConfig {
+    let d = ReportsConfig::default();
     ReportsConfig {
         output: dir().join("out").display().to_string(),
-        ..ReportsConfig::default()
+        billing_memory_limit_mib: env(
+            "REPORTS_BENCH_BILLING_MIB",
+            &d.billing_memory_limit_mib.to_string(),
+        )
+        .parse()
+        .unwrap(),
+        ..d
     }
 }
 
@@ -60,11 +73,11 @@ fn peak_mib() -> f64 {
 
 /// `n` generated records over the São Paulo day `DAY` (2,500 clients: the
 /// busiest sends about a tenth of the traffic), decoded and bulk-loaded.
-async fn load(n: u64) {
+async fn load(n: u64, cfg: &LakeConfig) {
     let d = dir();
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    let cfg = lake_cfg();
+    let cfg = cfg.clone();
     let lake = Lake::open(&cfg).await.unwrap();
     let shape = Shape {
         seed: 11,
@@ -117,7 +130,11 @@ async fn load(n: u64) {
     let rows = bulk.rows();
     bulk.commit(&lake).await.unwrap();
     let secs = t.elapsed().as_secs_f64();
-    let bytes: u64 = walk(&d.join("warehouse"));
+    let bytes: u64 = if cfg.warehouse.starts_with("s3://") {
+        0
+    } else {
+        walk(&d.join("warehouse"))
+    };
     println!(
         "load: {rows} rows in {secs:.1} s ({:.0} rows/s), {:.2} GiB on disk ({:.1} B/row), RSS {:.0} MiB",
         rows as f64 / secs,
@@ -147,8 +164,8 @@ fn engines(arg: Option<&str>) -> Vec<EngineKind> {
     }
 }
 
-async fn billing(engine: EngineKind) {
-    let r = Reports::open(&reports_cfg(), &lake_cfg()).await.unwrap();
+async fn billing(engine: EngineKind, cfg: &ReportsConfig, lake: &LakeConfig) {
+    let r = Reports::open(cfg, lake).await.unwrap();
     let t = Instant::now();
     let m = r
         .billing(
@@ -170,16 +187,18 @@ async fn billing(engine: EngineKind) {
         .map(|l| l.split(',').nth(5).unwrap().parse::<u64>().unwrap())
         .sum();
     println!(
-        "billing {DAY} [{}]: {secs:.2} s, {} lines, {billed} billed messages, sha256 {}, peak RSS {:.0} MiB",
+        "billing {DAY} [{}{}, {} MiB limit]: {secs:.2} s, {} lines, {billed} billed messages, sha256 {}, peak RSS {:.0} MiB",
         engine.as_str(),
+        input_label(engine, lake, cfg),
+        cfg.billing_memory_limit_mib,
         m.rows,
         &m.files[0].sha256[..16],
         peak_mib()
     );
 }
 
-async fn detail(engine: EngineKind) {
-    let r = Reports::open(&reports_cfg(), &lake_cfg()).await.unwrap();
+async fn detail(engine: EngineKind, cfg: &ReportsConfig, lake: &LakeConfig) {
+    let r = Reports::open(cfg, lake).await.unwrap();
     let from = notiflow_reports::billing::day_start(r.tz(), DAY.parse().unwrap()).unwrap();
     let t = Instant::now();
     let m = r
@@ -202,13 +221,52 @@ async fn detail(engine: EngineKind) {
         .unwrap();
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "detail client-00000 {DAY} CSV [{}]: {} rows in {secs:.2} s ({:.0} rows/s), {:.2} GiB, peak RSS {:.0} MiB",
+        "detail client-00000 {DAY} CSV [{}{}]: {} rows in {secs:.2} s ({:.0} rows/s), {:.2} GiB, peak RSS {:.0} MiB",
         engine.as_str(),
+        input_label(engine, lake, cfg),
         m.rows,
         m.rows as f64 / secs,
         m.files[0].bytes as f64 / (1u64 << 30) as f64,
         peak_mib()
     );
+}
+
+/// Which way DuckDB read a lake on S3, for the printed label.
+fn input_label(engine: EngineKind, lake: &LakeConfig, cfg: &ReportsConfig) -> &'static str {
+    match (
+        engine,
+        lake.warehouse.starts_with("s3://"),
+        cfg.duckdb_s3_input,
+    ) {
+        (EngineKind::DuckDb, true, DuckS3Input::Files) => ", S3 files copied",
+        (EngineKind::DuckDb, true, DuckS3Input::Arrow) => ", S3 Arrow batches",
+        (_, true, _) => ", S3",
+        _ => "",
+    }
+}
+
+/// A lake on the S3 server at `S3_ENDPOINT` (bucket `notiflow-bench`,
+/// replaced), its catalog and outputs in the bench folder.
+fn s3_cfgs() -> (LakeConfig, ReportsConfig) {
+    let endpoint = env("S3_ENDPOINT", "http://127.0.0.1:9000");
+    let bucket = format!("{endpoint}/notiflow-bench");
+    for method in ["DELETE", "PUT"] {
+        let _ = std::process::Command::new("curl")
+            .args(["-sf", "-X", method, &bucket])
+            .status();
+    }
+    let lake = LakeConfig {
+        warehouse: "s3://notiflow-bench/warehouse".into(),
+        s3: S3Config {
+            endpoint,
+            region: "us-east-1".into(),
+            access_key_id: "test".into(),
+            secret_access_key: "test".into(),
+            path_style: true,
+        },
+        ..lake_cfg()
+    };
+    (lake, reports_cfg())
 }
 
 fn main() {
@@ -224,18 +282,32 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("load") => {
             let n = args.get(1).map_or(100_000_000, |s| s.parse().unwrap());
-            rt.block_on(load(n));
+            rt.block_on(load(n, &lake_cfg()));
         }
         Some("billing") => {
             for e in engines(args.get(1).map(String::as_str)) {
-                rt.block_on(billing(e));
+                rt.block_on(billing(e, &reports_cfg(), &lake_cfg()));
             }
         }
         Some("detail") => {
             for e in engines(args.get(1).map(String::as_str)) {
-                rt.block_on(detail(e));
+                rt.block_on(detail(e, &reports_cfg(), &lake_cfg()));
             }
         }
-        _ => eprintln!("usage: reports (load [N] | billing [ENGINE] | detail [ENGINE])"),
+        Some("s3") => {
+            let n = args.get(1).map_or(5_000_000, |s| s.parse().unwrap());
+            let (lake, mut cfg) = s3_cfgs();
+            rt.block_on(load(n, &lake));
+            for (e, input) in [
+                (EngineKind::DuckDb, DuckS3Input::Files),
+                (EngineKind::DuckDb, DuckS3Input::Arrow),
+                (EngineKind::DataFusion, DuckS3Input::Files),
+            ] {
+                cfg.duckdb_s3_input = input;
+                rt.block_on(billing(e, &cfg, &lake));
+                rt.block_on(detail(e, &cfg, &lake));
+            }
+        }
+        _ => eprintln!("usage: reports (load [N] | billing [ENGINE] | detail [ENGINE] | s3 [N])"),
     }
 }

@@ -119,6 +119,11 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
+/// The detailed report's column names, in order.
+pub fn columns() -> Vec<String> {
+    schema().fields().iter().map(|f| f.name().clone()).collect()
+}
+
 /// An engine's batch in the report's shape: columns cast to the canonical
 /// types (engines differ in time-zone names and string views) and the
 /// recipient masked unless `pii`.

@@ -94,13 +94,7 @@ impl Ledger {
     /// Opens (and creates) the ledger in the database at `uri`
     /// (`sqlite://…` or `postgres://…`, as the lake's catalog).
     pub async fn open(uri: &str) -> Result<Ledger, ReportError> {
-        let uri = if let Some(path) = uri.strip_prefix("sqlite://")
-            && !uri.contains('?')
-        {
-            format!("sqlite://{path}?mode=rwc")
-        } else {
-            uri.to_string()
-        };
+        let uri = notiflow_lake::table::catalog_uri(uri)?;
         sqlx::any::install_default_drivers();
         let pool = AnyPoolOptions::new()
             .max_connections(2)
@@ -131,20 +125,11 @@ impl Ledger {
 
     /// `?` placeholders as the database wants them.
     fn sql(&self, q: &str) -> String {
-        if !self.dollar {
-            return q.to_string();
+        if self.dollar {
+            notiflow_lake::table::dollar(q)
+        } else {
+            q.to_string()
         }
-        let mut out = String::with_capacity(q.len() + 8);
-        let mut n = 0;
-        for ch in q.chars() {
-            if ch == '?' {
-                n += 1;
-                out.push_str(&format!("${n}"));
-            } else {
-                out.push(ch);
-            }
-        }
-        out
     }
 
     /// Claims `job`'s run for `slot`: new, or a retry of one that failed or

@@ -19,7 +19,7 @@ pub mod ratecard;
 pub mod report;
 pub mod schedule;
 
-pub use config::{EngineKind, Format, JobConfig, JobKind, ReportsConfig};
+pub use config::{DuckS3Input, EngineKind, Format, JobConfig, JobKind, ReportsConfig};
 pub use error::ReportError;
 pub use output::Manifest;
 pub use report::{BillingRequest, DetailRequest, Reports};

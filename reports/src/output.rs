@@ -90,11 +90,6 @@ impl Output {
             .to_vec())
     }
 
-    /// A reader for streaming a file out (downloads).
-    pub async fn reader(&self, rel: &str) -> Result<opendal::Reader, ReportError> {
-        Ok(self.op.reader(&format!("{}{rel}", self.prefix)).await?)
-    }
-
     /// Whether a file exists.
     pub async fn exists(&self, rel: &str) -> Result<bool, ReportError> {
         Ok(self.op.exists(&format!("{}{rel}", self.prefix)).await?)
@@ -229,5 +224,16 @@ impl Manifest {
     /// The manifest's path next to its files.
     pub fn path(dir: &str, name: &str) -> String {
         format!("{dir}{name}.manifest.json")
+    }
+
+    /// Every path the report wrote: its files, then the manifest (same
+    /// stem), as the run ledger records them.
+    pub fn outputs(&self) -> Vec<String> {
+        let mut paths: Vec<String> = self.files.iter().map(|f| f.path.clone()).collect();
+        if let Some(f) = self.files.first() {
+            let stem = f.path.rsplit_once('.').map_or(f.path.as_str(), |x| x.0);
+            paths.push(format!("{stem}.manifest.json"));
+        }
+        paths
     }
 }

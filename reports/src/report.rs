@@ -89,16 +89,6 @@ impl Reports {
         &self.out
     }
 
-    /// The lake's catalog URI (the run ledger lives next to the catalog).
-    pub fn catalog_uri(&self) -> &str {
-        &self.lake_cfg.catalog_uri
-    }
-
-    /// The rate card in use.
-    pub fn rate_card(&self) -> &RateCard {
-        &self.card
-    }
-
     /// The billing zone.
     pub fn tz(&self) -> Tz {
         self.tz
@@ -106,6 +96,13 @@ impl Reports {
 
     fn limits(&self) -> Limits {
         Limits::from(&self.cfg)
+    }
+
+    fn billing_limits(&self) -> Limits {
+        Limits {
+            memory_bytes: self.cfg.billing_memory_limit_mib * 1024 * 1024,
+            ..self.limits()
+        }
     }
 
     /// Runs the daily billing report for `req.day`.
@@ -121,7 +118,7 @@ impl Reports {
         w.check_complete(now)?;
         let engine = req.engine.unwrap_or(self.cfg.engine);
         let src = Source::pin(&self.lake, &self.lake_cfg.s3, req.snapshot_id).await?;
-        let counts = engine::billing_counts(engine, &src, &w, self.limits()).await?;
+        let counts = engine::billing_counts(engine, &src, &w, self.billing_limits()).await?;
         let lines = billing::price(&counts, &self.card, req.day)?;
         let batch = billing::to_batch(req.day, &lines, &self.card.currency)?;
         let schema = billing::schema();
@@ -166,13 +163,6 @@ impl Reports {
         let engine = req.engine.unwrap_or(self.cfg.engine);
         let src = Source::pin(&self.lake, &self.lake_cfg.s3, req.snapshot_id).await?;
         let limits = self.limits();
-        if let Some(c) = &q.client
-            && !engine::client_exists(engine, &src, c, limits).await?
-        {
-            return Err(ReportError::input(format!(
-                "unknown client '{c}': it has no events in the lake"
-            )));
-        }
         let params = detail_params(q);
         let date = format_rfc3339(q.from)[..10].to_string();
         let dir = format!("reports/detail/{date}/");
@@ -183,6 +173,32 @@ impl Reports {
             compact(q.from),
             &digest[..12]
         );
+        let (tx, mut rx) = mpsc::channel(4);
+        let producer = {
+            let src = src.clone();
+            let q = q.clone();
+            tokio::spawn(async move { engine::detail(engine, &src, &q, limits, tx).await })
+        };
+        let join = |h: tokio::task::JoinHandle<Result<(), ReportError>>| async move {
+            h.await
+                .map_err(|e| ReportError::Other(format!("engine task: {e}")))?
+        };
+        let mut next = rx.recv().await;
+        let mut producer = Some(producer);
+        if next.is_none() {
+            // Nothing in the range: only now tell an unknown client from
+            // an empty range, so a report with rows never pays for it.
+            if let Some(h) = producer.take() {
+                join(h).await?;
+            }
+            if let Some(c) = &q.client
+                && !engine::client_exists(engine, &src, c, limits).await?
+            {
+                return Err(ReportError::input(format!(
+                    "unknown client '{c}': it has no events in the lake"
+                )));
+            }
+        }
         let schema = detail::schema();
         let mut sinks: Vec<FileSink> = Vec::new();
         for f in sorted(&req.formats) {
@@ -192,26 +208,22 @@ impl Reports {
                     .await?,
             );
         }
-        let (tx, mut rx) = mpsc::channel(4);
-        let producer = {
-            let src = src.clone();
-            let q = q.clone();
-            tokio::spawn(async move { engine::detail(engine, &src, &q, limits, tx).await })
-        };
         let mut rows = 0u64;
         // Fixed-size batches: the files' bytes must not depend on how an
         // engine happens to chunk its output.
         let mut chunks = BatchCoalescer::new(schema.clone(), OUT_BATCH_ROWS);
         let written: Result<(), ReportError> = async {
-            let mut done = false;
-            while !done {
-                match rx.recv().await {
-                    Some(b) => chunks.push_batch(detail::shape(&b, q.pii)?)?,
+            loop {
+                let done = match next.take() {
+                    Some(b) => {
+                        chunks.push_batch(detail::shape(&b, q.pii)?)?;
+                        false
+                    }
                     None => {
                         chunks.finish_buffered_batch()?;
-                        done = true;
+                        true
                     }
-                }
+                };
                 while let Some(b) = chunks.next_completed_batch() {
                     for s in &mut sinks {
                         s.write(&b).await?;
@@ -221,14 +233,18 @@ impl Reports {
                         p(rows);
                     }
                 }
+                if done {
+                    return Ok(());
+                }
+                next = rx.recv().await;
             }
-            Ok(())
         }
         .await;
         drop(rx);
-        let produced = producer
-            .await
-            .map_err(|e| ReportError::Other(format!("engine task: {e}")))?;
+        let produced = match producer {
+            Some(h) => join(h).await,
+            None => Ok(()),
+        };
         written?;
         produced?;
         let mut files = Vec::new();

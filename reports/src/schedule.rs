@@ -114,16 +114,6 @@ pub async fn run_job(
     }
 }
 
-/// The run's files and its manifest (next to them, same stem), as JSON.
-fn outputs(m: &Manifest) -> String {
-    let mut paths: Vec<String> = m.files.iter().map(|f| f.path.clone()).collect();
-    if let Some(f) = m.files.first() {
-        let stem = f.path.rsplit_once('.').map_or(f.path.as_str(), |x| x.0);
-        paths.push(format!("{stem}.manifest.json"));
-    }
-    serde_json::to_string(&paths).unwrap_or_default()
-}
-
 /// What one slot's processing ended in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SlotOutcome {
@@ -203,7 +193,7 @@ impl Scheduler {
             let end = now_micros();
             match result {
                 Ok(m) => {
-                    let out = outputs(&m);
+                    let out = serde_json::to_string(&m.outputs()).unwrap_or_default();
                     let ending = End {
                         status: Status::Succeeded,
                         at: end,

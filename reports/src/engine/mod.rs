@@ -23,7 +23,7 @@ use notiflow_lake::{Lake, S3Config};
 use tokio::sync::mpsc;
 
 use crate::billing::{Count, Window};
-use crate::config::{EngineKind, ReportsConfig};
+use crate::config::{DuckS3Input, EngineKind, ReportsConfig};
 use crate::detail::DetailQuery;
 use crate::error::ReportError;
 
@@ -66,13 +66,15 @@ impl Source {
     }
 }
 
-/// Engine limits.
+/// Engine limits and settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Memory before spilling, bytes.
     pub memory_bytes: u64,
     /// Threads.
     pub threads: usize,
+    /// How DuckDB reads a lake on S3.
+    pub duck_s3: DuckS3Input,
 }
 
 impl From<&ReportsConfig> for Limits {
@@ -81,6 +83,7 @@ impl From<&ReportsConfig> for Limits {
         Limits {
             memory_bytes: c.memory_limit_mib * 1024 * 1024,
             threads: if c.threads == 0 { cores } else { c.threads },
+            duck_s3: c.duckdb_s3_input,
         }
     }
 }
@@ -136,6 +139,31 @@ pub async fn client_exists(
         EngineKind::DuckDb => duck::client_exists(src, client, limits).await,
         EngineKind::DataFusion => fusion::client_exists(src, client, limits).await,
     }
+}
+
+/// Appends the billing counts of an engine's result batch (columns
+/// client_id, category, country, messages; types as the engine gives them).
+pub(crate) fn counts_of(b: &RecordBatch, out: &mut Vec<Count>) -> Result<(), ReportError> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{DataType, Int64Type};
+    let text = |i: usize| arrow::compute::cast(b.column(i), &DataType::Utf8);
+    let (c, cat, co) = (text(0)?, text(1)?, text(2)?);
+    let (c, cat, co) = (
+        c.as_string::<i32>(),
+        cat.as_string::<i32>(),
+        co.as_string::<i32>(),
+    );
+    let n = arrow::compute::cast(b.column(3), &DataType::Int64)?;
+    let n = n.as_primitive::<Int64Type>();
+    for i in 0..b.num_rows() {
+        out.push(Count {
+            client_id: c.value(i).to_string(),
+            category: cat.value(i).to_string(),
+            country: co.value(i).to_string(),
+            messages: n.value(i).max(0) as u64,
+        });
+    }
+    Ok(())
 }
 
 /// The scan predicate of a time range (and a client).

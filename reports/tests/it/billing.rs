@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use notiflow_reports::detail::DetailQuery;
 use notiflow_reports::ratecard::RateCard;
-use notiflow_reports::{EngineKind, Manifest};
+use notiflow_reports::{DetailRequest, DuckS3Input, EngineKind, Format, Manifest};
 use notiflow_schema::{Category as C, Status as S};
 
 use crate::common::*;
@@ -402,21 +403,53 @@ async fn a_rerun_on_the_same_snapshot_gives_the_same_bytes() {
     assert_eq!(bytes_a, r.output().get(&c.files[1].path).await.unwrap());
 }
 
+/// Billing and detail from a lake on S3: DataFusion, and DuckDB with both
+/// ways of reading S3 (copied files, the scan's Arrow batches) give the
+/// same bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_engines_report_from_a_lake_on_s3() {
-    let s = Setup::new(Store::S3, "s3");
+    let mut s = Setup::new(Store::S3, "s3");
     s.append(&crafted()).await;
-    let r = s.reports().await;
-    let duck = r
-        .billing(&billing("2026-11-21", EngineKind::DuckDb), now())
-        .await
-        .unwrap();
-    let fusion = r
-        .billing(&billing("2026-11-21", EngineKind::DataFusion), now())
-        .await
-        .unwrap();
-    assert_eq!(duck.files, fusion.files);
-    let (_, totals) = parse(&read(&r, &duck.files[0].path).await);
-    assert_eq!(totals["acme"], (2, 95_000));
-    assert!(r.output().url(&duck.files[0].path).starts_with("s3://"));
+    let mut runs = Vec::new();
+    for (engine, input) in [
+        (EngineKind::DuckDb, DuckS3Input::Files),
+        (EngineKind::DuckDb, DuckS3Input::Arrow),
+        (EngineKind::DataFusion, DuckS3Input::Files),
+    ] {
+        s.cfg.duckdb_s3_input = input;
+        let r = s.reports().await;
+        let bill = r
+            .billing(&billing("2026-11-21", engine), now())
+            .await
+            .unwrap();
+        let (_, totals) = parse(&read(&r, &bill.files[0].path).await);
+        assert_eq!(totals["acme"], (2, 95_000), "{engine:?} {input:?}");
+        assert!(r.output().url(&bill.files[0].path).starts_with("s3://"));
+        let all_day = DetailQuery {
+            client: None,
+            from: t("2026-11-20T00:00:00Z"),
+            to: t("2026-11-23T00:00:00Z"),
+            pii: true,
+            ..Default::default()
+        };
+        let detail = r
+            .detail(
+                &DetailRequest {
+                    query: all_day,
+                    engine: Some(engine),
+                    formats: vec![Format::Csv],
+                    snapshot_id: None,
+                },
+                now(),
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(detail.rows > 0);
+        runs.push((engine, input, bill.files, detail.files));
+    }
+    for (engine, input, bill, detail) in &runs[1..] {
+        assert_eq!(bill, &runs[0].2, "billing of {engine:?} {input:?}");
+        assert_eq!(detail, &runs[0].3, "detail of {engine:?} {input:?}");
+    }
 }
