@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use bytes::Bytes;
 use notiflow_lake::S3Config;
 use parquet::arrow::ArrowWriter;
@@ -115,6 +115,43 @@ pub struct FileSink {
 /// CSV timestamps: RFC 3339 with microseconds and the offset.
 const TS_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.6f%:z";
 
+/// `batch` with its UTC microsecond timestamps already formatted as
+/// [`TS_FORMAT`] gives them: the same bytes, without chrono's per-value
+/// format-string interpretation (7.5% of a detail export's time).
+fn utc_times_as_text(batch: &RecordBatch) -> Result<RecordBatch, ReportError> {
+    let utc = |tz: &str| tz == "+00:00" || tz == "UTC" || tz == "Z";
+    let schema = batch.schema();
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut cols: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
+    for (f, c) in schema.fields().iter().zip(batch.columns()) {
+        match f.data_type() {
+            DataType::Timestamp(TimeUnit::Microsecond, Some(tz)) if utc(tz) => {
+                let t = c.as_primitive::<TimestampMicrosecondType>();
+                let mut b = StringBuilder::with_capacity(t.len(), t.len() * 32);
+                let mut s = String::with_capacity(32);
+                for i in 0..t.len() {
+                    if t.is_null(i) {
+                        b.append_null();
+                        continue;
+                    }
+                    s.clear();
+                    notiflow_schema::time::write_rfc3339(t.value(i), &mut s);
+                    s.pop(); // the `Z`
+                    s.push_str("+00:00");
+                    b.append_value(&s);
+                }
+                fields.push(Field::new(f.name(), DataType::Utf8, f.is_nullable()));
+                cols.push(Arc::new(b.finish()));
+            }
+            _ => {
+                fields.push(f.as_ref().clone());
+                cols.push(Arc::clone(c));
+            }
+        }
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+}
+
 impl FileSink {
     /// Encodes and writes one batch.
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), ReportError> {
@@ -127,7 +164,7 @@ impl FileSink {
                         .with_header(*header)
                         .with_timestamp_tz_format(TS_FORMAT.to_string())
                         .build(&mut buf);
-                    w.write(batch)?;
+                    w.write(&utc_times_as_text(batch)?)?;
                 }
                 *header = false;
                 buf
@@ -235,5 +272,69 @@ impl Manifest {
             paths.push(format!("{stem}.manifest.json"));
         }
         paths
+    }
+}
+
+#[cfg(test)]
+mod csv_tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray, TimestampMicrosecondArray};
+
+    fn csv(batch: &RecordBatch) -> String {
+        let mut buf = Vec::new();
+        {
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .with_timestamp_tz_format(TS_FORMAT.to_string())
+                .build(&mut buf);
+            w.write(batch).unwrap();
+        }
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn preformatted_utc_times_give_the_bytes_arrow_csv_gives() {
+        let times = vec![
+            Some(1_794_279_600_000_000), // 2026-11-10T03:00:00Z
+            None,
+            Some(1_794_279_600_123_456),
+            Some(0),
+            Some(-1),
+            Some(4_102_444_799_999_999), // 2099-12-31T23:59:59.999999Z
+        ];
+        let batch = RecordBatch::try_from_iter(vec![
+            (
+                "id",
+                Arc::new(StringArray::from(vec!["a", "b,c", "d", "e", "f", "g"])) as ArrayRef,
+            ),
+            (
+                "t",
+                Arc::new(TimestampMicrosecondArray::from(times).with_timezone("+00:00"))
+                    as ArrayRef,
+            ),
+            (
+                "n",
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4, 5, 6])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let fast = csv(&utc_times_as_text(&batch).unwrap());
+        assert_eq!(fast, csv(&batch));
+        assert!(fast.contains("2026-11-10T03:00:00.123456+00:00"), "{fast}");
+        assert!(fast.contains("1969-12-31T23:59:59.999999+00:00"), "{fast}");
+    }
+
+    #[test]
+    fn other_zones_are_left_to_the_csv_writer() {
+        let batch = RecordBatch::try_from_iter(vec![(
+            "t",
+            Arc::new(TimestampMicrosecondArray::from(vec![0]).with_timezone("+03:00")) as ArrayRef,
+        )])
+        .unwrap();
+        let out = utc_times_as_text(&batch).unwrap();
+        assert_eq!(
+            out.schema().field(0).data_type(),
+            batch.schema().field(0).data_type()
+        );
     }
 }
