@@ -2,7 +2,8 @@
 //! BENCHMARKS.md records them with the machine.
 //!
 //! ```text
-//! cargo bench -p notiflow-reports --bench reports -- load [N]        # N rows (default 100M) of one São Paulo day straight into the lake (no broker)
+//! cargo bench -p notiflow-reports --bench reports -- load [N] [DAYS] # N rows a day (default 100M) of the São Paulo day(s) ending on DAY
+//!                                                                   # (default 1; 8 fills billing's 7-day look-back) straight into the lake
 //! cargo bench -p notiflow-reports --bench reports -- billing [ENGINE] # daily billing of that day: duckdb, datafusion or both (default)
 //! cargo bench -p notiflow-reports --bench reports -- detail [ENGINE]  # the busiest client's day to CSV, rows/s and peak RSS
 //! cargo bench -p notiflow-reports --bench reports -- s3 [N]          # N rows (default 5M) into a lake on S3_ENDPOINT, then billing
@@ -71,9 +72,10 @@ fn peak_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// `n` generated records over the São Paulo day `DAY` (2,500 clients: the
-/// busiest sends about a tenth of the traffic), decoded and bulk-loaded.
-async fn load(n: u64, cfg: &LakeConfig) {
+/// `n` generated records a day over the `days` São Paulo days ending on
+/// `DAY` (2,500 clients: the busiest sends about a tenth of the traffic),
+/// decoded and bulk-loaded.
+async fn load(n: u64, days: u64, cfg: &LakeConfig) {
     let d = dir();
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
@@ -83,7 +85,8 @@ async fn load(n: u64, cfg: &LakeConfig) {
         seed: 11,
         clients: 2500,
         rate: n as f64 / 86_400.0,
-        start: parse_rfc3339(&format!("{DAY}T03:00:00Z")).unwrap(),
+        start: parse_rfc3339(&format!("{DAY}T03:00:00Z")).unwrap()
+            - (days as i64 - 1) * 86_400_000_000,
         avro_share: 0.0,
         content_type_share: 0.0,
         duplicate_share: 0.0,
@@ -94,7 +97,7 @@ async fn load(n: u64, cfg: &LakeConfig) {
     let mut bulk = Bulk::new(&lake, &cfg).await.unwrap();
     let t = Instant::now();
     let mut offset = 0i64;
-    for i in 0..n {
+    for i in 0..n * days {
         let r = g.next_record();
         if r.kind != Kind::Valid {
             continue;
@@ -282,7 +285,8 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("load") => {
             let n = args.get(1).map_or(100_000_000, |s| s.parse().unwrap());
-            rt.block_on(load(n, &lake_cfg()));
+            let days = args.get(2).map_or(1, |s| s.parse().unwrap());
+            rt.block_on(load(n, days, &lake_cfg()));
         }
         Some("billing") => {
             for e in engines(args.get(1).map(String::as_str)) {
@@ -297,7 +301,7 @@ fn main() {
         Some("s3") => {
             let n = args.get(1).map_or(5_000_000, |s| s.parse().unwrap());
             let (lake, mut cfg) = s3_cfgs();
-            rt.block_on(load(n, &lake));
+            rt.block_on(load(n, 1, &lake));
             for (e, input) in [
                 (EngineKind::DuckDb, DuckS3Input::Files),
                 (EngineKind::DuckDb, DuckS3Input::Arrow),
