@@ -345,15 +345,8 @@ async fn latency(secs: u64, rate: u64) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let args = notiflow_loadgen::bench::args();
+    let rt = notiflow_loadgen::bench::runtime();
     let num = |i: usize, d: u64| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
     match args.first().map(String::as_str) {
         Some("inproc") => rt.block_on(in_process(2_000_000, 1_000_000, &[])),

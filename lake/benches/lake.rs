@@ -260,16 +260,9 @@ async fn e2e(n: u64) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let args = notiflow_loadgen::bench::args();
     let num = |i: usize, d: u64| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = notiflow_loadgen::bench::runtime();
     match args.first().map(String::as_str) {
         Some("encode") => encode(num(1, 1_000_000) as usize),
         Some("inproc") => rt.block_on(inproc(num(1, 2_000_000) as usize, num(2, 200_000) as usize)),

@@ -1,6 +1,6 @@
 //! What the pipeline benchmark binaries (aggregator, lake) share: the bench
 //! traffic, producing it into the broker, a bare consumer's rate on the same
-//! broker, and the process's RSS. Not used by the product itself; a broken
+//! broker, the process's RSS, arguments and runtime. Not used by the product itself; a broken
 //! bench set-up panics with what failed.
 #![allow(clippy::expect_used)]
 
@@ -32,14 +32,41 @@ pub fn stamp() -> String {
         .to_string()
 }
 
-/// The process's resident set, MiB.
-pub fn rss_mib() -> f64 {
+/// A `kB` line of `/proc/self/status`, MiB (0 when absent).
+fn status_mib(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The process's resident set, MiB.
+pub fn rss_mib() -> f64 {
+    status_mib("VmRSS:")
+}
+
+/// The process's peak resident set so far, MiB.
+pub fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM:")
+}
+
+/// The bench binary's arguments, without cargo's `--bench`-style flags.
+pub fn args() -> Vec<String> {
+    std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect()
+}
+
+/// The benches' runtime: two workers, as the machine has two cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 /// In-process traffic: `RATE` events/s of simulated time (default the

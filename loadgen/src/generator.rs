@@ -11,6 +11,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use notiflow_ingest::RecordView;
 use notiflow_ingest::codec::{avro, json};
 use notiflow_ingest::corpus::{self, CorpusRecord};
 use notiflow_ingest::registry::BUILTIN_SCHEMA_ID;
@@ -92,6 +93,18 @@ pub struct Record<'a> {
     pub arrival: Micros,
     /// What it is.
     pub kind: Kind,
+}
+
+impl<'a> Record<'a> {
+    /// The decoding view a consumer would build from this record.
+    pub fn view(&self) -> RecordView<'a> {
+        RecordView {
+            key: self.key,
+            value: self.value,
+            content_type: self.content_type.map(str::as_bytes),
+            timestamp: self.arrival,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -366,7 +379,7 @@ fn hex(v: u64, digits: usize, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notiflow_ingest::{Decoder, RecordView, SchemaRegistry};
+    use notiflow_ingest::{Decoder, SchemaRegistry};
     use std::collections::HashSet;
 
     fn shape(seed: u64) -> Shape {

@@ -16,11 +16,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use notiflow_ingest::{Decoder, RecordView, SchemaRegistry};
+use notiflow_ingest::{Decoder, SchemaRegistry};
 use notiflow_lake::bulk::Bulk;
 use notiflow_lake::rows::Origin;
 use notiflow_lake::{Lake, LakeConfig, S3Config};
-use notiflow_loadgen::bench::{env, rss_mib};
+use notiflow_loadgen::bench::{env, peak_rss_mib, rss_mib};
 use notiflow_loadgen::generator::{Generator, Kind, Shape};
 use notiflow_reports::detail::DetailQuery;
 use notiflow_reports::{
@@ -63,15 +63,6 @@ fn reports_cfg() -> ReportsConfig {
     }
 }
 
-fn peak_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// `n` generated records a day over the `days` São Paulo days ending on
 /// `DAY` (2,500 clients: the busiest sends about a tenth of the traffic),
 /// decoded and bulk-loaded.
@@ -102,12 +93,7 @@ async fn load(n: u64, days: u64, cfg: &LakeConfig) {
         if r.kind != Kind::Valid {
             continue;
         }
-        let view = RecordView {
-            key: r.key,
-            value: r.value,
-            content_type: None,
-            timestamp: r.arrival,
-        };
+        let view = r.view();
         if i == 0 {
             decoder.prepare(std::slice::from_ref(&view)).await.unwrap();
         }
@@ -196,7 +182,7 @@ async fn billing(engine: EngineKind, cfg: &ReportsConfig, lake: &LakeConfig) {
         cfg.billing_memory_limit_mib,
         m.rows,
         &m.files[0].sha256[..16],
-        peak_mib()
+        peak_rss_mib()
     );
 }
 
@@ -230,7 +216,7 @@ async fn detail(engine: EngineKind, cfg: &ReportsConfig, lake: &LakeConfig) {
         m.rows,
         m.rows as f64 / secs,
         m.files[0].bytes as f64 / (1u64 << 30) as f64,
-        peak_mib()
+        peak_rss_mib()
     );
 }
 
@@ -273,15 +259,8 @@ fn s3_cfgs() -> (LakeConfig, ReportsConfig) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let args = notiflow_loadgen::bench::args();
+    let rt = notiflow_loadgen::bench::runtime();
     match args.first().map(String::as_str) {
         Some("load") => {
             let n = args.get(1).map_or(100_000_000, |s| s.parse().unwrap());

@@ -47,6 +47,26 @@ pub fn check_client(c: &str) -> Result<(), ReportError> {
 }
 
 impl DetailQuery {
+    /// The filters beyond time and client, as `(column, allowed values)`
+    /// for each non-empty list; every engine turns them into `IN` lists.
+    pub fn in_lists(&self) -> Vec<(&'static str, Vec<&str>)> {
+        let lists = [
+            (
+                "status",
+                self.statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            ),
+            (
+                "category",
+                self.categories.iter().map(|c| c.as_str()).collect(),
+            ),
+            (
+                "country",
+                self.countries.iter().map(|c| c.as_str()).collect(),
+            ),
+        ];
+        lists.into_iter().filter(|(_, v)| !v.is_empty()).collect()
+    }
+
     /// Refuses what cannot be answered: an empty range, a range over
     /// `max_days` days, a range starting after `now`, a malformed client.
     pub fn validate(&self, now: Micros, max_days: u32) -> Result<(), ReportError> {

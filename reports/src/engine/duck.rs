@@ -309,27 +309,9 @@ fn detail_where(q: &DetailQuery) -> String {
     if let Some(c) = &q.client {
         w.push(format!("client_id = {}", quote(c)));
     }
-    let list = |col: &str, vals: Vec<&str>| {
+    for (col, vals) in q.in_lists() {
         let v: Vec<String> = vals.iter().map(|s| quote(s)).collect();
-        format!("{col} IN ({})", v.join(", "))
-    };
-    if !q.statuses.is_empty() {
-        w.push(list(
-            "status",
-            q.statuses.iter().map(|s| s.as_str()).collect(),
-        ));
-    }
-    if !q.categories.is_empty() {
-        w.push(list(
-            "category",
-            q.categories.iter().map(|s| s.as_str()).collect(),
-        ));
-    }
-    if !q.countries.is_empty() {
-        w.push(list(
-            "country",
-            q.countries.iter().map(|s| s.as_str()).collect(),
-        ));
+        w.push(format!("{col} IN ({})", v.join(", ")));
     }
     w.join(" AND ")
 }

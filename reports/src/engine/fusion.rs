@@ -89,25 +89,8 @@ fn detail_filter(q: &DetailQuery) -> Expr {
     if let Some(c) = &q.client {
         e = e.and(col("client_id").eq(lit(c.as_str())));
     }
-    let list =
-        |name: &str, vals: Vec<&str>| col(name).in_list(vals.into_iter().map(lit).collect(), false);
-    if !q.statuses.is_empty() {
-        e = e.and(list(
-            "status",
-            q.statuses.iter().map(|s| s.as_str()).collect(),
-        ));
-    }
-    if !q.categories.is_empty() {
-        e = e.and(list(
-            "category",
-            q.categories.iter().map(|s| s.as_str()).collect(),
-        ));
-    }
-    if !q.countries.is_empty() {
-        e = e.and(list(
-            "country",
-            q.countries.iter().map(|s| s.as_str()).collect(),
-        ));
+    for (name, vals) in q.in_lists() {
+        e = e.and(col(name).in_list(vals.into_iter().map(lit).collect(), false));
     }
     e
 }

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::process::{Command, Stdio};
 
 use chrono::NaiveDate;
-use notiflow_ingest::{Decoder, RecordView, SchemaRegistry};
+use notiflow_ingest::{Decoder, SchemaRegistry};
 use notiflow_lake::bulk::Bulk;
 use notiflow_lake::rows::Origin;
 use notiflow_lake::{Lake, LakeConfig, S3Config};
@@ -171,12 +171,7 @@ impl Setup {
             if r.kind != Kind::Valid {
                 continue;
             }
-            let view = RecordView {
-                key: r.key,
-                value: r.value,
-                content_type: None,
-                timestamp: r.arrival,
-            };
+            let view = r.view();
             decoder.prepare(std::slice::from_ref(&view)).await.unwrap();
             events.push(decoder.decode(&view).unwrap().into_owned());
         }
