@@ -25,6 +25,7 @@ MOTO_SPEC='moto[server]>=5.1,<6'
 CONFLUENT_KAFKA_SPEC='confluent-kafka>=2.6'
 # PyIceberg reads the lake through the same SQL catalog (interoperability tests).
 PYICEBERG_SPEC='pyiceberg[sql-sqlite,pyarrow]==0.10.0'
+SCHEMATHESIS_SPEC='schemathesis>=4.3,<5'
 
 command -v cargo >/dev/null || PATH=$PATH:$HOME/.cargo/bin
 PYTHON=$(python3 -c 'import sys; print(sys.executable)') || die "python3 is required"
@@ -93,6 +94,14 @@ ensure_python_clients() {
   # answers Kafka metadata, not just TCP.
   pip_ensure "import confluent_kafka" "$CONFLUENT_KAFKA_SPEC"
   pip_ensure "import pyiceberg.catalog.sql, pyarrow" "$PYICEBERG_SPEC"
+  # The API's tests check the running server against its OpenAPI document.
+  pip_ensure "import schemathesis.cli" "$SCHEMATHESIS_SPEC"
+}
+
+ensure_browser() {
+  # The dashboard's test drives Debian's headless Chromium through ChromeDriver.
+  command -v chromium >/dev/null && command -v chromedriver >/dev/null && return 0
+  apt_ensure chromium chromium-driver
 }
 
 # ---------------------------------------------------------------- readiness
@@ -232,6 +241,7 @@ main() {
   mkdir -p "$STATE_DIR"
   log "state dir $STATE_DIR"
   ensure_python_clients
+  ensure_browser
   ensure_service tansu "$KAFKA_PORT" kafka_ready start_tansu
   ensure_service redis "$REDIS_PORT" redis_ready start_redis
   ensure_service moto "$S3_PORT" s3_ready start_moto

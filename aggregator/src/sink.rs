@@ -6,8 +6,9 @@
 //! written and the stored offsets are returned, so the caller reloads. Else
 //! it writes, in this order and all or nothing: the new offsets and dedup
 //! generations, the batch's new dedup fingerprints, the minute/hour/day
-//! counters with their expiry, the top-clients sets, the exact totals, and
-//! one entry on the deltas stream for live dashboards.
+//! counters with their expiry, the top-clients sets, the set of known
+//! clients (the API tells an unknown client from a quiet one with it), the
+//! exact totals, and one entry on the deltas stream for live dashboards.
 //!
 //! `LOAD` reads, also as one step, a partition's next offset and the dedup
 //! fingerprints of its window, so state and offset always match.
@@ -40,7 +41,7 @@ if #fenced > 1 then return fenced end
 for _, x in ipairs(parts) do
   redis.call('HSET', KEYS[1], x[1], x[2], x[1] .. ':gen', x[3])
 end
-local k = 4
+local k = 5
 local nd, dttl = tonumber(arg()), arg()
 for i = 1, nd do
   redis.call('APPEND', KEYS[k], arg())
@@ -61,6 +62,8 @@ for i = 1, nz do
   redis.call('EXPIREAT', KEYS[k], at)
   k = k + 1
 end
+local ncl = tonumber(arg())
+for i = 1, ncl do redis.call('SADD', KEYS[4], arg()) end
 local counted, dups, late, rejected = arg(), arg(), arg(), arg()
 redis.call('HINCRBY', KEYS[2], 'counted', counted)
 redis.call('HINCRBY', KEYS[2], 'duplicates', dups)
@@ -149,7 +152,8 @@ impl Scripts {
         let mut inv = self.apply.prepare_invoke();
         inv.key(t.keys.offsets(&t.group, &t.topic))
             .key(t.keys.stats(&t.group, &t.topic))
-            .key(t.keys.deltas());
+            .key(t.keys.deltas())
+            .key(t.keys.clients());
         inv.arg(pending.offsets.len());
         for (p, u) in &pending.offsets {
             inv.arg(p)
@@ -180,6 +184,10 @@ impl Scripts {
             for (m, n) in members {
                 inv.arg(n).arg(m);
             }
+        }
+        inv.arg(pending.clients.len());
+        for c in &pending.clients {
+            inv.arg(c);
         }
         let s = &pending.stats;
         inv.arg(s.counted)

@@ -9,6 +9,7 @@ use std::path::Path;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use notiflow_aggregator::{AggregatorConfig, RedisConfig};
+use notiflow_api::ApiConfig;
 use notiflow_ingest::{IngestConfig, KafkaConfig, SchemaRegistryConfig};
 use notiflow_lake::LakeConfig;
 use notiflow_loadgen::GenConfig;
@@ -38,6 +39,8 @@ pub struct Config {
     pub lake: LakeConfig,
     /// Billing and detail exports, and their schedule.
     pub reports: ReportsConfig,
+    /// The HTTP API and dashboard.
+    pub api: ApiConfig,
     /// Prometheus exposition.
     pub metrics: MetricsConfig,
     /// The load generator's traffic shape (`[gen]`).
@@ -137,6 +140,7 @@ impl Config {
             notiflow_reports::ReportError::Config { field, reason } => invalid(field, reason),
             other => invalid("reports".into(), other.to_string()),
         })?;
+        self.api.validate().map_err(|e| invalid(e.field, e.why))?;
         if !self.metrics.listen.is_empty()
             && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
         {

@@ -9,6 +9,8 @@
 //!  notiflow lake files   ─▶ data files per day partition (JSON)
 //!  notiflow report billing|detail|runs ─▶ reports ─▶ CSV/Parquet exports (DuckDB or DataFusion)
 //!  notiflow run reports ─▶ the report scheduler (cron jobs, catch-up, retries)
+//!  notiflow run api      ─▶ api     ─▶ HTTP API, live SSE stream, web dashboard
+//!  notiflow api-key      ─▶ a new API key and its `[[api.keys]]` entry
 //!  notiflow demo         ─▶ generator, ingest, aggregator and lake writer, against the local servers (infra/up.sh)
 //!  notiflow config       ─▶ the effective config, validated
 //! ```
@@ -69,6 +71,22 @@ enum Command {
         #[command(subcommand)]
         action: report::ReportAction,
     },
+    /// Make a new API key: prints the key (give it to its holder) and the
+    /// `[[api.keys]]` entry (its sha256) for the config.
+    ApiKey {
+        /// Who holds it.
+        #[arg(long)]
+        name: String,
+        /// viewer, finance or admin.
+        #[arg(long)]
+        role: String,
+        /// The viewer's client.
+        #[arg(long)]
+        client: Option<String>,
+        /// May see recipients unmasked in detail reports.
+        #[arg(long)]
+        pii: bool,
+    },
     /// Create the event and dead-letter topics if missing.
     Topics,
     /// Print the effective config (defaults, file and environment), validated.
@@ -85,6 +103,8 @@ enum Component {
     Lake,
     /// The report scheduler: cron jobs, catch-up after downtime, retries.
     Reports,
+    /// The HTTP API, live stream and web dashboard.
+    Api,
 }
 
 #[derive(Subcommand)]
@@ -290,6 +310,15 @@ async fn dispatch(command: Command, mut cfg: Config) -> anyhow::Result<()> {
         Command::Run {
             component: Component::Reports,
         } => report::scheduler(&cfg, shutdown_token()).await,
+        Command::Run {
+            component: Component::Api,
+        } => api(&cfg).await,
+        Command::ApiKey {
+            name,
+            role,
+            client,
+            pii,
+        } => api_key(&cfg, name, &role, client, pii),
         Command::Report { action } => report::command(action, &cfg).await,
         Command::Lake {
             action: LakeAction::Compact { every_minutes },
@@ -356,6 +385,73 @@ async fn dispatch(command: Command, mut cfg: Config) -> anyhow::Result<()> {
             demo(cfg).await
         }
     }
+}
+
+/// Serves the API and dashboard until Ctrl-C.
+async fn api(cfg: &Config) -> anyhow::Result<()> {
+    let shutdown = shutdown_token();
+    let wiring = notiflow_api::Wiring {
+        redis_url: cfg.redis.url.clone(),
+        key_prefix: cfg.redis.key_prefix.clone(),
+        minute_retention_hours: cfg.aggregator.minute_retention_hours,
+        reports: cfg.reports.clone(),
+        lake: cfg.lake.clone(),
+    };
+    let app = notiflow_api::App::new(cfg.api.clone(), wiring, prometheus::Registry::new())?;
+    let listener = notiflow_api::bind(&cfg.api.listen)
+        .with_context(|| format!("binding api.listen {}", cfg.api.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "serving the API");
+    println!(
+        "notiflow API on http://{addr}/ (dashboard: http://{addr}/dashboard/, OpenAPI: http://{addr}/openapi.json)"
+    );
+    notiflow_api::run(app, listener, cfg.redis.url.clone(), shutdown).await;
+    Ok(())
+}
+
+/// Prints a new random API key and its config entry.
+fn api_key(
+    cfg: &Config,
+    name: String,
+    role: &str,
+    client: Option<String>,
+    pii: bool,
+) -> anyhow::Result<()> {
+    use std::io::Read;
+    let role: notiflow_api::auth::Role = serde_json::from_value(serde_json::Value::from(role))
+        .map_err(|_| anyhow::anyhow!("--role must be viewer, finance or admin"))?;
+    let mut raw = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .context("reading /dev/urandom")?;
+    let key = format!(
+        "nfk_{}",
+        raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let entry = notiflow_api::config::KeyConfig {
+        name,
+        sha256: notiflow_api::auth::key_hash(&key),
+        role,
+        client,
+        pii,
+    };
+    let mut check = cfg.api.clone();
+    check.keys = vec![entry.clone()];
+    check.keys_file = String::new();
+    check.validate()?;
+    #[derive(serde::Serialize)]
+    struct Entry {
+        api: Keys,
+    }
+    #[derive(serde::Serialize)]
+    struct Keys {
+        keys: Vec<notiflow_api::config::KeyConfig>,
+    }
+    let toml = toml::to_string(&Entry {
+        api: Keys { keys: vec![entry] },
+    })?;
+    println!("key (give it to its holder; it is not stored): {key}\n\n# config entry:\n{toml}");
+    Ok(())
 }
 
 /// One maintenance run of the lake, with its summary on stdout.

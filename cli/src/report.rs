@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use notiflow_reports::detail::DetailQuery;
-use notiflow_reports::ledger::{End, Ledger, Status};
+use notiflow_reports::ledger::Ledger;
 use notiflow_reports::schedule::Scheduler;
 use notiflow_reports::{BillingRequest, DetailRequest, EngineKind, Format, Manifest, Reports};
 use notiflow_schema::time::{format_rfc3339, parse_rfc3339};
@@ -178,30 +178,9 @@ where
     F: std::future::Future<Output = Result<Manifest, notiflow_reports::ReportError>>,
 {
     let owner = format!("cli-{}", std::process::id());
-    let slot = now();
-    ledger
-        .claim("on-demand", slot, &owner, slot, 3_600_000_000, false)
-        .await?;
-    let out = work.await;
-    let (status, outputs, error) = match &out {
-        Ok(m) => (
-            Status::Succeeded,
-            Some(serde_json::to_string(&m.outputs())?),
-            None,
-        ),
-        Err(e) => (Status::Failed, None, Some(e.to_string())),
-    };
-    let end = End {
-        status,
-        at: now(),
-        outputs: outputs.as_deref(),
-        error: error.as_deref(),
-    };
-    ledger.finish("on-demand", slot, &owner, end).await?;
-    Ok(out?)
+    Ok(ledger.record("on-demand", now(), &owner, work).await?)
 }
 
-/// Runs `notiflow report …`.
 pub async fn command(action: ReportAction, cfg: &Config) -> anyhow::Result<()> {
     let ledger = Ledger::open(&cfg.lake.catalog_uri)
         .await

@@ -10,6 +10,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 
 use crate::error::ReportError;
+use crate::output::Manifest;
 
 /// A run's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -233,6 +234,44 @@ impl Ledger {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Runs `work` as a recorded on-demand run of `job` at `slot` (UTC
+    /// micros, e.g. the request time): claimed before, finished after with
+    /// its outputs or error. The CLI and the API record their runs so.
+    pub async fn record<F>(
+        &self,
+        job: &str,
+        slot: i64,
+        owner: &str,
+        work: F,
+    ) -> Result<Manifest, ReportError>
+    where
+        F: std::future::Future<Output = Result<Manifest, ReportError>>,
+    {
+        self.claim(job, slot, owner, slot, 3_600_000_000, false)
+            .await?;
+        let out = work.await;
+        let outputs = match &out {
+            Ok(m) => Some(
+                serde_json::to_string(&m.outputs())
+                    .map_err(|e| ReportError::Other(format!("encoding outputs: {e}")))?,
+            ),
+            Err(_) => None,
+        };
+        let error = out.as_ref().err().map(ToString::to_string);
+        let end = End {
+            status: if out.is_ok() {
+                Status::Succeeded
+            } else {
+                Status::Failed
+            },
+            at: chrono::Utc::now().timestamp_micros(),
+            outputs: outputs.as_deref(),
+            error: error.as_deref(),
+        };
+        self.finish(job, slot, owner, end).await?;
+        out
     }
 
     /// One run.

@@ -90,6 +90,17 @@ impl Output {
             .to_vec())
     }
 
+    /// Opens a file for streaming (downloads): its size and its bytes.
+    pub async fn open_read(
+        &self,
+        rel: &str,
+    ) -> Result<(u64, opendal::FuturesBytesStream), ReportError> {
+        let path = format!("{}{rel}", self.prefix);
+        let size = self.op.stat(&path).await?.content_length();
+        let stream = self.op.reader(&path).await?.into_bytes_stream(..).await?;
+        Ok((size, stream))
+    }
+
     /// Whether a file exists.
     pub async fn exists(&self, rel: &str) -> Result<bool, ReportError> {
         Ok(self.op.exists(&format!("{}{rel}", self.prefix)).await?)

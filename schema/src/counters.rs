@@ -8,6 +8,7 @@
 //! nf:m:{acme}:2026112322   HASH  "07:delivered" → 12, "07:sent.marketing" → 3   minutes of one UTC hour
 //! nf:h:{acme}:20261123     HASH  "22:delivered" → 840, …                         hours of one UTC day
 //! nf:top:202611232207      ZSET  client → events in that minute
+//! nf:clients               SET     every client ever counted
 //! nf:deltas                STREAM  one entry per applied batch, field "d" = Delta JSON
 //! ```
 //!
@@ -134,6 +135,11 @@ impl Keys {
             "{}:top:{:04}{:02}{:02}{:02}{:02}",
             self.prefix, p.year, p.month, p.day, p.hour, p.minute
         )
+    }
+
+    /// Set of every client ever counted (the API answers 400 for others).
+    pub fn clients(&self) -> String {
+        format!("{}:clients", self.prefix)
     }
 
     /// The stream of deltas, one entry per applied batch.

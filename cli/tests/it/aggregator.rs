@@ -20,22 +20,22 @@ use crate::{brokers, fresh_topic, http_get, notiflow};
 
 const PARTITIONS: i32 = 8;
 
-fn redis_url() -> String {
+pub(crate) fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
 /// One test's topic, group, key prefix, config file and logs.
-struct Setup {
-    kafka: KafkaConfig,
-    prefix: String,
+pub(crate) struct Setup {
+    pub(crate) kafka: KafkaConfig,
+    pub(crate) prefix: String,
     group: String,
     redis_url: String,
-    dir: tempfile::TempDir,
-    config: PathBuf,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) config: PathBuf,
 }
 
 impl Setup {
-    fn new(tag: &str, redis_url: String) -> Setup {
+    pub(crate) fn new(tag: &str, redis_url: String) -> Setup {
         Setup::with_metrics(tag, redis_url, "")
     }
 
@@ -91,18 +91,18 @@ listen = "{metrics_listen}"
         }
     }
 
-    fn truth_path(&self) -> PathBuf {
+    pub(crate) fn truth_path(&self) -> PathBuf {
         self.dir.path().join("truth.json")
     }
 
-    fn command(&self) -> Command {
+    pub(crate) fn command(&self) -> Command {
         let mut c = notiflow();
         c.arg("--config").arg(&self.config);
         c
     }
 
     /// Starts `notiflow run aggregator`, its log in `<dir>/agg-<n>.log`.
-    fn aggregator(&self, n: usize, env: &[(&str, &str)]) -> Proc {
+    pub(crate) fn aggregator(&self, n: usize, env: &[(&str, &str)]) -> Proc {
         let log = std::fs::File::create(self.dir.path().join(format!("agg-{n}.log"))).unwrap();
         let mut c = self.command();
         c.args(["run", "aggregator"])
@@ -116,7 +116,7 @@ listen = "{metrics_listen}"
 
     /// Starts the generator: `events` records at `rate` (or as fast as the
     /// broker takes them), 1% malformed, with a ground-truth file.
-    fn generator(&self, events: u64, rate: Option<&str>) -> Proc {
+    pub(crate) fn generator(&self, events: u64, rate: Option<&str>) -> Proc {
         crate::generator(&self.config, &self.truth_path(), events, rate)
     }
 
@@ -124,7 +124,7 @@ listen = "{metrics_listen}"
         std::fs::read_to_string(self.dir.path().join(format!("agg-{n}.log"))).unwrap_or_default()
     }
 
-    fn redis(&self) -> redis::Connection {
+    pub(crate) fn redis(&self) -> redis::Connection {
         redis::Client::open(self.redis_url.as_str())
             .unwrap()
             .get_connection()
@@ -138,7 +138,7 @@ listen = "{metrics_listen}"
 
     /// Waits until Redis holds, for every partition, the high watermark as
     /// next offset (everything applied).
-    fn wait_drained(&self, timeout: Duration) {
+    pub(crate) fn wait_drained(&self, timeout: Duration) {
         let highs = self.highs();
         let give_up = Instant::now() + timeout;
         loop {

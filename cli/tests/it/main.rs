@@ -3,8 +3,11 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod aggregator;
+mod api;
 mod config;
+mod dashboard;
 mod gen_truth;
+mod http;
 mod lake;
 mod procs;
 
