@@ -59,7 +59,7 @@ TOML
 }
 
 start_api() {
-  (ulimit -n 1048576; exec "$bin" --config "$work/notiflow.toml" run api >"$work/api.log" 2>&1) &
+  (ulimit -n "$(ulimit -Hn)"; exec "$bin" --config "$work/notiflow.toml" run api >"$work/api.log" 2>&1) &
   api_pid=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && return 0; sleep 0.1; done
   die "the API did not start: $(cat "$work/api.log")"
@@ -119,7 +119,7 @@ streams)
   start_api
   sleep 10
   log "$n streams for ${secs}s"
-  (ulimit -n 1048576; "$sse" "127.0.0.1:$port" "$n" "$key" 2500 4 "$secs" "$api_pid")
+  (ulimit -n "$(ulimit -Hn)"; "$sse" "127.0.0.1:$port" "$n" "$key" 2500 4 "$secs" "$api_pid")
   echo "API metrics:"
   curl -s "http://127.0.0.1:$port/metrics" | grep -E '^notiflow_api_(streams|deltas_total|streams_dropped_total|delta_lag_seconds_(sum|count))'
   ;;
