@@ -105,6 +105,12 @@ impl ApiConfig {
 
     /// Rules serde cannot check.
     pub fn validate(&self) -> Result<(), FieldError> {
+        self.valid_keys().map(|_| ())
+    }
+
+    /// Checks every rule and returns the keys (inline and from
+    /// `keys_file`, read once).
+    pub fn valid_keys(&self) -> Result<Vec<KeyConfig>, FieldError> {
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(bad(
                 "api.listen",
@@ -142,7 +148,8 @@ impl ApiConfig {
             return Err(bad("api.snapshot_minutes", "at most 1440 (one day)"));
         }
         let mut seen = HashSet::new();
-        for (i, k) in self.all_keys()?.iter().enumerate() {
+        let keys = self.all_keys()?;
+        for (i, k) in keys.iter().enumerate() {
             let field = |f: &str| format!("api.keys[{i}].{f}");
             let hex_ok = k.sha256.len() == 64
                 && k.sha256
@@ -169,7 +176,7 @@ impl ApiConfig {
                 (_, None) => {}
             }
         }
-        Ok(())
+        Ok(keys)
     }
 }
 

@@ -295,7 +295,17 @@ enum ReadError {
 
 impl From<redis::RedisError> for ReadError {
     fn from(e: redis::RedisError) -> Self {
-        ReadError::Redis(e.to_string())
+        ReadError::Redis(format!("Redis failed: {e}"))
+    }
+}
+
+impl ReadError {
+    /// The answer when no stale value can stand in: 503, or the caller's error.
+    fn into_api(self) -> ApiError {
+        match self {
+            ReadError::Api(e) => e,
+            ReadError::Redis(why) => ApiError::Unavailable(why),
+        }
     }
 }
 
@@ -368,11 +378,6 @@ impl Counters {
         &self.keys
     }
 
-    /// Range limits.
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
     /// The breaker's state.
     pub fn breaker_state(&self) -> State {
         self.breaker.state(Instant::now())
@@ -435,40 +440,19 @@ impl Counters {
                 .inc();
             return Ok(v.clone());
         }
-        let why = if self.breaker.allow(now) {
-            match tokio::time::timeout(self.timeout, read).await {
-                Ok(Ok(v)) => {
-                    self.breaker.success();
-                    let v = Arc::new(v);
-                    self.remember(cache_key, v.clone());
-                    self.metrics
-                        .counter_reads
-                        .with_label_values(&["fresh"])
-                        .inc();
-                    return Ok(v);
-                }
-                Ok(Err(ReadError::Api(e))) => {
-                    self.breaker.success();
-                    return Err(e);
-                }
-                Ok(Err(ReadError::Redis(e))) => {
-                    self.breaker.failure(Instant::now());
-                    format!("Redis failed: {e}")
-                }
-                Err(_) => {
-                    self.breaker.failure(Instant::now());
-                    format!(
-                        "Redis did not answer within {} ms",
-                        self.timeout.as_millis()
-                    )
-                }
+        let why = match self.attempt(read).await {
+            Ok(v) => {
+                let v = Arc::new(v);
+                self.remember(cache_key, v.clone());
+                self.metrics
+                    .counter_reads
+                    .with_label_values(&["fresh"])
+                    .inc();
+                return Ok(v);
             }
-        } else {
-            "Redis is unavailable (circuit breaker open)".to_string()
+            Err(ReadError::Api(e)) => return Err(e),
+            Err(ReadError::Redis(why)) => why,
         };
-        self.metrics
-            .breaker_open
-            .set(i64::from(self.breaker_state() != State::Closed));
         match cached {
             Some((v, _)) => {
                 self.metrics
@@ -491,6 +475,35 @@ impl Counters {
         }
     }
 
+    /// One read through the breaker, with the read timeout: a Redis error,
+    /// a timeout or an open breaker is `ReadError::Redis` (and counts
+    /// against the breaker); a caller's mistake passes through as is.
+    async fn attempt<T, F>(&self, read: F) -> Result<T, ReadError>
+    where
+        F: std::future::Future<Output = Result<T, ReadError>>,
+    {
+        if !self.breaker.allow(Instant::now()) {
+            return Err(ReadError::Redis(
+                "Redis is unavailable (circuit breaker open)".into(),
+            ));
+        }
+        let out = match tokio::time::timeout(self.timeout, read).await {
+            Ok(r) => r,
+            Err(_) => Err(ReadError::Redis(format!(
+                "Redis did not answer within {} ms",
+                self.timeout.as_millis()
+            ))),
+        };
+        match &out {
+            Err(ReadError::Redis(_)) => self.breaker.failure(Instant::now()),
+            _ => self.breaker.success(),
+        }
+        self.metrics
+            .breaker_open
+            .set(i64::from(self.breaker_state() != State::Closed));
+        out
+    }
+
     fn remember<T: Stale>(&self, key: String, v: Arc<T>) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= self.cache_cap && !cache.contains_key(&key) {
@@ -500,7 +513,6 @@ impl Counters {
             }
         }
         cache.insert(key, (v, Instant::now()));
-        self.metrics.breaker_open.set(0);
     }
 
     /// One client's series. `check_known`: 400 unless the client was ever counted.
@@ -620,14 +632,7 @@ impl Counters {
             }
             Ok(Some(out))
         };
-        match tokio::time::timeout(self.timeout, read).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(ReadError::Api(e))) => Err(e),
-            Ok(Err(ReadError::Redis(e))) => {
-                Err(ApiError::Unavailable(format!("Redis failed: {e}")))
-            }
-            Err(_) => Err(ApiError::Unavailable("Redis did not answer in time".into())),
-        }
+        self.attempt(read).await.map_err(ReadError::into_api)
     }
 
     /// A live stream's snapshot, read atomically with the deltas stream's
@@ -699,26 +704,7 @@ impl Counters {
                 top,
             })
         };
-        if !self.breaker.allow(Instant::now()) {
-            return Err(ApiError::Unavailable(
-                "Redis is unavailable (circuit breaker open); retry shortly".into(),
-            ));
-        }
-        match tokio::time::timeout(self.timeout, read).await {
-            Ok(Ok(s)) => {
-                self.breaker.success();
-                Ok(s)
-            }
-            Ok(Err(ReadError::Api(e))) => Err(e),
-            Ok(Err(ReadError::Redis(e))) => {
-                self.breaker.failure(Instant::now());
-                Err(ApiError::Unavailable(format!("Redis failed: {e}")))
-            }
-            Err(_) => {
-                self.breaker.failure(Instant::now());
-                Err(ApiError::Unavailable("Redis did not answer in time".into()))
-            }
-        }
+        self.attempt(read).await.map_err(ReadError::into_api)
     }
 }
 

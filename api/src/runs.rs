@@ -14,10 +14,10 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use notiflow_reports::detail::{DetailQuery, check_client};
+use notiflow_reports::detail::{DetailQuery, check_client, parse_values};
 use notiflow_reports::ledger::Ledger;
 use notiflow_reports::{BillingRequest, DetailRequest, EngineKind, Format, Manifest, Reports};
-use notiflow_schema::time::{format_rfc3339, parse_rfc3339};
+use notiflow_schema::time::format_rfc3339;
 use notiflow_schema::{Category, Country, Micros, Status};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OnceCell, Semaphore};
@@ -294,28 +294,11 @@ fn may_see(who: &Principal, run: &ReportRun) -> bool {
     }
 }
 
-fn parse_list<T>(
-    what: &str,
-    vals: &[String],
-    f: impl Fn(&str) -> Option<T>,
-) -> Result<Vec<T>, ApiError> {
-    vals.iter()
-        .map(|v| f(v).ok_or_else(|| ApiError::bad(format!("unknown {what} '{v}'"))))
-        .collect()
-}
-
 fn instant(tz: chrono_tz::Tz, name: &str, v: Option<&str>) -> Result<Micros, ApiError> {
     let text =
         v.ok_or_else(|| ApiError::bad(format!("`{name}` is required for a detail report")))?;
-    if let Ok(t) = parse_rfc3339(text) {
-        return Ok(t);
-    }
-    let day: chrono::NaiveDate = text.parse().map_err(|_| {
-        ApiError::bad(format!(
-            "`{name}`: '{text}' is neither RFC 3339 nor YYYY-MM-DD"
-        ))
-    })?;
-    Ok(notiflow_reports::billing::day_start(tz, day)?)
+    notiflow_reports::billing::instant(tz, text)
+        .map_err(|e| ApiError::bad(format!("`{name}`: {e}")))
 }
 
 enum Job {
@@ -388,9 +371,9 @@ pub async fn start(
                 client: client.clone(),
                 from: instant(tz, "from", req.from.as_deref())?,
                 to: instant(tz, "to", req.to.as_deref())?,
-                statuses: parse_list("status", &req.statuses, Status::parse)?,
-                categories: parse_list("category", &req.categories, Category::parse)?,
-                countries: parse_list("country", &req.countries, Country::parse)?,
+                statuses: parse_values("status", &req.statuses, Status::parse)?,
+                categories: parse_values("category", &req.categories, Category::parse)?,
+                countries: parse_values("country", &req.countries, Country::parse)?,
                 pii: req.pii,
             };
             query.validate(t_now, cfg.max_detail_days)?;
@@ -676,10 +659,7 @@ pub async fn scheduled(
                     outputs: outs,
                     scheduled_for: format_rfc3339(r.scheduled_for),
                     slot: r.scheduled_for,
-                    status: serde_json::to_value(r.status)
-                        .ok()
-                        .and_then(|v| v.as_str().map(String::from))
-                        .unwrap_or_default(),
+                    status: r.status.as_str().to_string(),
                     attempts: r.attempts,
                     started_at: format_rfc3339(r.started_at),
                     finished_at: r.finished_at.map(format_rfc3339),

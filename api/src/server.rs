@@ -76,8 +76,7 @@ pub struct Wiring {
 impl App {
     /// Builds the state; `registry` gets the API's series (and may hold others').
     pub fn new(cfg: ApiConfig, w: Wiring, registry: Registry) -> Result<Arc<App>, StartError> {
-        cfg.validate()?;
-        let keys = KeyStore::new(&cfg.all_keys()?);
+        let keys = KeyStore::new(&cfg.valid_keys()?);
         let metrics = ApiMetrics::new(&registry)?;
         let counters = Counters::new(
             &w.redis_url,
@@ -379,7 +378,7 @@ pub async fn series(
     ApiQuery(p): ApiQuery<SeriesParams>,
 ) -> Result<Response, ApiError> {
     let client = who.client(Some(&client))?;
-    notiflow_reports::detail::check_client(&client).map_err(|e| ApiError::bad(e.to_string()))?;
+    notiflow_reports::detail::check_client(&client)?;
     // A viewer's own client is known even before its first event.
     let check_known = who.role != Role::Viewer;
     let now = chrono::Utc::now().timestamp_micros();

@@ -85,7 +85,7 @@ pub async fn stream(
 ) -> Result<Response, ApiError> {
     let scope = who.scope(p.client.as_deref())?;
     if let Scope::Client(c) = &scope {
-        notiflow_reports::detail::check_client(c).map_err(|e| ApiError::bad(e.to_string()))?;
+        notiflow_reports::detail::check_client(c)?;
     }
     let resume = match headers.get("last-event-id") {
         None => None,
@@ -102,21 +102,28 @@ pub async fn stream(
     let now = chrono::Utc::now().timestamp_micros();
     let mut first: Vec<Bytes> = vec![Bytes::from_static(b"retry: 2000\n\n")];
     let mut floor: EntryId = (0, 0);
-    let replayed = match &resume {
-        Some((text, id)) => app.counters.replay(text, MAX_REPLAY).await?.map(|entries| {
-            floor = *id;
-            for (eid, d) in entries {
-                if let Some(pid) = parse_id(&eid) {
-                    floor = floor.max(pid);
-                }
-                if let Some(d) = visible(&scope, d) {
-                    first.push(delta_frame(&eid, &d));
-                }
-            }
-        }),
+    // Resume after Last-Event-ID when Redis still holds everything after it.
+    let replay = match &resume {
+        Some((text, id)) => app
+            .counters
+            .replay(text, MAX_REPLAY)
+            .await?
+            .map(|entries| (*id, entries)),
         None => None,
     };
-    if replayed.is_none() {
+    let resumed = replay.is_some();
+    if let Some((id, entries)) = replay {
+        floor = id;
+        for (eid, d) in entries {
+            if let Some(pid) = parse_id(&eid) {
+                floor = floor.max(pid);
+            }
+            if let Some(d) = visible(&scope, d) {
+                first.push(delta_frame(&eid, &d));
+            }
+        }
+    }
+    if !resumed {
         let client = match &scope {
             Scope::Client(c) => Some(c.as_str()),
             Scope::All => None,

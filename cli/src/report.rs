@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
-use notiflow_reports::detail::DetailQuery;
+use notiflow_reports::detail::{DetailQuery, parse_values};
 use notiflow_reports::ledger::Ledger;
 use notiflow_reports::schedule::Scheduler;
 use notiflow_reports::{BillingRequest, DetailRequest, EngineKind, Format, Manifest, Reports};
-use notiflow_schema::time::{format_rfc3339, parse_rfc3339};
+use notiflow_schema::time::format_rfc3339;
 use notiflow_schema::{Category, Country, Micros, Status as EventStatus};
 use tokio_util::sync::CancellationToken;
 
@@ -114,23 +114,7 @@ fn now() -> Micros {
 }
 
 fn instant(reports: &Reports, text: &str) -> anyhow::Result<Micros> {
-    if let Ok(t) = parse_rfc3339(text) {
-        return Ok(t);
-    }
-    let day: chrono::NaiveDate = text
-        .parse()
-        .map_err(|_| anyhow::anyhow!("'{text}' is neither RFC 3339 nor YYYY-MM-DD"))?;
-    Ok(notiflow_reports::billing::day_start(reports.tz(), day)?)
-}
-
-fn parse_list<T>(
-    what: &str,
-    vals: &[String],
-    f: impl Fn(&str) -> Option<T>,
-) -> anyhow::Result<Vec<T>> {
-    vals.iter()
-        .map(|v| f(v).ok_or_else(|| anyhow::anyhow!("unknown {what} '{v}'")))
-        .collect()
+    Ok(notiflow_reports::billing::instant(reports.tz(), text)?)
 }
 
 fn spinner(quiet: bool, what: &str) -> ProgressBar {
@@ -236,9 +220,9 @@ pub async fn command(action: ReportAction, cfg: &Config) -> anyhow::Result<()> {
                 client,
                 from: instant(&reports, &from)?,
                 to: instant(&reports, &to)?,
-                statuses: parse_list("status", &status, EventStatus::parse)?,
-                categories: parse_list("category", &category, Category::parse)?,
-                countries: parse_list("country", &country, Country::parse)?,
+                statuses: parse_values("status", &status, EventStatus::parse)?,
+                categories: parse_values("category", &category, Category::parse)?,
+                countries: parse_values("country", &country, Country::parse)?,
                 pii,
             };
             let req = DetailRequest {

@@ -45,6 +45,18 @@ pub fn day_start(tz: Tz, day: NaiveDate) -> Result<Micros, ReportError> {
     Err(ReportError::input(format!("{day} has no midnight in {tz}")))
 }
 
+/// An instant given as RFC 3339, or as a date `YYYY-MM-DD` meaning the
+/// start of that day in `tz` (how the CLI and the API take detail ranges).
+pub fn instant(tz: Tz, text: &str) -> Result<Micros, ReportError> {
+    if let Ok(t) = notiflow_schema::time::parse_rfc3339(text) {
+        return Ok(t);
+    }
+    let day: NaiveDate = text
+        .parse()
+        .map_err(|_| ReportError::input(format!("'{text}' is neither RFC 3339 nor YYYY-MM-DD")))?;
+    day_start(tz, day)
+}
+
 impl Window {
     /// The window of `day` in `tz`, looking back `lookback_days`.
     pub fn of(tz: Tz, day: NaiveDate, lookback_days: u32) -> Result<Window, ReportError> {

@@ -46,6 +46,18 @@ pub fn check_client(c: &str) -> Result<(), ReportError> {
     }
 }
 
+/// Parses filter values with `parse` (e.g. `Status::parse`); an unknown
+/// one is an input error naming `what` it should have been.
+pub fn parse_values<T>(
+    what: &str,
+    vals: &[String],
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Vec<T>, ReportError> {
+    vals.iter()
+        .map(|v| parse(v).ok_or_else(|| ReportError::input(format!("unknown {what} '{v}'"))))
+        .collect()
+}
+
 impl DetailQuery {
     /// The filters beyond time and client, as `(column, allowed values)`
     /// for each non-empty list; every engine turns them into `IN` lists.

@@ -27,7 +27,8 @@ pub enum Status {
 }
 
 impl Status {
-    fn as_str(self) -> &'static str {
+    /// The state's name, as stored and as JSON.
+    pub fn as_str(self) -> &'static str {
         match self {
             Status::Running => "running",
             Status::Retrying => "retrying",

@@ -197,6 +197,22 @@ fn follow(addr: &str, key: &'static str, client: &'static str) -> Follower {
     }
 }
 
+/// Whether the stream's model holds every count of the series.
+fn streamed_all(series: &serde_json::Value, model: &Mutex<Model>) -> bool {
+    let model = model.lock().unwrap();
+    series["points"].as_array().unwrap().iter().all(|p| {
+        let m = minute_of(parse_rfc3339(p["t"].as_str().unwrap()).unwrap());
+        let streamed = model.get(&m).copied().unwrap_or([0; SLOTS]);
+        let got: Vec<u64> = p["c"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        got == streamed
+    })
+}
+
 /// `(client, minute, slot) → count` of the ground truth.
 fn truth_cells(truth: &GroundTruth, client: &str) -> HashMap<(i64, usize), u64> {
     let mut out = HashMap::new();
@@ -276,14 +292,26 @@ fn live_counters_stream_reports_and_tenancy_end_to_end() {
     let mut generator = setup.generator(150_000, None);
     assert!(wait_timeout(&mut generator, Duration::from_secs(120)).success());
     setup.wait_drained(Duration::from_secs(120));
-    std::thread::sleep(Duration::from_secs(3));
+    // Everything is in Redis; wait until the stream has delivered it too.
+    let series_path = format!("/v1/clients/{CLIENT}/series");
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while !streamed_all(
+        &get(&addr, &series_path, Some(VIEWER)).json(),
+        &follower.model,
+    ) {
+        assert!(
+            Instant::now() < give_up,
+            "the stream never caught up with the series"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     follower.stop.store(true, Ordering::Relaxed);
     let (deltas, resumed) = follower.handle.join().unwrap();
     assert!(deltas > 3, "only {deltas} deltas reached the stream");
     assert!(resumed, "no delta after the Last-Event-ID reconnect");
 
     // The series, the stream's model and the ground truth agree cell for cell.
-    let series = get(&addr, &format!("/v1/clients/{CLIENT}/series"), Some(VIEWER)).json();
+    let series = get(&addr, &series_path, Some(VIEWER)).json();
     assert_eq!(series["stale"], false);
     let truth = GroundTruth::read(&setup.truth_path()).unwrap();
     let want = truth_cells(&truth, CLIENT);
@@ -315,7 +343,11 @@ fn live_counters_stream_reports_and_tenancy_end_to_end() {
     // loopback (64 KiB segments) the kernel takes over a megabyte per
     // socket, so a filler client's deltas make sure the queue overflows.
     filler_deltas(&setup, 40, 2000);
-    std::thread::sleep(Duration::from_secs(2));
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while metric(&addr, "notiflow_api_streams_dropped_total") < 1.0 {
+        assert!(Instant::now() < give_up, "no stream dropped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = vec![0u8; 1 << 16];
     let mut total = 0usize;
@@ -429,7 +461,7 @@ fn auth_matrix_and_bad_input(addr: &str) {
             } else {
                 let r = match &body {
                     Some(b) => post(addr, &path, key, b),
-                    None => http::request(method, addr, &path, &auth(key), None),
+                    None => http::send(method, addr, &path, key, None),
                 };
                 if r.status >= 400 {
                     let j = r.json();
@@ -479,29 +511,13 @@ fn auth_matrix_and_bad_input(addr: &str) {
         let r = post(addr, "/v1/reports", Some(ADMIN), &body);
         assert_eq!(r.status, 400, "{body}: {}", r.text());
     }
-    let r = http::request(
-        "POST",
-        addr,
-        "/v1/reports",
-        &auth(Some(ADMIN)),
-        Some(b"{not json"),
-    );
+    let r = http::send("POST", addr, "/v1/reports", Some(ADMIN), Some(b"{not json"));
     assert_eq!(r.status, 400);
     // pii needs the permission; a viewer's detail is held to its client.
     let pii = serde_json::json!({"kind": "detail", "from": "2026-11-01", "to": "2026-11-02", "pii": true});
     assert_eq!(post(addr, "/v1/reports", Some(VIEWER), &pii).status, 403);
     let other = serde_json::json!({"kind": "detail", "client": "client-00001", "from": "2026-11-01", "to": "2026-11-02"});
     assert_eq!(post(addr, "/v1/reports", Some(VIEWER), &other).status, 403);
-}
-
-fn auth(key: Option<&str>) -> Vec<(&'static str, &str)> {
-    match key {
-        None => vec![],
-        Some(k) => vec![(
-            "Authorization",
-            Box::leak(format!("Bearer {k}").into_boxed_str()),
-        )],
-    }
 }
 
 fn wait_run(addr: &str, key: &str, id: &str) -> serde_json::Value {

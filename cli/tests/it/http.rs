@@ -143,24 +143,24 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     }
 }
 
-/// GET with a bearer key (None: no credentials).
-pub fn get(addr: &str, path: &str, key: Option<&str>) -> Resp {
+/// One request with a bearer key (None: no credentials).
+pub fn send(method: &str, addr: &str, path: &str, key: Option<&str>, body: Option<&[u8]>) -> Resp {
     let auth = key.map(|k| format!("Bearer {k}"));
     let h: Vec<(&str, &str)> = auth
         .as_deref()
         .map(|a| vec![("Authorization", a)])
         .unwrap_or_default();
-    request("GET", addr, path, &h, None)
+    request(method, addr, path, &h, body)
+}
+
+/// GET with a bearer key (None: no credentials).
+pub fn get(addr: &str, path: &str, key: Option<&str>) -> Resp {
+    send("GET", addr, path, key, None)
 }
 
 /// POST JSON with a bearer key.
 pub fn post(addr: &str, path: &str, key: Option<&str>, body: &serde_json::Value) -> Resp {
-    let auth = key.map(|k| format!("Bearer {k}"));
-    let h: Vec<(&str, &str)> = auth
-        .as_deref()
-        .map(|a| vec![("Authorization", a)])
-        .unwrap_or_default();
-    request("POST", addr, path, &h, Some(body.to_string().as_bytes()))
+    send("POST", addr, path, key, Some(body.to_string().as_bytes()))
 }
 
 /// One SSE event.
