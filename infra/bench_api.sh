@@ -19,6 +19,7 @@ what=${1:-reads}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 set -a
+# shellcheck disable=SC1090
 source <(infra/up.sh)
 set +a
 

@@ -1,15 +1,81 @@
 #!/usr/bin/env bash
-# The README's first command: starts the local servers (installing what is
-# missing), builds notiflow and runs `notiflow demo` until Ctrl-C.
+# The README's first command. On a fresh machine it installs and starts the
+# local servers (infra/up.sh: broker, Redis, S3), builds notiflow, then runs
+# `notiflow demo`: generator, ingest, aggregator, lake writer, report
+# scheduler and API with the dashboard, with embedded defaults (local
+# folder lake, SQLite catalog), until Ctrl-C. It prints the dashboard URL
+# and a demo API key.
+#
+# Ctrl-C (or SIGTERM to this script) stops notiflow cleanly and then stops
+# the servers that this run started; servers that were already running are
+# left as they were. --keep-servers keeps them all.
+#
+# Usage: infra/demo.sh [--keep-servers] [--rate 100M/day|1160/s|...]
+# Environment: NOTIFLOW_BIN runs that binary instead of building one (the
+# tests do); NOTIFLOW__SECTION__FIELD variables configure notiflow.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=infra/lib.sh
 source infra/lib.sh
-use_build_cache
-ensure_build_deps
+
+keep=0
+args=()
+for a in "$@"; do
+  if [[ $a == --keep-servers ]]; then keep=1; else args+=("$a"); fi
+done
+
+SERVICES=(tansu redis moto)
+declare -A before
+for s in "${SERVICES[@]}"; do before[$s]=$(live_pid "$s"); done
+
+if [[ -z ${NOTIFLOW_BIN:-} ]]; then
+  use_build_cache
+  ensure_build_deps
+fi
+# Captured first: a failing up.sh must stop the demo here.
+env_lines=$(infra/up.sh)
 set -a
 # shellcheck disable=SC1090
-source <(infra/up.sh)
+source <(printf '%s\n' "$env_lines")
 set +a
-cargo build --locked -p notiflow
-exec "$CARGO_TARGET_DIR/debug/notiflow" demo "$@"
+started=()
+for s in "${SERVICES[@]}"; do
+  now=$(live_pid "$s")
+  [[ -n $now && $now != "${before[$s]}" ]] && started+=("$s")
+done
+
+# shellcheck disable=SC2317  # called by the EXIT trap
+stop_started() {
+  if ((keep == 0 && ${#started[@]})); then
+    log "stopping the servers this demo started: ${started[*]}"
+    infra/down.sh "${started[@]}" || true
+  fi
+}
+trap stop_started EXIT
+
+# The servers up.sh reported, unless the caller configured others.
+export NOTIFLOW__KAFKA__BROKERS=${NOTIFLOW__KAFKA__BROKERS:-$KAFKA_BROKERS}
+export NOTIFLOW__REDIS__URL=${NOTIFLOW__REDIS__URL:-$REDIS_URL}
+
+bin=${NOTIFLOW_BIN:-}
+if [[ -z $bin ]]; then
+  # The same command and features as infra/test.sh's build, so the demo and
+  # the tests share one build of the dependencies (DuckDB, DataFusion).
+  log "building notiflow (the first build on a new machine takes a while)"
+  cargo test --locked --workspace --no-run >&2
+  bin=$CARGO_TARGET_DIR/debug/notiflow
+fi
+
+"$bin" demo "${args[@]}" &
+child=$!
+# Ctrl-C reaches notiflow directly (same process group); a signal sent to
+# this script alone is passed on. Either way, wait for it to finish.
+trap 'kill -INT $child 2>/dev/null || true' INT
+trap 'kill -TERM $child 2>/dev/null || true' TERM
+status=0
+while :; do
+  wait "$child" && status=0 || status=$?
+  # wait returns early (status > 128) when a trapped signal arrives.
+  [[ -d /proc/$child ]] || break
+done
+exit "$status"

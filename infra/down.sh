@@ -4,6 +4,7 @@
 # was already running before up.sh is left alone. Idempotent: with nothing
 # of ours running it just says so and exits 0. Data stays in the state dir
 # (tansu's SQLite file); pass --purge to delete the state dir as well.
+# Usage: down.sh [--purge] [tansu|redis|moto ...] (no names: all three).
 set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -38,10 +39,15 @@ stop() {
 }
 
 main() {
-  local purge=0
-  [[ ${1:-} == --purge ]] && purge=1
-  for name in moto redis tansu; do stop "$name"; done
-  rm -f "$STATE_DIR/env"
+  local purge=0 name names=()
+  [[ ${1:-} == --purge ]] && purge=1 && shift
+  for name in "$@"; do
+    [[ $name =~ ^(tansu|redis|moto)$ ]] || die "unknown service '$name' (tansu, redis or moto)"
+    names+=("$name")
+  done
+  ((${#names[@]})) || names=(moto redis tansu)
+  for name in "${names[@]}"; do stop "$name"; done
+  ((${#names[@]} < 3)) || rm -f "$STATE_DIR/env"
   if ((purge)); then
     log "removing $STATE_DIR"
     rm -rf "$STATE_DIR"

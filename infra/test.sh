@@ -26,6 +26,7 @@ set -a
 source <(printf '%s\n' "$env_lines")
 set +a
 
+infra/check_deploy.sh
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy --all-targets -D warnings"

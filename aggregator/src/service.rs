@@ -473,7 +473,12 @@ async fn apply(
     let mut delay = Duration::from_millis(100);
     loop {
         let started = Instant::now();
-        match scripts.apply(conn, &call).await {
+        let span = tracing::info_span!(
+            "aggregator.apply",
+            events = pending.record_ms.len(),
+            partitions = pending.offsets.len()
+        );
+        match tracing::Instrument::instrument(scripts.apply(conn, &call), span).await {
             Ok(a) => {
                 metrics
                     .apply_seconds

@@ -102,6 +102,28 @@ pub fn key_hash(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
+/// A new random key (`nfk_` and 48 hex digits from the OS's random source)
+/// and its config entry; only the entry's sha256 is ever stored.
+pub fn new_key(
+    name: String,
+    role: Role,
+    client: Option<String>,
+    pii: bool,
+) -> std::io::Result<(String, KeyConfig)> {
+    use std::io::Read;
+    let mut raw = [0u8; 24];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
+    let key = format!("nfk_{}", hex::encode(raw));
+    let entry = KeyConfig {
+        name,
+        sha256: key_hash(&key),
+        role,
+        client,
+        pii,
+    };
+    Ok((key, entry))
+}
+
 impl KeyStore {
     /// From validated config.
     pub fn new(keys: &[KeyConfig]) -> KeyStore {

@@ -189,6 +189,7 @@ pub struct ReportRuns {
     kept: usize,
     one_at_a_time: Arc<Semaphore>,
     metrics: ApiMetrics,
+    report_metrics: notiflow_reports::Metrics,
 }
 
 fn now() -> Micros {
@@ -211,6 +212,7 @@ impl ReportRuns {
         lake: notiflow_lake::LakeConfig,
         kept: usize,
         metrics: ApiMetrics,
+        report_metrics: notiflow_reports::Metrics,
     ) -> ReportRuns {
         ReportRuns {
             reports_cfg: reports,
@@ -221,6 +223,7 @@ impl ReportRuns {
             kept,
             one_at_a_time: Arc::new(Semaphore::new(1)),
             metrics,
+            report_metrics,
         }
     }
 
@@ -229,7 +232,7 @@ impl ReportRuns {
             .get_or_try_init(|| async {
                 Reports::open(&self.reports_cfg, &self.lake_cfg)
                     .await
-                    .map(Arc::new)
+                    .map(|r| Arc::new(r.with_metrics(self.report_metrics.clone())))
             })
             .await
             .cloned()

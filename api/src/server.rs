@@ -71,6 +71,9 @@ pub struct Wiring {
     pub reports: notiflow_reports::ReportsConfig,
     /// The lake (catalog, warehouse).
     pub lake: notiflow_lake::LakeConfig,
+    /// Where report runs started here record their durations (shared with
+    /// a scheduler in the same process).
+    pub report_metrics: notiflow_reports::Metrics,
 }
 
 impl App {
@@ -96,7 +99,13 @@ impl App {
             metrics.clone(),
         );
         let hub = Hub::new(cfg.stream_queue, cfg.max_streams, metrics.clone());
-        let runs = ReportRuns::new(w.reports, w.lake, cfg.report_runs_kept, metrics.clone());
+        let runs = ReportRuns::new(
+            w.reports,
+            w.lake,
+            cfg.report_runs_kept,
+            metrics.clone(),
+            w.report_metrics,
+        );
         Ok(Arc::new(App {
             cfg,
             keys,
@@ -197,7 +206,8 @@ async fn track(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
     let t0 = Instant::now();
-    let resp = next.run(req).await;
+    let span = tracing::info_span!("http.request", method = %req.method(), route = %route);
+    let resp = tracing::Instrument::instrument(next.run(req), span).await;
     app.metrics
         .latency
         .with_label_values(&[&route])

@@ -43,6 +43,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Prometheus exposition.
     pub metrics: MetricsConfig,
+    /// OpenTelemetry span export.
+    pub traces: TracesConfig,
     /// The load generator's traffic shape (`[gen]`).
     #[serde(rename = "gen")]
     pub generator: GenConfig,
@@ -64,6 +66,17 @@ pub struct LogConfig {
 pub struct MetricsConfig {
     /// `host:port` serving `/metrics`; empty turns the endpoint off.
     pub listen: String,
+}
+
+/// OpenTelemetry span export (off unless an endpoint is set).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracesConfig {
+    /// OTLP/HTTP traces URL of a collector, e.g.
+    /// `http://otel-collector:4318/v1/traces`; empty: no export.
+    pub otlp_endpoint: String,
+    /// The `service.name` resource of the spans (one per component, say).
+    pub service_name: String,
 }
 
 /// Log line format.
@@ -147,6 +160,20 @@ impl Config {
             return Err(invalid(
                 "metrics.listen".into(),
                 format!("{:?} is not host:port (or empty)", self.metrics.listen),
+            ));
+        }
+        let ep = &self.traces.otlp_endpoint;
+        let is_url = ep.starts_with("http://") || ep.starts_with("https://");
+        if !ep.is_empty() && !is_url {
+            return Err(invalid(
+                "traces.otlp_endpoint".into(),
+                format!("{ep:?} is not an http(s) URL (or empty)"),
+            ));
+        }
+        if self.traces.service_name.trim().is_empty() {
+            return Err(invalid(
+                "traces.service_name".into(),
+                "must not be empty".into(),
             ));
         }
         self.generator

@@ -11,13 +11,16 @@
 //!  notiflow run reports ─▶ the report scheduler (cron jobs, catch-up, retries)
 //!  notiflow run api      ─▶ api     ─▶ HTTP API, live SSE stream, web dashboard
 //!  notiflow api-key      ─▶ a new API key and its `[[api.keys]]` entry
-//!  notiflow demo         ─▶ generator, ingest, aggregator and lake writer, against the local servers (infra/up.sh)
+//!  notiflow demo         ─▶ every component in one process (generator, ingest, aggregator, lake, scheduler, API) against the local servers
 //!  notiflow config       ─▶ the effective config, validated
 //! ```
 
+mod components;
 mod config;
+mod demo;
 mod metrics;
 mod report;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,13 +28,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use notiflow_ingest::kafka;
 use notiflow_ingest::service::CountingSink;
-use notiflow_ingest::{SchemaRegistry, kafka};
 use notiflow_loadgen::{RunOptions, run_blocking};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
-use crate::config::{Config, LogFormat};
+use crate::config::Config;
 
 /// Real-time WhatsApp notification analytics.
 #[derive(Parser)]
@@ -53,7 +55,7 @@ enum Command {
         /// Which component.
         component: Component,
     },
-    /// Local demo: create topics, then generate traffic, validate it, count it in Redis and write it to the lake until Ctrl-C.
+    /// Local demo: every component in one process (generator, ingest, aggregator, lake writer, report scheduler, API and dashboard) until Ctrl-C; prints the dashboard URL and a demo API key.
     Demo {
         /// Target rate (`100M/day`, `1160/s`, …); default from `[gen] rate`.
         #[arg(long)]
@@ -169,7 +171,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logs(&cfg);
+    let _traces = match telemetry::init(&cfg) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("notiflow: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -184,18 +192,6 @@ fn main() -> ExitCode {
             eprintln!("notiflow: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logs(cfg: &Config) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cfg.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
     }
 }
 
@@ -256,15 +252,12 @@ async fn dispatch(command: Command, mut cfg: Config) -> anyhow::Result<()> {
         Command::Run {
             component: Component::Ingest,
         } => {
-            let registry = registry(&cfg)?;
-            let stats = notiflow_ingest::service::run(
-                &cfg.kafka,
-                registry,
-                &cfg.ingest,
-                &mut CountingSink::default(),
-                shutdown_token(),
-            )
-            .await?;
+            let shutdown = shutdown_token();
+            let prom = metrics::registry()?;
+            let m = notiflow_ingest::Metrics::new(&prom)?;
+            metrics::serve(&cfg.metrics.listen, prom, shutdown.clone()).await?;
+            let mut sink = CountingSink::default();
+            let stats = components::ingest(&cfg, m, &mut sink, shutdown).await?;
             println!("{stats:?}");
             Ok(())
         }
@@ -272,19 +265,10 @@ async fn dispatch(command: Command, mut cfg: Config) -> anyhow::Result<()> {
             component: Component::Aggregator,
         } => {
             let shutdown = shutdown_token();
-            let prom = prometheus::Registry::new();
-            let metrics = notiflow_aggregator::Metrics::new(&prom)?;
+            let prom = metrics::registry()?;
+            let m = notiflow_aggregator::Metrics::new(&prom)?;
             metrics::serve(&cfg.metrics.listen, prom, shutdown.clone()).await?;
-            let stats = notiflow_aggregator::service::run(
-                &cfg.kafka,
-                registry(&cfg)?,
-                &cfg.redis,
-                &cfg.aggregator,
-                metrics,
-                &[],
-                shutdown,
-            )
-            .await?;
+            let stats = components::aggregator(&cfg, m, shutdown).await?;
             println!("{stats:?}");
             Ok(())
         }
@@ -292,27 +276,36 @@ async fn dispatch(command: Command, mut cfg: Config) -> anyhow::Result<()> {
             component: Component::Lake,
         } => {
             let shutdown = shutdown_token();
-            let prom = prometheus::Registry::new();
-            let metrics = notiflow_lake::Metrics::new(&prom)?;
+            let prom = metrics::registry()?;
+            let m = notiflow_lake::Metrics::new(&prom)?;
             metrics::serve(&cfg.metrics.listen, prom, shutdown.clone()).await?;
-            let stats = notiflow_lake::run(
-                &cfg.kafka,
-                registry(&cfg)?,
-                &cfg.lake,
-                metrics,
-                &[],
-                shutdown,
-            )
-            .await?;
+            let stats = components::lake(&cfg, m, shutdown).await?;
             println!("{stats:?}");
             Ok(())
         }
         Command::Run {
             component: Component::Reports,
-        } => report::scheduler(&cfg, shutdown_token()).await,
+        } => {
+            let shutdown = shutdown_token();
+            let prom = metrics::registry()?;
+            let m = notiflow_reports::Metrics::new(&prom)?;
+            metrics::serve(&cfg.metrics.listen, prom, shutdown.clone()).await?;
+            components::scheduler(&cfg, m, shutdown).await
+        }
         Command::Run {
             component: Component::Api,
-        } => api(&cfg).await,
+        } => {
+            // The API serves its registry on its own port's `/metrics`.
+            let prom = metrics::registry()?;
+            let m = notiflow_reports::Metrics::new(&prom)?;
+            let api = components::Api::bind(&cfg, prom, m)?;
+            let addr = api.addr;
+            println!(
+                "notiflow API on http://{addr}/ (dashboard: http://{addr}/dashboard/, OpenAPI: http://{addr}/openapi.json, metrics: http://{addr}/metrics)"
+            );
+            api.serve(shutdown_token()).await;
+            Ok(())
+        }
         Command::ApiKey {
             name,
             role,
@@ -382,31 +375,9 @@ async fn dispatch(command: Command, mut cfg: Config) -> anyhow::Result<()> {
                 cfg.generator.rate = r;
                 cfg.validate()?;
             }
-            demo(cfg).await
+            demo::run(cfg, shutdown_token()).await
         }
     }
-}
-
-/// Serves the API and dashboard until Ctrl-C.
-async fn api(cfg: &Config) -> anyhow::Result<()> {
-    let shutdown = shutdown_token();
-    let wiring = notiflow_api::Wiring {
-        redis_url: cfg.redis.url.clone(),
-        key_prefix: cfg.redis.key_prefix.clone(),
-        minute_retention_hours: cfg.aggregator.minute_retention_hours,
-        reports: cfg.reports.clone(),
-        lake: cfg.lake.clone(),
-    };
-    let app = notiflow_api::App::new(cfg.api.clone(), wiring, prometheus::Registry::new())?;
-    let listener = notiflow_api::bind(&cfg.api.listen)
-        .with_context(|| format!("binding api.listen {}", cfg.api.listen))?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "serving the API");
-    println!(
-        "notiflow API on http://{addr}/ (dashboard: http://{addr}/dashboard/, OpenAPI: http://{addr}/openapi.json)"
-    );
-    notiflow_api::run(app, listener, cfg.redis.url.clone(), shutdown).await;
-    Ok(())
 }
 
 /// Prints a new random API key and its config entry.
@@ -417,24 +388,10 @@ fn api_key(
     client: Option<String>,
     pii: bool,
 ) -> anyhow::Result<()> {
-    use std::io::Read;
     let role: notiflow_api::auth::Role = serde_json::from_value(serde_json::Value::from(role))
         .map_err(|_| anyhow::anyhow!("--role must be viewer, finance or admin"))?;
-    let mut raw = [0u8; 24];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut raw))
-        .context("reading /dev/urandom")?;
-    let key = format!(
-        "nfk_{}",
-        raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    );
-    let entry = notiflow_api::config::KeyConfig {
-        name,
-        sha256: notiflow_api::auth::key_hash(&key),
-        role,
-        client,
-        pii,
-    };
+    let (key, entry) = notiflow_api::auth::new_key(name, role, client, pii)
+        .context("reading the OS random source")?;
     let mut check = cfg.api.clone();
     check.keys = vec![entry.clone()];
     check.keys_file = String::new();
@@ -470,15 +427,6 @@ async fn compact_once(cfg: &Config) -> anyhow::Result<()> {
         report.orphans
     );
     Ok(())
-}
-
-fn registry(cfg: &Config) -> anyhow::Result<SchemaRegistry> {
-    Ok(match &cfg.schema_registry.url {
-        Some(url) => {
-            SchemaRegistry::http(url, Duration::from_millis(cfg.schema_registry.timeout_ms))?
-        }
-        None => SchemaRegistry::from_files(&cfg.schema_registry.files)?,
-    })
 }
 
 async fn gen_command(args: GenArgs, mut cfg: Config) -> anyhow::Result<()> {
@@ -535,110 +483,6 @@ async fn gen_command(args: GenArgs, mut cfg: Config) -> anyhow::Result<()> {
         args.truth
             .map(|p| format!(", ground truth in {}", p.display()))
             .unwrap_or_default(),
-    );
-    Ok(())
-}
-
-async fn demo(mut cfg: Config) -> anyhow::Result<()> {
-    let shutdown = shutdown_token();
-    if cfg.generator.malformed_share == 0.0 {
-        cfg.generator.malformed_share = 0.001;
-    }
-    println!(
-        "notiflow demo: generating {} into {} at {}; Ctrl-C stops",
-        cfg.kafka.topic, cfg.kafka.brokers, cfg.generator.rate
-    );
-    kafka::wait_for_broker(&cfg.kafka, &shutdown).await?;
-    kafka::ensure_topics(&cfg.kafka).await?;
-    let counter = CountingSink::default();
-    let ingest = {
-        let (cfg, shutdown, mut sink) = (cfg.clone(), shutdown.clone(), counter.clone());
-        tokio::spawn(async move {
-            let registry = registry(&cfg)?;
-            anyhow::Ok(
-                notiflow_ingest::service::run(
-                    &cfg.kafka,
-                    registry,
-                    &cfg.ingest,
-                    &mut sink,
-                    shutdown,
-                )
-                .await?,
-            )
-        })
-    };
-    let prom = prometheus::Registry::new();
-    let agg_metrics = notiflow_aggregator::Metrics::new(&prom)?;
-    let lake_metrics = notiflow_lake::Metrics::new(&prom)?;
-    if let Some(addr) = metrics::serve(&cfg.metrics.listen, prom, shutdown.clone()).await? {
-        println!("metrics on http://{addr}/metrics");
-    }
-    let aggregator = {
-        let (cfg, shutdown, m) = (cfg.clone(), shutdown.clone(), agg_metrics.clone());
-        tokio::spawn(async move {
-            let registry = registry(&cfg)?;
-            anyhow::Ok(
-                notiflow_aggregator::service::run(
-                    &cfg.kafka,
-                    registry,
-                    &cfg.redis,
-                    &cfg.aggregator,
-                    m,
-                    &[],
-                    shutdown,
-                )
-                .await?,
-            )
-        })
-    };
-    let lake = {
-        let (cfg, shutdown, m) = (cfg.clone(), shutdown.clone(), lake_metrics.clone());
-        tokio::spawn(async move {
-            let registry = registry(&cfg)?;
-            anyhow::Ok(notiflow_lake::run(&cfg.kafka, registry, &cfg.lake, m, &[], shutdown).await?)
-        })
-    };
-    let generator = {
-        let (kafka_cfg, gen_cfg, shutdown) =
-            (cfg.kafka.clone(), cfg.generator.clone(), shutdown.clone());
-        tokio::task::spawn_blocking(move || {
-            run_blocking(&kafka_cfg, &gen_cfg, &RunOptions::default(), &shutdown)
-        })
-    };
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    while !shutdown.is_cancelled()
-        && !generator.is_finished()
-        && !ingest.is_finished()
-        && !aggregator.is_finished()
-        && !lake.is_finished()
-    {
-        tokio::select! {
-            _ = tick.tick() => println!(
-                "ingest has validated {} events; the aggregator has counted {} in Redis ({}); the lake has committed {} rows to {}",
-                counter.0.load(std::sync::atomic::Ordering::Relaxed),
-                agg_metrics.events.with_label_values(&["counted"]).get(),
-                cfg.redis.url,
-                lake_metrics.rows.get(),
-                cfg.lake.warehouse,
-            ),
-            _ = shutdown.cancelled() => {}
-        }
-    }
-    shutdown.cancel();
-    let report = generator.await.context("generator task")??;
-    let stats = ingest.await.context("ingest task")??;
-    let agg = aggregator.await.context("aggregator task")??;
-    let lake = lake.await.context("lake task")??;
-    println!(
-        "demo stopped: generated {} records; ingest consumed {}, valid {}, dead-lettered {:?}; aggregator counted {} in {} batches; lake committed {} rows in {} snapshots",
-        report.records,
-        stats.records,
-        stats.valid,
-        stats.rejected,
-        agg.counted,
-        agg.batches,
-        lake.rows,
-        lake.commits
     );
     Ok(())
 }

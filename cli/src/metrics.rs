@@ -9,8 +9,20 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use prometheus::proto::MetricType;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio_util::sync::CancellationToken;
+
+/// A registry for one process, with the standard process series
+/// (`process_resident_memory_bytes`, CPU seconds, open fds).
+pub fn registry() -> anyhow::Result<Registry> {
+    let r = Registry::new();
+    r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))
+    .context("registering the process metrics")?;
+    Ok(r)
+}
 
 /// Binds `listen` (unless empty) and serves `registry` until `shutdown`.
 pub async fn serve(
@@ -38,6 +50,26 @@ pub async fn serve(
     });
     tracing::info!(%addr, "serving /metrics");
     Ok(Some(addr))
+}
+
+/// The sum of every sample of the counter or gauge family `name` (0 when
+/// it has none yet), for progress lines.
+pub fn sum(registry: &Registry, name: &str) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| {
+            let counter = f.get_field_type() == MetricType::COUNTER;
+            f.get_metric().iter().map(move |m| {
+                if counter {
+                    m.get_counter().get_value()
+                } else {
+                    m.get_gauge().get_value()
+                }
+            })
+        })
+        .sum()
 }
 
 async fn metrics(State(registry): State<Registry>) -> impl IntoResponse {

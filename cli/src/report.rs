@@ -3,7 +3,6 @@
 //! the scheduler as a long-running process. The work itself lives in the
 //! reports crate; this module parses flags and prints.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -11,11 +10,9 @@ use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use notiflow_reports::detail::{DetailQuery, parse_values};
 use notiflow_reports::ledger::Ledger;
-use notiflow_reports::schedule::Scheduler;
 use notiflow_reports::{BillingRequest, DetailRequest, EngineKind, Format, Manifest, Reports};
 use notiflow_schema::time::format_rfc3339;
 use notiflow_schema::{Category, Country, Micros, Status as EventStatus};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
@@ -243,31 +240,5 @@ pub async fn command(action: ReportAction, cfg: &Config) -> anyhow::Result<()> {
         ReportAction::Runs { .. } => unreachable!("handled above"),
     };
     summary(&reports, &manifest, started.elapsed());
-    Ok(())
-}
-
-/// `notiflow run reports`: the scheduler until `shutdown`.
-pub async fn scheduler(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let ledger = Ledger::open(&cfg.lake.catalog_uri)
-        .await
-        .context("opening the run ledger")?;
-    let reports = Arc::new(
-        Reports::open(&cfg.reports, &cfg.lake)
-            .await
-            .context("opening the reports")?,
-    );
-    let owner = format!(
-        "{}-{}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
-        std::process::id()
-    );
-    let sched = Scheduler::new(reports, ledger, owner)?;
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.cancelled().await;
-        let _ = tx.send(true);
-    });
-    tracing::info!(jobs = cfg.reports.jobs.len(), "report scheduler started");
-    sched.run(rx).await?;
     Ok(())
 }

@@ -204,5 +204,14 @@ $("logout").addEventListener("click", () => {
   location.reload();
 });
 setInterval(draw, 10000);
-const saved = sessionStorage.getItem("notiflow.key");
-if (saved) { login(saved).catch(() => sessionStorage.removeItem("notiflow.key")); }
+// A link with "#key=..." (the demo prints one) signs in with that key; the
+// fragment never reaches the server and is removed from the address bar.
+const linked = new URLSearchParams(location.hash.slice(1)).get("key");
+if (linked) { history.replaceState(null, "", location.pathname + location.search); }
+const saved = linked || sessionStorage.getItem("notiflow.key");
+if (saved) {
+  login(saved).catch((e) => {
+    sessionStorage.removeItem("notiflow.key");
+    $("login-error").textContent = e.message;
+  });
+}

@@ -23,8 +23,25 @@ use crate::config::{IngestConfig, KafkaConfig};
 use crate::dlq::DlqWriter;
 use crate::error::{IngestError, Reject};
 use crate::kafka::{ensure_topics, wait_for_broker};
+use crate::metrics::Metrics;
+use crate::rebalance::Handoff;
 use crate::registry::SchemaRegistry;
-use crate::source::{Source, now_micros, sleep_or_cancel, view};
+use crate::source::{Source, next_offsets, now_micros, sleep_or_cancel, view};
+
+/// Consumer context that keeps the high watermarks librdkafka's statistics
+/// report, for the lag gauge.
+struct Watermarks {
+    topic: String,
+    highs: Handoff<()>,
+}
+
+impl rdkafka::ClientContext for Watermarks {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.highs.record_highs(&self.topic, &statistics);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Watermarks {}
 
 /// Where valid events go.
 pub trait EventSink: Send {
@@ -67,15 +84,27 @@ pub async fn run(
     registry: SchemaRegistry,
     cfg: &IngestConfig,
     sink: &mut impl EventSink,
+    metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<Stats, IngestError> {
     wait_for_broker(kafka, &shutdown).await?;
     ensure_topics(kafka).await?;
-    let source = Source::subscribe(kafka, &cfg.group_id, &[])?;
+    let highs = Handoff::default();
+    let source = Source::subscribe_with(
+        kafka,
+        &cfg.group_id,
+        &[("statistics.interval.ms", "1000")],
+        Watermarks {
+            topic: kafka.topic.clone(),
+            highs: highs.clone(),
+        },
+    )?;
     let dlq = DlqWriter::new(kafka)?;
     let mut decoder = Decoder::new(registry);
     let mut stats = Stats::default();
     let mut last_log = Instant::now();
+    // Next offset per partition consumed so far, for the lag gauge.
+    let mut positions = BTreeMap::new();
     let max_wait = Duration::from_millis(cfg.batch_max_wait_ms);
     tracing::info!(topic = %kafka.topic, group = %cfg.group_id, "ingest running");
 
@@ -92,8 +121,11 @@ pub async fn run(
             }
         };
         if batch.is_empty() {
+            // Idle: the watermarks may have arrived after the last batch.
+            update_lag(&metrics, &highs, &positions);
             continue;
         }
+        let started = Instant::now();
         let now = now_micros();
         let views: Vec<_> = batch.iter().map(|m| view(m, now)).collect();
         let mut backoff = Backoff::new("schema registry");
@@ -102,6 +134,7 @@ pub async fn run(
         }
 
         let mut rejects: Vec<(&_, Reject)> = Vec::new();
+        let decode = tracing::info_span!("ingest.validate", records = batch.len()).entered();
         for (m, v) in batch.iter().zip(&views) {
             match decoder.decode(v) {
                 Ok(ev) => {
@@ -111,22 +144,35 @@ pub async fn run(
                         rdkafka::Message::offset(m),
                     );
                     stats.valid += 1;
+                    metrics.valid.inc();
                 }
                 Err(r) => {
                     *stats.rejected.entry(r.code()).or_default() += 1;
+                    metrics.dlq.with_label_values(&[r.code()]).inc();
                     rejects.push((m, r));
                 }
             }
         }
+        drop(decode);
         let mut backoff = Backoff::new("dead-letter produce");
-        while let Err(e) = dlq.send_all(&rejects).await {
+        let span = tracing::info_span!("ingest.dead_letter", records = rejects.len());
+        while let Err(e) =
+            tracing::Instrument::instrument(dlq.send_all(&rejects), span.clone()).await
+        {
             backoff.wait_or_fail(e, &shutdown).await?;
         }
         if let Err(e) = source.commit(&batch) {
             // The batch will be seen again after a restart: at least once.
             tracing::warn!(error = %e, "offset commit failed");
+            metrics.commit_errors.inc();
         }
         stats.records += batch.len() as u64;
+        metrics.records.inc_by(batch.len() as u64);
+        metrics
+            .batch_seconds
+            .observe(started.elapsed().as_secs_f64());
+        positions.extend(next_offsets(&batch));
+        update_lag(&metrics, &highs, &positions);
         if last_log.elapsed() > Duration::from_secs(10) {
             tracing::info!(
                 records = stats.records,
@@ -139,6 +185,20 @@ pub async fn run(
     }
     tracing::info!(records = stats.records, valid = stats.valid, rejected = ?stats.rejected, "ingest stopped");
     Ok(stats)
+}
+
+/// Sets the lag gauge of every partition consumed so far whose high
+/// watermark librdkafka has reported.
+fn update_lag(metrics: &Metrics, highs: &Handoff<()>, positions: &BTreeMap<i32, i64>) {
+    let highs = highs.highs();
+    for (p, next) in positions {
+        if let Some(&high) = highs.get(p) {
+            metrics
+                .lag
+                .with_label_values(&[p.to_string().as_str()])
+                .set((high - next).max(0));
+        }
+    }
 }
 
 /// Exponential backoff (100 ms doubling to 10 s) for an operation that must

@@ -99,6 +99,11 @@ impl Metrics {
         registry.register(Box::new(m.bytes_per_commit.clone()))?;
         registry.register(Box::new(m.lag.clone()))?;
         registry.register(Box::new(m.dedup_entries.clone()))?;
+        // Known outcomes show as 0 before the first commit, so rates and
+        // alerts on them have a series to work with.
+        for outcome in ["committed", "fenced", "conflict", "failed"] {
+            m.commits.with_label_values(&[outcome]);
+        }
         Ok(m)
     }
 }

@@ -317,7 +317,8 @@ impl Writer<'_> {
     /// Commits the round, retrying failures until it lands, is fenced, or
     /// shutdown gives up on it.
     async fn commit_round(&mut self, shutdown: &CancellationToken) -> Result<(), LakeError> {
-        match self.try_commit().await {
+        let span = tracing::info_span!("lake.commit");
+        match tracing::Instrument::instrument(self.try_commit(), span).await {
             Ok(Outcome::Committed {
                 snapshot_id,
                 files,

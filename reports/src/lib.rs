@@ -6,7 +6,8 @@
 //! - [`engine`]: DuckDB and DataFusion over a pinned lake snapshot;
 //! - [`output`]: files and manifests in object storage;
 //! - [`report`]: one report run end to end;
-//! - [`ledger`] and [`schedule`]: recorded runs and the cron scheduler.
+//! - [`ledger`] and [`schedule`]: recorded runs and the cron scheduler;
+//! - [`metrics`]: run durations and job freshness for Prometheus.
 
 pub mod billing;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod detail;
 pub mod engine;
 pub mod error;
 pub mod ledger;
+pub mod metrics;
 pub mod output;
 pub mod ratecard;
 pub mod report;
@@ -21,5 +23,6 @@ pub mod schedule;
 
 pub use config::{DuckS3Input, EngineKind, Format, JobConfig, JobKind, ReportsConfig};
 pub use error::ReportError;
+pub use metrics::Metrics;
 pub use output::Manifest;
 pub use report::{BillingRequest, DetailRequest, Reports};

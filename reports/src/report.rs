@@ -17,6 +17,7 @@ use crate::config::{EngineKind, Format, ReportsConfig};
 use crate::detail::{self, DetailQuery};
 use crate::engine::{self, Limits, Source};
 use crate::error::ReportError;
+use crate::metrics::Metrics;
 use crate::output::{FileSink, Manifest, Output};
 use crate::ratecard::RateCard;
 
@@ -60,6 +61,7 @@ pub struct Reports {
     out: Output,
     card: RateCard,
     tz: Tz,
+    metrics: Option<Metrics>,
 }
 
 impl Reports {
@@ -76,7 +78,36 @@ impl Reports {
             lake,
             out,
             card,
+            metrics: None,
         })
+    }
+
+    /// Records every run's duration and rows in `metrics` from now on.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Reports {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The series runs are recorded in, if any.
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.metrics.as_ref()
+    }
+
+    /// Awaits one run and records its duration, engine and outcome.
+    async fn observed(
+        &self,
+        kind: &str,
+        engine: EngineKind,
+        run: impl Future<Output = Result<Manifest, ReportError>>,
+    ) -> Result<Manifest, ReportError> {
+        let started = std::time::Instant::now();
+        let span = tracing::info_span!("report.run", kind, engine = engine.as_str());
+        let result = tracing::Instrument::instrument(run, span).await;
+        if let Some(m) = &self.metrics {
+            let rows = result.as_ref().ok().map(|m| m.rows);
+            m.observe(kind, engine.as_str(), started.elapsed().as_secs_f64(), rows);
+        }
+        result
     }
 
     /// The configuration.
@@ -107,6 +138,16 @@ impl Reports {
 
     /// Runs the daily billing report for `req.day`.
     pub async fn billing(
+        &self,
+        req: &BillingRequest,
+        now: Micros,
+    ) -> Result<Manifest, ReportError> {
+        let engine = req.engine.unwrap_or(self.cfg.engine);
+        self.observed("billing", engine, self.billing_run(req, now))
+            .await
+    }
+
+    async fn billing_run(
         &self,
         req: &BillingRequest,
         now: Micros,
@@ -150,6 +191,17 @@ impl Reports {
 
     /// Runs a detailed report.
     pub async fn detail(
+        &self,
+        req: &DetailRequest,
+        now: Micros,
+        progress: Option<Progress<'_>>,
+    ) -> Result<Manifest, ReportError> {
+        let engine = req.engine.unwrap_or(self.cfg.engine);
+        self.observed("detail", engine, self.detail_run(req, now, progress))
+            .await
+    }
+
+    async fn detail_run(
         &self,
         req: &DetailRequest,
         now: Micros,

@@ -204,6 +204,12 @@ impl Scheduler {
                         .finish(&job.name, slot, &self.owner, ending)
                         .await?;
                     tracing::info!(job = %job.name, attempt, rows = m.rows, "report run succeeded");
+                    if let Some(metrics) = self.reports.metrics() {
+                        metrics
+                            .job_last_success
+                            .with_label_values(&[job.name.as_str()])
+                            .set(end as f64 / 1e6);
+                    }
                     return Ok(SlotOutcome::Succeeded(attempt));
                 }
                 Err(e) => {
@@ -225,6 +231,12 @@ impl Scheduler {
                         .await?;
                     if last {
                         tracing::error!(job = %job.name, attempt, error = %msg, "report run failed");
+                        if let Some(metrics) = self.reports.metrics() {
+                            metrics
+                                .job_failures
+                                .with_label_values(&[job.name.as_str()])
+                                .inc();
+                        }
                         return Ok(SlotOutcome::Failed(msg));
                     }
                     let exp = u32::try_from(attempt - 1).unwrap_or(16).min(16);
@@ -238,6 +250,29 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// Shows every job's failure count (0) and its last success from the
+    /// ledger (runs by earlier processes count) before anything runs.
+    async fn seed_metrics(&self) -> Result<(), ReportError> {
+        let Some(m) = self.reports.metrics() else {
+            return Ok(());
+        };
+        for (job, _) in &self.jobs {
+            m.job_failures.with_label_values(&[job.name.as_str()]);
+            let runs = self.ledger.list(Some(&job.name), 100).await?;
+            if let Some(at) = runs
+                .iter()
+                .filter(|r| r.status == Status::Succeeded)
+                .filter_map(|r| r.finished_at)
+                .max()
+            {
+                m.job_last_success
+                    .with_label_values(&[job.name.as_str()])
+                    .set(at as f64 / 1e6);
+            }
+        }
+        Ok(())
     }
 
     /// One pass: every job's due slots within the catch-up window, oldest
@@ -272,6 +307,7 @@ impl Scheduler {
     /// Ticks until `stop` turns true, waking for the next due slot (at
     /// least once a minute).
     pub async fn run(&self, mut stop: watch::Receiver<bool>) -> Result<(), ReportError> {
+        self.seed_metrics().await?;
         loop {
             if *stop.borrow() {
                 return Ok(());

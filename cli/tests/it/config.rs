@@ -29,6 +29,18 @@ fn bad_config_is_refused_with_the_field_named() {
             .env("NOTIFLOW__KAFKA__BROKERS", "nohostport"),
         "kafka.brokers",
     );
+    fails_naming(
+        notiflow()
+            .arg("config")
+            .env("NOTIFLOW__TRACES__OTLP_ENDPOINT", "collector:4318"),
+        "traces.otlp_endpoint",
+    );
+    fails_naming(
+        notiflow()
+            .arg("config")
+            .env("NOTIFLOW__API__LISTEN", "everywhere"),
+        "api.listen",
+    );
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.toml");
     std::fs::write(&file, "[ingest]\nbatch_max_records = 0\n").unwrap();

@@ -16,14 +16,14 @@ use crate::procs::{Proc, free_port, wait_timeout};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
-struct Browser {
+pub(crate) struct Browser {
     driver: String,
     session: String,
     _chromedriver: Proc,
 }
 
 impl Browser {
-    fn start() -> Browser {
+    pub(crate) fn start() -> Browser {
         let port = free_port();
         let driver = format!("127.0.0.1:{port}");
         let chromedriver = Proc(
@@ -57,7 +57,7 @@ impl Browser {
         }
     }
 
-    fn call(&self, method: &str, path: &str, body: Value) -> Value {
+    pub(crate) fn call(&self, method: &str, path: &str, body: Value) -> Value {
         let path = format!("/session/{}{path}", self.session);
         let r = if method == "GET" {
             get(&self.driver, &path, None)
@@ -68,7 +68,7 @@ impl Browser {
         r.json()["value"].clone()
     }
 
-    fn find(&self, css: &str) -> String {
+    pub(crate) fn find(&self, css: &str) -> String {
         let v = self.call(
             "POST",
             "/element",
@@ -77,11 +77,11 @@ impl Browser {
         v[ELEMENT].as_str().unwrap().to_string()
     }
 
-    fn script(&self, js: &str) -> Value {
+    pub(crate) fn script(&self, js: &str) -> Value {
         self.call("POST", "/execute/sync", json!({"script": js, "args": []}))
     }
 
-    fn wait_for(&self, what: &str, js: &str, timeout: Duration) -> Value {
+    pub(crate) fn wait_for(&self, what: &str, js: &str, timeout: Duration) -> Value {
         let give_up = Instant::now() + timeout;
         loop {
             let v = self.script(js);
@@ -101,7 +101,7 @@ impl Drop for Browser {
     }
 }
 
-fn decode_base64(text: &str) -> Vec<u8> {
+pub(crate) fn decode_base64(text: &str) -> Vec<u8> {
     let val = |c: u8| -> Option<u32> {
         Some(match c {
             b'A'..=b'Z' => c - b'A',
@@ -125,7 +125,8 @@ fn decode_base64(text: &str) -> Vec<u8> {
     out
 }
 
-const TOTAL: &str = "parseInt(document.getElementById('total').textContent.replace(/,/g, ''), 10)";
+pub(crate) const TOTAL: &str =
+    "parseInt(document.getElementById('total').textContent.replace(/,/g, ''), 10)";
 
 #[test]
 fn the_dashboard_shows_live_counts_in_a_real_browser() {

@@ -4,8 +4,10 @@
 
 mod aggregator;
 mod api;
+mod components;
 mod config;
 mod dashboard;
+mod demo;
 mod gen_truth;
 mod http;
 mod lake;

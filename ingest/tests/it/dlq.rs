@@ -10,7 +10,7 @@ use notiflow_ingest::corpus::malformed;
 use notiflow_ingest::dlq::{OFFSET_HEADER, PARTITION_HEADER, REASON_HEADER, TOPIC_HEADER};
 use notiflow_ingest::kafka::{client_config, ensure_topics};
 use notiflow_ingest::service::{EventSink, run};
-use notiflow_ingest::{IngestConfig, SchemaRegistry};
+use notiflow_ingest::{IngestConfig, Metrics, SchemaRegistry};
 use notiflow_schema::{Category, Country, Event, Status};
 use rdkafka::Message;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -105,13 +105,21 @@ async fn corpus_goes_to_the_dlq_and_valid_events_go_through() {
         batch_max_wait_ms: 100,
     };
     let shutdown = CancellationToken::new();
+    let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
     let service = {
-        let (kafka, shutdown) = (kafka.clone(), shutdown.clone());
+        let (kafka, shutdown, metrics) = (kafka.clone(), shutdown.clone(), metrics.clone());
         tokio::spawn(async move {
             let mut sink = Collect(BTreeSet::new());
-            let stats = run(&kafka, SchemaRegistry::builtin(), &cfg, &mut sink, shutdown)
-                .await
-                .unwrap();
+            let stats = run(
+                &kafka,
+                SchemaRegistry::builtin(),
+                &cfg,
+                &mut sink,
+                metrics,
+                shutdown,
+            )
+            .await
+            .unwrap();
             (stats, sink.0)
         })
     };
@@ -132,6 +140,20 @@ async fn corpus_goes_to_the_dlq_and_valid_events_go_through() {
     );
     assert_eq!(stats.records, sent as u64);
     assert_eq!(stats.valid, expected_valid.len() as u64);
+    // The Prometheus series say the same as the run's own stats.
+    assert_eq!(metrics.records.get(), stats.records);
+    assert_eq!(metrics.valid.get(), stats.valid);
+    for (reason, n) in &stats.rejected {
+        assert_eq!(
+            metrics.dlq.with_label_values(&[*reason]).get(),
+            *n,
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        metrics.batch_seconds.get_sample_count() > 0,
+        stats.records > 0
+    );
     assert_eq!(
         dead.len(),
         corpus.len(),
