@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use notiflow_ingest::failpoint;
 use notiflow_ingest::kafka::{ensure_topics, wait_for_broker};
+use notiflow_ingest::metrics::set_lag;
 use notiflow_ingest::rebalance::{Change, Handoff};
 use notiflow_ingest::source::{now_micros, sleep_or_cancel, view};
 use notiflow_ingest::{Decoder, KafkaConfig, SchemaRegistry, Source};
@@ -566,12 +567,7 @@ fn update_gauges(handoff: &Handoff<PartitionState>, owned: &Owned, m: &Metrics) 
     let highs = handoff.highs();
     for (p, s) in owned {
         entries += s.dedup.len();
-        if let Some(&high) = highs.get(p) {
-            let at = s.applied.unwrap_or(0);
-            m.lag
-                .with_label_values(&[p.to_string().as_str()])
-                .set((high - at).max(0));
-        }
+        set_lag(&m.lag, &highs, *p, s.applied.unwrap_or(0));
     }
     m.dedup_entries.set(entries as i64);
 }

@@ -2,9 +2,22 @@
 //! the registry the binary serves on `/metrics`: what came in, what was
 //! dead-lettered and why, how long a batch took and how far behind it is.
 
+use std::collections::HashMap;
+
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
+
+/// Sets `lag{partition}` to the records between `next` (the next offset the
+/// consumer will read or has committed) and the partition's high watermark,
+/// once librdkafka has reported one. The one lag rule of every consumer
+/// (validator, aggregator, lake writer).
+pub fn set_lag(lag: &IntGaugeVec, highs: &HashMap<i32, i64>, partition: i32, next: i64) {
+    if let Some(&high) = highs.get(&partition) {
+        lag.with_label_values(&[partition.to_string().as_str()])
+            .set((high - next).max(0));
+    }
+}
 
 /// Every series of the ingest service.
 #[derive(Clone)]

@@ -10,12 +10,13 @@
 //! each poison record is dead-lettered once, by one consumer group. Records go
 //! to the DLQ *before* offsets are committed: delivery is at least once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use notiflow_schema::Event;
+use rdkafka::consumer::{Consumer, ConsumerContext};
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::Decoder;
@@ -23,7 +24,7 @@ use crate::config::{IngestConfig, KafkaConfig};
 use crate::dlq::DlqWriter;
 use crate::error::{IngestError, Reject};
 use crate::kafka::{ensure_topics, wait_for_broker};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, set_lag};
 use crate::rebalance::Handoff;
 use crate::registry::SchemaRegistry;
 use crate::source::{Source, next_offsets, now_micros, sleep_or_cancel, view};
@@ -41,7 +42,7 @@ impl rdkafka::ClientContext for Watermarks {
     }
 }
 
-impl rdkafka::consumer::ConsumerContext for Watermarks {}
+impl ConsumerContext for Watermarks {}
 
 /// Where valid events go.
 pub trait EventSink: Send {
@@ -122,7 +123,7 @@ pub async fn run(
         };
         if batch.is_empty() {
             // Idle: the watermarks may have arrived after the last batch.
-            update_lag(&metrics, &highs, &positions);
+            update_lag(&metrics, &highs, &mut positions, &source);
             continue;
         }
         let started = Instant::now();
@@ -144,16 +145,18 @@ pub async fn run(
                         rdkafka::Message::offset(m),
                     );
                     stats.valid += 1;
-                    metrics.valid.inc();
                 }
                 Err(r) => {
                     *stats.rejected.entry(r.code()).or_default() += 1;
-                    metrics.dlq.with_label_values(&[r.code()]).inc();
                     rejects.push((m, r));
                 }
             }
         }
         drop(decode);
+        metrics.valid.inc_by((batch.len() - rejects.len()) as u64);
+        for (_, r) in &rejects {
+            metrics.dlq.with_label_values(&[r.code()]).inc();
+        }
         let mut backoff = Backoff::new("dead-letter produce");
         let span = tracing::info_span!("ingest.dead_letter", records = rejects.len());
         while let Err(e) =
@@ -172,7 +175,7 @@ pub async fn run(
             .batch_seconds
             .observe(started.elapsed().as_secs_f64());
         positions.extend(next_offsets(&batch));
-        update_lag(&metrics, &highs, &positions);
+        update_lag(&metrics, &highs, &mut positions, &source);
         if last_log.elapsed() > Duration::from_secs(10) {
             tracing::info!(
                 records = stats.records,
@@ -188,16 +191,27 @@ pub async fn run(
 }
 
 /// Sets the lag gauge of every partition consumed so far whose high
-/// watermark librdkafka has reported.
-fn update_lag(metrics: &Metrics, highs: &Handoff<()>, positions: &BTreeMap<i32, i64>) {
+/// watermark librdkafka has reported. Partitions that a rebalance moved to
+/// another member are dropped, gauge included, so none shows a frozen lag.
+fn update_lag<C: ConsumerContext + 'static>(
+    metrics: &Metrics,
+    highs: &Handoff<()>,
+    positions: &mut BTreeMap<i32, i64>,
+    source: &Source<C>,
+) {
+    if let Ok(tpl) = source.consumer().assignment() {
+        let assigned: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        positions.retain(|p, _| {
+            let keep = assigned.contains(p);
+            if !keep {
+                let _ = metrics.lag.remove_label_values(&[p.to_string().as_str()]);
+            }
+            keep
+        });
+    }
     let highs = highs.highs();
-    for (p, next) in positions {
-        if let Some(&high) = highs.get(p) {
-            metrics
-                .lag
-                .with_label_values(&[p.to_string().as_str()])
-                .set((high - next).max(0));
-        }
+    for (&p, &next) in positions.iter() {
+        set_lag(&metrics.lag, &highs, p, next);
     }
 }
 

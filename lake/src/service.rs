@@ -22,6 +22,7 @@ use iceberg::table::Table;
 use notiflow_ingest::dedup::Dedup;
 use notiflow_ingest::failpoint;
 use notiflow_ingest::kafka::{ensure_topics, wait_for_broker};
+use notiflow_ingest::metrics::set_lag;
 use notiflow_ingest::rebalance::{Change, Handoff};
 use notiflow_ingest::source::{now_micros, sleep_or_cancel, view};
 use notiflow_ingest::{Decoder, KafkaConfig, SchemaRegistry, Source};
@@ -522,11 +523,7 @@ fn update_gauges(handoff: &Handoff<PartState>, owned: &Owned, m: &Metrics) {
     let mut entries = 0;
     for (p, s) in owned {
         entries += s.dedup.len();
-        if let Some(&high) = highs.get(p) {
-            m.lag
-                .with_label_values(&[p.to_string().as_str()])
-                .set((high - s.committed.unwrap_or(0)).max(0));
-        }
+        set_lag(&m.lag, &highs, *p, s.committed.unwrap_or(0));
     }
     m.dedup_entries.set(entries as i64);
 }

@@ -4,30 +4,32 @@
 //! and stops on SIGTERM with status 0.
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::aggregator::{Setup, redis_url};
 use crate::api::append;
-use crate::demo::sample;
-use crate::http::get;
+use crate::demo::{sample, wait_metrics};
 use crate::procs::{Proc, free_port, sigterm_and_wait, wait_timeout};
 
-/// Polls `addr`'s `/metrics` until `ready` holds for its text.
-fn wait_metrics(addr: &str, what: &str, ready: impl Fn(&str) -> bool) -> String {
-    let give_up = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(conn) = std::net::TcpStream::connect(addr) {
-            drop(conn);
-            let text = get(addr, "/metrics", None).text();
-            if ready(&text) {
-                return text;
-            }
-            assert!(Instant::now() < give_up, "{what}; /metrics:\n{text}");
-        }
-        assert!(Instant::now() < give_up, "{what}: nothing on {addr}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+/// `notiflow run <component>` with its `/metrics` on `addr`, logging to
+/// `<component>.log` in the setup's folder.
+fn spawn_component(setup: &Setup, component: &str, addr: &str) -> Proc {
+    Proc(
+        setup
+            .command()
+            .args(["run", component])
+            .env("NOTIFLOW__METRICS__LISTEN", addr)
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(setup.dir.path().join(format!("{component}.log"))).unwrap(),
+            )
+            .spawn()
+            .unwrap(),
+    )
 }
+
+/// How long a component has to show a series.
+const WAIT: Duration = Duration::from_secs(120);
 
 #[test]
 fn ingest_and_report_processes_serve_their_metrics() {
@@ -42,22 +44,16 @@ fn ingest_and_report_processes_serve_their_metrics() {
 
     // The validator: every record counted, poison records by reason, lag.
     let ingest_addr = format!("127.0.0.1:{}", free_port());
-    let mut ingest = Proc(
-        setup
-            .command()
-            .args(["run", "ingest"])
-            .env("NOTIFLOW__METRICS__LISTEN", &ingest_addr)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(setup.dir.path().join("ingest.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut ingest = spawn_component(&setup, "ingest", &ingest_addr);
     let mut generator = setup.generator(3_000, None);
     assert!(wait_timeout(&mut generator, Duration::from_secs(120)).success());
     let records: i64 = crate::highs(&setup.kafka).iter().sum();
-    let text = wait_metrics(&ingest_addr, "ingest did not consume every record", |t| {
-        sample(t, "notiflow_ingest_records_total") == Some(records as f64)
-    });
+    let text = wait_metrics(
+        &ingest_addr,
+        "ingest did not consume every record",
+        WAIT,
+        |t| sample(t, "notiflow_ingest_records_total") == Some(records as f64),
+    );
     let valid = sample(&text, "notiflow_ingest_valid_total").unwrap();
     let dead: f64 = text
         .lines()
@@ -71,7 +67,7 @@ fn ingest_and_report_processes_serve_their_metrics() {
         "valid + dead-lettered = consumed"
     );
     // Lag comes from librdkafka's statistics (every second): caught up, 0.
-    let text = wait_metrics(&ingest_addr, "no lag reported", |t| {
+    let text = wait_metrics(&ingest_addr, "no lag reported", WAIT, |t| {
         t.lines()
             .filter(|l| l.starts_with("notiflow_ingest_consumer_lag{"))
             .count()
@@ -94,19 +90,10 @@ fn ingest_and_report_processes_serve_their_metrics() {
     // The scheduler: its catch-up runs (an empty lake bills zero lines) are
     // timed, and each job shows its failures and last success.
     let reports_addr = format!("127.0.0.1:{}", free_port());
-    let mut reports = Proc(
-        setup
-            .command()
-            .args(["run", "reports"])
-            .env("NOTIFLOW__METRICS__LISTEN", &reports_addr)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(setup.dir.path().join("reports.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut reports = spawn_component(&setup, "reports", &reports_addr);
     let ok_runs =
         "notiflow_reports_run_seconds_count{engine=\"duckdb\",kind=\"billing\",outcome=\"ok\"}";
-    let text = wait_metrics(&reports_addr, "no billing run was timed", |t| {
+    let text = wait_metrics(&reports_addr, "no billing run was timed", WAIT, |t| {
         sample(t, ok_runs).is_some_and(|n| n >= 1.0)
     });
     let job = "{report_job=\"daily-billing\"}";
@@ -118,7 +105,7 @@ fn ingest_and_report_processes_serve_their_metrics() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
-    let last = wait_metrics(&reports_addr, "no last success", |t| {
+    let last = wait_metrics(&reports_addr, "no last success", WAIT, |t| {
         sample(
             t,
             &format!("notiflow_reports_job_last_success_timestamp_seconds{job}"),

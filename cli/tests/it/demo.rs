@@ -60,6 +60,29 @@ pub(crate) fn sample(text: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Polls `addr`'s `/metrics` until `ready` holds for its text, for up to
+/// `timeout` (also while nothing listens on `addr` yet).
+pub(crate) fn wait_metrics(
+    addr: &str,
+    what: &str,
+    timeout: Duration,
+    ready: impl Fn(&str) -> bool,
+) -> String {
+    let give_up = Instant::now() + timeout;
+    loop {
+        if let Ok(conn) = std::net::TcpStream::connect(addr) {
+            drop(conn);
+            let text = get(addr, "/metrics", None).text();
+            if ready(&text) {
+                return text;
+            }
+            assert!(Instant::now() < give_up, "{what}; /metrics:\n{text}");
+        }
+        assert!(Instant::now() < give_up, "{what}: nothing on {addr}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// Pids of the processes still in process group `pgid`.
 fn group_members(pgid: u32) -> Vec<String> {
     let out = Command::new("pgrep")
@@ -202,22 +225,12 @@ fn the_demo_shows_live_counts_within_two_minutes_and_stops_cleanly() {
     assert!(!top["clients"].as_array().unwrap().is_empty(), "{top}");
 
     // Every listed series, on both endpoints; throughput really counted.
-    let give_up = Instant::now() + Duration::from_secs(90);
-    let text = loop {
-        let text = get(&metric_addrs[0], "/metrics", None).text();
-        let missing: Vec<_> = SERIES
-            .iter()
-            .filter(|s| sample(&text, s).is_none())
-            .collect();
-        if missing.is_empty() {
-            break text;
-        }
-        assert!(
-            Instant::now() < give_up,
-            "series missing from /metrics: {missing:?}\n{text}"
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    };
+    let text = wait_metrics(
+        &metric_addrs[0],
+        "series missing from /metrics",
+        Duration::from_secs(90),
+        |t| SERIES.iter().all(|s| sample(t, s).is_some()),
+    );
     for name in [
         "notiflow_ingest_records_total",
         "notiflow_aggregator_records_total",
