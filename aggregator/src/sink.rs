@@ -3,8 +3,12 @@
 //! `APPLY` (a Lua script, so Redis runs it as one step) first compares the
 //! stored next offset of every partition in the batch with the offset the
 //! batch started from. If any differs, the batch is *fenced*: nothing is
-//! written and the stored offsets are returned, so the caller reloads. Else
-//! it writes, in this order and all or nothing: the new offsets and dedup
+//! written and the stored offsets are returned, so the caller reloads. Then
+//! it checks what could make a write fail (a key holding another type, a
+//! dedup string past Redis' 512 MB limit) and, if anything would, answers
+//! an error (`NOTIFLOW_REFUSED …`) having written nothing: Lua does not roll
+//! back, so nothing may fail after the first write. Else it writes, in this
+//! order: the new offsets and dedup
 //! generations, the batch's new dedup fingerprints, the minute/hour/day
 //! counters with their expiry, the top-clients sets, the set of known
 //! clients (the API tells an unknown client from a quiet one with it), the
@@ -38,32 +42,69 @@ for i = 1, np do
   parts[i] = {p, nxt, gen}
 end
 if #fenced > 1 then return fenced end
+-- Lua does not roll back: whatever can fail is checked before the first
+-- write (a key of another type, a dedup string past Redis' 512 MB limit),
+-- so an error reply always means nothing of the batch was written.
+local problem = nil
+local function check(key, want)
+  if problem then return end
+  local have = redis.call('TYPE', key)['ok']
+  if have ~= 'none' and have ~= want then
+    problem = key .. ' holds a ' .. have .. ', not a ' .. want
+  end
+end
+check(KEYS[1], 'hash')
+check(KEYS[2], 'hash')
+check(KEYS[3], 'stream')
+check(KEYS[4], 'set')
+local start = a
+local function walk(write)
+  a = start
+  local k = 5
+  local nd, dttl = tonumber(arg()), arg()
+  for i = 1, nd do
+    local v = arg()
+    if write then
+      redis.call('APPEND', KEYS[k], v)
+      redis.call('EXPIRE', KEYS[k], dttl)
+    else
+      check(KEYS[k], 'string')
+      if not problem and redis.call('STRLEN', KEYS[k]) + #v > 536870912 then
+        problem = KEYS[k] .. ' would pass the 512 MB string limit'
+      end
+    end
+    k = k + 1
+  end
+  -- The counter hashes, then the top-clients sorted sets: per key its
+  -- expiry, a count and that many argument pairs of the command
+  -- (HINCRBY: field, increment; ZINCRBY: increment, member).
+  for _, c in ipairs({{'HINCRBY', 'hash'}, {'ZINCRBY', 'zset'}}) do
+    local n = tonumber(arg())
+    for i = 1, n do
+      local at, m = arg(), tonumber(arg())
+      if write then
+        for j = 1, m do redis.call(c[1], KEYS[k], arg(), arg()) end
+        redis.call('EXPIREAT', KEYS[k], at)
+      else
+        check(KEYS[k], c[2])
+        a = a + 2 * m
+      end
+      k = k + 1
+    end
+  end
+  local ncl = tonumber(arg())
+  if write then
+    for i = 1, ncl do redis.call('SADD', KEYS[4], arg()) end
+  else
+    a = a + ncl
+  end
+end
+walk(false)
+if problem then return redis.error_reply('NOTIFLOW_REFUSED ' .. problem) end
 for _, x in ipairs(parts) do
   redis.call('HSET', KEYS[1], x[1], x[2], x[1] .. ':gen', x[3])
 end
-local k = 5
-local nd, dttl = tonumber(arg()), arg()
-for i = 1, nd do
-  redis.call('APPEND', KEYS[k], arg())
-  redis.call('EXPIRE', KEYS[k], dttl)
-  k = k + 1
-end
-local nh = tonumber(arg())
-for i = 1, nh do
-  local at, nf = arg(), tonumber(arg())
-  for j = 1, nf do redis.call('HINCRBY', KEYS[k], arg(), arg()) end
-  redis.call('EXPIREAT', KEYS[k], at)
-  k = k + 1
-end
-local nz = tonumber(arg())
-for i = 1, nz do
-  local at, nm = arg(), tonumber(arg())
-  for j = 1, nm do redis.call('ZINCRBY', KEYS[k], arg(), arg()) end
-  redis.call('EXPIREAT', KEYS[k], at)
-  k = k + 1
-end
-local ncl = tonumber(arg())
-for i = 1, ncl do redis.call('SADD', KEYS[4], arg()) end
+walk(true)
 local counted, dups, late, rejected = arg(), arg(), arg(), arg()
 redis.call('HINCRBY', KEYS[2], 'counted', counted)
 redis.call('HINCRBY', KEYS[2], 'duplicates', dups)

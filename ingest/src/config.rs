@@ -50,6 +50,15 @@ pub struct IngestConfig {
     pub batch_max_records: usize,
     /// Longest wait for a batch to fill, in milliseconds.
     pub batch_max_wait_ms: u64,
+    /// Largest dead letter (key + value + headers), bytes: a poison record
+    /// larger than this is dead-lettered as a prefix of this size with its
+    /// original size and sha256 in headers. Keep it at or below the
+    /// dead-letter topic's `max.message.bytes`.
+    pub dlq_max_record_bytes: usize,
+    /// Attempts to write one dead letter while the broker refuses it; then
+    /// it is given up with an alarm (`notiflow_ingest_dlq_failures_total`)
+    /// and the partition moves on.
+    pub dlq_max_attempts: u32,
 }
 
 /// A config value that breaks a rule, named by its path (`kafka.partitions`).
@@ -154,6 +163,18 @@ impl IngestConfig {
             return Err(ConfigError::new(
                 "ingest.batch_max_wait_ms",
                 "must be 1..=60000",
+            ));
+        }
+        if !(16 * 1024..=1024 * 1024 * 1024).contains(&self.dlq_max_record_bytes) {
+            return Err(ConfigError::new(
+                "ingest.dlq_max_record_bytes",
+                "must be 16384..=1073741824",
+            ));
+        }
+        if !(1..=100).contains(&self.dlq_max_attempts) {
+            return Err(ConfigError::new(
+                "ingest.dlq_max_attempts",
+                "must be 1..=100",
             ));
         }
         Ok(())

@@ -92,6 +92,11 @@ pub enum Reject {
     /// A `content-type` header naming neither JSON nor Avro, or a value that is neither.
     #[error("unsupported content type: {0}")]
     UnknownFormat(String),
+    /// The record has no broker timestamp (or a negative one): the future
+    /// rule and the dedup window would fall back to each consumer's clock,
+    /// and consumer groups would decide differently.
+    #[error("record has no broker timestamp")]
+    MissingTimestamp,
 }
 
 impl Reject {
@@ -118,6 +123,7 @@ impl Reject {
             Reject::UnknownSchemaId(_) => "unknown_schema_id",
             Reject::IncompatibleSchema { .. } => "incompatible_schema",
             Reject::UnknownFormat(_) => "unknown_format",
+            Reject::MissingTimestamp => "missing_timestamp",
         }
     }
 }

@@ -35,6 +35,10 @@ pub struct Metrics {
     pub commit_errors: IntCounter,
     /// Records between the consumed offset and the high watermark, per partition.
     pub lag: IntGaugeVec,
+    /// Dead letters written as a bounded prefix (the record was too large).
+    pub dlq_truncated: IntCounter,
+    /// Dead letters given up on after the bounded retries: an alarm.
+    pub dlq_failures: IntCounter,
 }
 
 impl Metrics {
@@ -76,8 +80,18 @@ impl Metrics {
                 ),
                 &["partition"],
             )?,
+            dlq_truncated: IntCounter::new(
+                "notiflow_ingest_dlq_truncated_total",
+                "Dead letters written as a bounded prefix with the original size and sha256.",
+            )?,
+            dlq_failures: IntCounter::new(
+                "notiflow_ingest_dlq_failures_total",
+                "Dead letters the broker kept refusing, given up on (the record stays in the source topic).",
+            )?,
         };
         registry.register(Box::new(m.records.clone()))?;
+        registry.register(Box::new(m.dlq_truncated.clone()))?;
+        registry.register(Box::new(m.dlq_failures.clone()))?;
         registry.register(Box::new(m.valid.clone()))?;
         registry.register(Box::new(m.dlq.clone()))?;
         registry.register(Box::new(m.batch_seconds.clone()))?;
@@ -105,6 +119,8 @@ mod tests {
             "notiflow_ingest_batch_seconds",
             "notiflow_ingest_commit_errors_total",
             "notiflow_ingest_consumer_lag",
+            "notiflow_ingest_dlq_truncated_total",
+            "notiflow_ingest_dlq_failures_total",
         ] {
             assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
         }

@@ -27,7 +27,7 @@ use crate::kafka::{ensure_topics, wait_for_broker};
 use crate::metrics::{Metrics, set_lag};
 use crate::rebalance::Handoff;
 use crate::registry::SchemaRegistry;
-use crate::source::{Source, next_offsets, now_micros, sleep_or_cancel, view};
+use crate::source::{Source, next_offsets, sleep_or_cancel, view};
 
 /// Consumer context that keeps the high watermarks librdkafka's statistics
 /// report, for the lag gauge.
@@ -100,7 +100,7 @@ pub async fn run(
             highs: highs.clone(),
         },
     )?;
-    let dlq = DlqWriter::new(kafka)?;
+    let dlq = DlqWriter::new(kafka, cfg, metrics.clone())?;
     let mut decoder = Decoder::new(registry);
     let mut stats = Stats::default();
     let mut last_log = Instant::now();
@@ -127,8 +127,7 @@ pub async fn run(
             continue;
         }
         let started = Instant::now();
-        let now = now_micros();
-        let views: Vec<_> = batch.iter().map(|m| view(m, now)).collect();
+        let views: Vec<_> = batch.iter().map(view).collect();
         let mut backoff = Backoff::new("schema registry");
         while let Err(e) = decoder.prepare(&views).await {
             backoff.wait_or_fail(e, &shutdown).await?;
@@ -157,12 +156,14 @@ pub async fn run(
         for (_, r) in &rejects {
             metrics.dlq.with_label_values(&[r.code()]).inc();
         }
-        let mut backoff = Backoff::new("dead-letter produce");
+        // Bounded: a dead letter the broker keeps refusing is given up with
+        // an alarm, so one poison record never stalls the partitions.
         let span = tracing::info_span!("ingest.dead_letter", records = rejects.len());
-        while let Err(e) =
-            tracing::Instrument::instrument(dlq.send_all(&rejects), span.clone()).await
-        {
-            backoff.wait_or_fail(e, &shutdown).await?;
+        match tracing::Instrument::instrument(dlq.send_all(&rejects, &shutdown), span).await {
+            Ok(_) => {}
+            // Not committed: the batch is read again after the restart.
+            Err(IngestError::ShutDown) => break,
+            Err(e) => return Err(e),
         }
         if let Err(e) = source.commit(&batch) {
             // The batch will be seen again after a restart: at least once.

@@ -156,9 +156,14 @@ pub fn next_offsets(batch: &[OwnedMessage]) -> BTreeMap<i32, i64> {
     next
 }
 
-/// The decoding view of a record; its timestamp (or `now` when the broker
-/// gives none) is the reference clock for the future-time rule.
-pub fn view(m: &OwnedMessage, now: Micros) -> RecordView<'_> {
+/// [`RecordView::timestamp`] of a record without a broker timestamp: the
+/// decoder rejects it (`missing_timestamp`) rather than let each consumer
+/// fill in its own clock.
+pub const NO_TIMESTAMP: Micros = Micros::MIN;
+
+/// The decoding view of a record; its broker timestamp is the reference
+/// clock for the future-time rule and the dedup generation.
+pub fn view(m: &OwnedMessage) -> RecordView<'_> {
     RecordView {
         key: m.key(),
         value: m.payload(),
@@ -167,7 +172,12 @@ pub fn view(m: &OwnedMessage, now: Micros) -> RecordView<'_> {
                 .find(|h| h.key.eq_ignore_ascii_case("content-type"))
                 .and_then(|h| h.value)
         }),
-        timestamp: m.timestamp().to_millis().map_or(now, |ms| ms * 1000),
+        timestamp: m
+            .timestamp()
+            .to_millis()
+            .filter(|&ms| ms >= 0)
+            .and_then(|ms| ms.checked_mul(1000))
+            .unwrap_or(NO_TIMESTAMP),
     }
 }
 
@@ -183,5 +193,63 @@ pub async fn sleep_or_cancel(shutdown: &CancellationToken, d: Duration) {
     tokio::select! {
         _ = shutdown.cancelled() => {}
         _ = tokio::time::sleep(d) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::Timestamp;
+    use rdkafka::message::OwnedMessage;
+
+    use super::*;
+    use crate::codec::{Decoder, json};
+    use crate::registry::SchemaRegistry;
+
+    fn record(ts: Timestamp) -> OwnedMessage {
+        let ev = notiflow_schema::Event {
+            event_id: "e".into(),
+            message_id: "wamid.1".into(),
+            client_id: "acme".into(),
+            recipient: "+5511987654321".into(),
+            status: notiflow_schema::Status::Sent,
+            category: notiflow_schema::Category::Utility,
+            billable: true,
+            country: notiflow_schema::Country::parse("BR").unwrap(),
+            template: None,
+            event_time: 1_795_000_000_000_000,
+            error_code: None,
+        };
+        let mut value = Vec::new();
+        json::encode(&ev, &mut value);
+        OwnedMessage::new(
+            Some(value),
+            Some(b"wamid.1".to_vec()),
+            "t".into(),
+            ts,
+            0,
+            0,
+            None,
+        )
+    }
+
+    #[test]
+    fn a_record_without_a_broker_timestamp_is_rejected_not_given_a_clock() {
+        let decoder = Decoder::new(SchemaRegistry::builtin());
+        let ok = record(Timestamp::LogAppendTime(1_795_000_000_000));
+        assert_eq!(view(&ok).timestamp, 1_795_000_000_000_000);
+        assert!(decoder.decode(&view(&ok)).is_ok());
+        for ts in [
+            Timestamp::NotAvailable,
+            Timestamp::CreateTime(-1),
+            Timestamp::CreateTime(-5000),
+        ] {
+            let m = record(ts);
+            assert_eq!(view(&m).timestamp, NO_TIMESTAMP, "{ts:?}");
+            assert_eq!(
+                decoder.decode(&view(&m)).unwrap_err().code(),
+                "missing_timestamp",
+                "{ts:?}"
+            );
+        }
     }
 }

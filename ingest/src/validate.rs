@@ -32,7 +32,13 @@ pub fn validate(ev: &Event<'_>, reference_time: Micros) -> Result<(), Reject> {
     if ev.error_code.is_some() && ev.status != Status::Failed {
         return Err(Reject::ErrorCodeWithoutFailure(ev.status));
     }
-    let ahead = ev.event_time - reference_time;
+    if !(limits::EVENT_TIME_MIN..limits::EVENT_TIME_END).contains(&ev.event_time) {
+        return Err(Reject::BadTimestamp(format!(
+            "{} µs since the epoch is outside the years 0000-9999",
+            ev.event_time
+        )));
+    }
+    let ahead = ev.event_time.saturating_sub(reference_time);
     if ahead > limits::MAX_FUTURE_MICROS {
         return Err(Reject::FutureTimestamp {
             ahead_secs: ahead / 1_000_000,
@@ -131,6 +137,31 @@ mod tests {
             mutate(&mut e);
             let got = validate(&e, 1_000_000_000).expect_err(&format!("case {i} passed"));
             assert_eq!(got.code(), code, "case {i}: {got}");
+        }
+    }
+
+    #[test]
+    fn hostile_event_times_are_bad_timestamps_not_overflows() {
+        // 0000-01-01T00:00:00Z and 10000-01-01T00:00:00Z, in µs, worked out
+        // by hand: 719,528 and 2,932,897 days from 1970-01-01.
+        let first = -719_528 * 86_400_000_000;
+        let end = 2_932_897 * 86_400_000_000;
+        for (t, reference, code) in [
+            (i64::MIN, 1_000_000_000, "bad_timestamp"),
+            (i64::MAX, 1_000_000_000, "bad_timestamp"),
+            (first - 1, 1_000_000_000, "bad_timestamp"),
+            (end, i64::MAX, "bad_timestamp"),
+            // A hostile reference clock saturates instead of overflowing.
+            (0, i64::MIN, "future_timestamp"),
+        ] {
+            let mut e = event();
+            e.event_time = t;
+            assert_eq!(validate(&e, reference).unwrap_err().code(), code, "{t}");
+        }
+        for t in [first, end - 1] {
+            let mut e = event();
+            e.event_time = t;
+            assert_eq!(validate(&e, t), Ok(()), "{t} is in range");
         }
     }
 

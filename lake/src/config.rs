@@ -212,6 +212,20 @@ impl LakeConfig {
                 "must exceed lake.dedup_window_hours (the dedup state is restored from the snapshots)",
             ));
         }
+        // A round writes its files up to one commit interval before it
+        // commits them, and a commit that conflicts or waits on the object
+        // store takes longer still: files younger than that may belong to a
+        // commit in flight, so orphan removal must leave them alone.
+        let least_grace_ms = (3 * self.commit_interval_ms).max(10 * 60_000);
+        if u64::from(m.orphan_grace_minutes) * 60_000 < least_grace_ms {
+            return Err(ConfigError::new(
+                "lake.maintenance.orphan_grace_minutes",
+                format!(
+                    "must be at least {} (3 commit intervals, and 10 minutes at least): younger files may belong to a commit in flight",
+                    least_grace_ms.div_ceil(60_000)
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -287,6 +301,34 @@ mod tests {
             }),
             "lake.catalog_uri"
         );
+    }
+
+    #[test]
+    fn the_orphan_grace_must_outlast_a_commit_in_flight() {
+        let with = |grace: u32, interval_ms: u64| {
+            let mut c = LakeConfig {
+                commit_interval_ms: interval_ms,
+                ..Default::default()
+            };
+            c.maintenance.orphan_grace_minutes = grace;
+            c.validate().map_err(|e| e.field)
+        };
+        let field = "lake.maintenance.orphan_grace_minutes".to_string();
+        assert_eq!(
+            with(0, 60_000),
+            Err(field.clone()),
+            "0 would delete files in flight"
+        );
+        assert_eq!(
+            with(1, 60_000),
+            Err(field.clone()),
+            "the grace equal to the interval"
+        );
+        assert_eq!(with(9, 60_000), Err(field.clone()), "under 10 minutes");
+        assert_eq!(with(10, 60_000), Ok(()));
+        // A 10-minute commit interval needs 30 minutes.
+        assert_eq!(with(29, 600_000), Err(field));
+        assert_eq!(with(30, 600_000), Ok(()));
     }
 
     #[test]

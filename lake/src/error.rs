@@ -33,7 +33,13 @@ impl LakeError {
     /// True if the same operation may succeed later.
     pub fn is_retryable(&self) -> bool {
         match self {
-            LakeError::Iceberg(_) | LakeError::Sql(_) | LakeError::Store(_) => true,
+            // Metadata iceberg refuses as invalid, or a feature it lacks, is
+            // refused the same way on every try: stop with the reason.
+            LakeError::Iceberg(e) => !matches!(
+                e.kind(),
+                iceberg::ErrorKind::DataInvalid | iceberg::ErrorKind::FeatureUnsupported
+            ),
+            LakeError::Sql(_) | LakeError::Store(_) => true,
             LakeError::Ingest(e) => e.is_retryable(),
             LakeError::Arrow(_) | LakeError::Table(_) | LakeError::ShutDown => false,
         }

@@ -24,7 +24,7 @@ use notiflow_ingest::failpoint;
 use notiflow_ingest::kafka::{ensure_topics, wait_for_broker};
 use notiflow_ingest::metrics::set_lag;
 use notiflow_ingest::rebalance::{Change, Handoff};
-use notiflow_ingest::source::{now_micros, sleep_or_cancel, view};
+use notiflow_ingest::source::{sleep_or_cancel, view};
 use notiflow_ingest::{Decoder, KafkaConfig, SchemaRegistry, Source};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -244,8 +244,7 @@ pub async fn run(
             w.apply_changes(pending, &shutdown).await?;
         }
         if !batch.is_empty() {
-            let now = now_micros();
-            let views: Vec<_> = batch.iter().map(|m| view(m, now)).collect();
+            let views: Vec<_> = batch.iter().map(view).collect();
             decoder.prepare_retrying(&views, &shutdown).await?;
             w.take(&batch, &views, &decoder);
             if w.round.buffered() >= cfg.flush_rows

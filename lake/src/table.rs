@@ -295,6 +295,34 @@ pub async fn stage(
     snapshot_id: i64,
     change: &Change,
 ) -> Result<TableMetadata, LakeError> {
+    stage_at(
+        base,
+        snapshot_id,
+        change,
+        chrono::Utc::now().timestamp_millis(),
+    )
+    .await
+}
+
+/// The timestamp of a snapshot staged at wall-clock `now_ms` on `md`: never
+/// before the table's last update or last snapshot. Iceberg refuses a
+/// snapshot more than a minute older than those, so a writer whose clock is
+/// behind another committer's (a maintenance host running fast, say) would
+/// otherwise be refused on every try.
+pub fn snapshot_time_ms(md: &TableMetadata, now_ms: i64) -> i64 {
+    let last = md.history().last().map_or(md.last_updated_ms(), |l| {
+        l.timestamp_ms.max(md.last_updated_ms())
+    });
+    now_ms.max(last.saturating_add(1))
+}
+
+/// [`stage`] with the committer's clock given: `now_ms`.
+pub async fn stage_at(
+    base: &Table,
+    snapshot_id: i64,
+    change: &Change,
+    now_ms: i64,
+) -> Result<TableMetadata, LakeError> {
     let md = base.metadata();
     let io = base.file_io();
     let parent = md.current_snapshot();
@@ -437,7 +465,7 @@ pub async fn stage(
         .with_snapshot_id(snapshot_id)
         .with_parent_snapshot_id(parent.map(|p| p.snapshot_id()))
         .with_sequence_number(seq)
-        .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
+        .with_timestamp_ms(snapshot_time_ms(md, now_ms))
         .with_manifest_list(list_path)
         .with_summary(Summary {
             operation,

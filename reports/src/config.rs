@@ -164,8 +164,9 @@ pub struct ReportsConfig {
     pub engine: EngineKind,
     /// How DuckDB reads a lake on S3.
     pub duckdb_s3_input: DuckS3Input,
-    /// Where outputs go: a folder, `file://` or `s3://bucket/prefix` (S3
-    /// settings are the lake's). Files land under `reports/<kind>/<date>/`.
+    /// The reports root: a folder, `file://` or `s3://bucket/prefix` (S3
+    /// settings are the lake's). Files land under `<output>/<kind>/<date>/`
+    /// (`billing/2026-11-21/…`, `detail/2026-11-21/…`).
     pub output: String,
     /// The rate card file (TOML); empty = the embedded demo card
     /// (`reports/rate-card.toml`), which no real invoice should use.

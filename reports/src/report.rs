@@ -164,7 +164,7 @@ impl Reports {
         let batch = billing::to_batch(req.day, &lines, &self.card.currency)?;
         let schema = billing::schema();
         let date = req.day.to_string();
-        let dir = format!("reports/billing/{date}/");
+        let dir = format!("billing/{date}/");
         let name = format!("billing-{date}");
         let mut files = Vec::new();
         for f in sorted(&req.formats) {
@@ -217,7 +217,7 @@ impl Reports {
         let limits = self.limits();
         let params = detail_params(q);
         let date = format_rfc3339(q.from)[..10].to_string();
-        let dir = format!("reports/detail/{date}/");
+        let dir = format!("detail/{date}/");
         let digest = hex::encode(Sha256::digest(params.to_string().as_bytes()));
         let name = format!(
             "detail-{}-{}-{}",

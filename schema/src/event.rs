@@ -27,6 +27,13 @@ pub mod limits {
     pub const TEMPLATE_MAX: usize = 512;
     /// `event_time` may be at most this far ahead of the consumer's clock.
     pub const MAX_FUTURE_MICROS: i64 = 5 * 60 * 1_000_000;
+    /// Earliest `event_time`: 0000-01-01T00:00:00Z, the first instant RFC 3339
+    /// can write (an Avro long can hold any i64; nothing downstream has to
+    /// do arithmetic near its limits).
+    pub const EVENT_TIME_MIN: i64 = crate::time::days_from_civil(0, 1, 1) * crate::time::DAY_MICROS;
+    /// First `event_time` past the range: 10000-01-01T00:00:00Z.
+    pub const EVENT_TIME_END: i64 =
+        crate::time::days_from_civil(10_000, 1, 1) * crate::time::DAY_MICROS;
 }
 
 /// One status change of one WhatsApp message.

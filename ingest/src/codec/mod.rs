@@ -131,6 +131,9 @@ impl Decoder {
 
     /// Decodes and validates one record. Avro ids must have been [`prepare`](Self::prepare)d.
     pub fn decode<'a>(&self, rec: &RecordView<'a>) -> Result<Event<'a>, Reject> {
+        if rec.timestamp == crate::source::NO_TIMESTAMP {
+            return Err(Reject::MissingTimestamp);
+        }
         let value = match rec.value {
             None | Some([]) => return Err(Reject::EmptyValue),
             Some(v) => v,

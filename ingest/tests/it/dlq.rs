@@ -9,29 +9,16 @@ use notiflow_ingest::codec::json;
 use notiflow_ingest::corpus::malformed;
 use notiflow_ingest::dlq::{OFFSET_HEADER, PARTITION_HEADER, REASON_HEADER, TOPIC_HEADER};
 use notiflow_ingest::kafka::{client_config, ensure_topics};
-use notiflow_ingest::service::{EventSink, run};
-use notiflow_ingest::{IngestConfig, Metrics, SchemaRegistry};
+use notiflow_ingest::{IngestConfig, Metrics};
 use notiflow_schema::{Category, Country, Event, Status};
 use rdkafka::Message;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{fresh_kafka, header, read_all};
+use crate::support::{fresh_kafka, header, read_all, start_ingest};
 
-struct Collect(BTreeSet<String>);
-
-impl EventSink for Collect {
-    fn accept(&mut self, ev: &Event<'_>, _: i32, _: i64) {
-        assert!(
-            self.0.insert(ev.event_id.to_string()),
-            "event {} seen twice",
-            ev.event_id
-        );
-    }
-}
-
-fn valid_event(i: usize) -> (String, Vec<u8>) {
+pub(crate) fn valid_event(i: usize) -> (String, Vec<u8>) {
     let message_id = format!("wamid.VALID{i:04}");
     let ev = Event {
         event_id: format!("ev-valid-{i}").into(),
@@ -103,26 +90,12 @@ async fn corpus_goes_to_the_dlq_and_valid_events_go_through() {
         group_id: format!("{}-ingest", kafka.topic),
         batch_max_records: 17,
         batch_max_wait_ms: 100,
+        dlq_max_record_bytes: 1_000_000,
+        dlq_max_attempts: 5,
     };
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
-    let service = {
-        let (kafka, shutdown, metrics) = (kafka.clone(), shutdown.clone(), metrics.clone());
-        tokio::spawn(async move {
-            let mut sink = Collect(BTreeSet::new());
-            let stats = run(
-                &kafka,
-                SchemaRegistry::builtin(),
-                &cfg,
-                &mut sink,
-                metrics,
-                shutdown,
-            )
-            .await
-            .unwrap();
-            (stats, sink.0)
-        })
-    };
+    let service = start_ingest(&kafka, cfg, &metrics, &shutdown);
 
     // The DLQ fills as the service works; wait for every dead letter.
     let dead = tokio::task::spawn_blocking({

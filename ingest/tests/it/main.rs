@@ -4,5 +4,6 @@
 
 mod broker_down;
 mod dlq;
+mod poison;
 mod registry;
 mod support;

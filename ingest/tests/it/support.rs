@@ -1,14 +1,17 @@
 //! Shared test plumbing: fresh topics, producing, reading a topic to its end.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use notiflow_ingest::KafkaConfig;
 use notiflow_ingest::kafka::client_config;
+use notiflow_ingest::service::{EventSink, Stats, run};
+use notiflow_ingest::{IngestConfig, KafkaConfig, Metrics, SchemaRegistry};
+use notiflow_schema::Event;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
 
 /// Broker address from `KAFKA_BROKERS`, loopback by default.
 pub fn brokers() -> String {
@@ -83,4 +86,43 @@ pub fn header(m: &OwnedMessage, key: &str) -> Option<String> {
         .find(|h| h.key == key)
         .and_then(|h| h.value)
         .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// A sink that keeps the event ids and fails on a repeat.
+#[derive(Default)]
+pub struct Collect(pub BTreeSet<String>);
+
+impl EventSink for Collect {
+    fn accept(&mut self, ev: &Event<'_>, _: i32, _: i64) {
+        assert!(
+            self.0.insert(ev.event_id.to_string()),
+            "event {} seen twice",
+            ev.event_id
+        );
+    }
+}
+
+/// Runs the ingest service (built-in schemas) until `shutdown`; yields its
+/// stats and the event ids its sink saw.
+pub fn start_ingest(
+    kafka: &KafkaConfig,
+    cfg: IngestConfig,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<(Stats, BTreeSet<String>)> {
+    let (kafka, metrics, shutdown) = (kafka.clone(), metrics.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        let mut sink = Collect::default();
+        let stats = run(
+            &kafka,
+            SchemaRegistry::builtin(),
+            &cfg,
+            &mut sink,
+            metrics,
+            shutdown,
+        )
+        .await
+        .unwrap();
+        (stats, sink.0)
+    })
 }

@@ -12,7 +12,7 @@ use notiflow_lake::inspect::stats;
 use notiflow_lake::maintenance::{self, live_files};
 use notiflow_lake::round::{Outcome, Owned, PartState, Round};
 use notiflow_lake::rows::arrow_schema;
-use notiflow_lake::table::{Change, new_snapshot_id, stage, topic_offsets};
+use notiflow_lake::table::{Change, new_snapshot_id, stage, stage_at, topic_offsets};
 use notiflow_lake::{Lake, LakeConfig};
 use notiflow_loadgen::fixture::{OwnedRecord, RecordStream};
 use notiflow_loadgen::generator::Shape;
@@ -120,6 +120,47 @@ async fn a_commit_staged_on_a_stale_table_is_refused_by_the_swap() {
         .await
         .unwrap();
     assert!(lake.swap(&now, staged).await.unwrap());
+}
+
+/// A committer whose clock runs two hours fast (a maintenance host, say)
+/// commits; then a writer with the right clock commits after it. Iceberg
+/// refuses a snapshot more than a minute older than the last one, so the
+/// writer's commit must not take its own clock as the snapshot's time.
+#[tokio::test]
+async fn a_commit_after_one_from_a_fast_clock_is_not_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cfg(dir.path());
+    let lake = Lake::open(&cfg).await.unwrap();
+    let change = Change::default();
+    let now = chrono::Utc::now().timestamp_millis();
+    let fast = now + 2 * 3_600_000;
+    let table = lake.load().await.unwrap();
+    let staged = stage_at(&table, new_snapshot_id(table.metadata()), &change, fast)
+        .await
+        .unwrap();
+    assert!(lake.swap(&table, staged).await.unwrap());
+    let mut w = Writer::new();
+    let recs = records(2000, 5);
+    let rows = w.commit(&lake, &cfg, &recs).await;
+    let table = lake.load().await.unwrap();
+    assert_eq!(stats(&table).await.unwrap().rows, rows);
+    let times: Vec<i64> = table
+        .metadata()
+        .history()
+        .iter()
+        .map(|l| l.timestamp_ms)
+        .collect();
+    assert_eq!(times.len(), 2, "{times:?}");
+    assert_eq!(times[0], fast);
+    assert!(
+        times[1] > times[0],
+        "snapshot times never go backwards: {times:?}"
+    );
+    // And a plain staging with the right clock lands after both.
+    let staged = stage(&table, new_snapshot_id(table.metadata()), &change)
+        .await
+        .unwrap();
+    assert!(lake.swap(&table, staged).await.unwrap());
 }
 
 #[tokio::test]
