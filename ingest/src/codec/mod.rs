@@ -12,6 +12,7 @@ pub mod json;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use notiflow_schema::{Event, Micros};
 
@@ -63,12 +64,28 @@ fn mentions(text: &[u8], word: &[u8]) -> bool {
         .any(|w| w.eq_ignore_ascii_case(word))
 }
 
+/// How long an id the registry did not know is answered `unknown_schema_id`
+/// without asking again: a schema registered a little after its first
+/// records (registry replicas lag) is picked up within this.
+pub const SCHEMA_MISS_TTL: Duration = Duration::from_secs(60);
+
+/// Waits before asking the registry again for the ids it did not know, in
+/// one batch: at most 0.6 s per batch, however many unknown ids it has, so
+/// records with garbage ids cannot stall a partition.
+const MISS_RETRIES: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(400)];
+
 /// Decodes and validates records; holds the compiled Avro plans.
 pub struct Decoder {
     registry: SchemaRegistry,
-    /// Schema id → plan, or the reason its records are rejected (unknown id,
-    /// incompatible schema). Both are cached: a registry answer is final.
+    /// Schema id → plan, or the reason its records are rejected (an
+    /// incompatible schema). A registered schema never changes, so these
+    /// are kept.
     plans: HashMap<u32, Result<Arc<avro::Plan>, Reject>>,
+    /// Ids the registry did not know, and when it last said so. Not final:
+    /// asked again after `miss_ttl`, so two consumer groups (or a restart)
+    /// reach the same verdict once the registry has the schema.
+    misses: HashMap<u32, Instant>,
+    miss_ttl: Duration,
 }
 
 impl Decoder {
@@ -77,7 +94,15 @@ impl Decoder {
         Decoder {
             registry,
             plans: HashMap::new(),
+            misses: HashMap::new(),
+            miss_ttl: SCHEMA_MISS_TTL,
         }
+    }
+
+    /// The same, remembering an unknown id for `ttl` instead of [`SCHEMA_MISS_TTL`].
+    pub fn with_miss_ttl(mut self, ttl: Duration) -> Self {
+        self.miss_ttl = ttl;
+        self
     }
 
     /// [`Decoder::prepare`], retried with backoff (0.1 s doubling to 10 s)
@@ -103,9 +128,12 @@ impl Decoder {
     }
 
     /// Resolves every schema id these records name that has no plan yet.
-    /// Fails only when the registry cannot be asked (retry later); an id the
-    /// registry does not know becomes an `unknown_schema_id` reject.
+    /// Fails only when the registry cannot be asked (retry later). Ids the
+    /// registry does not know are asked again twice (0.6 s for the whole
+    /// batch), then their records become `unknown_schema_id` rejects until
+    /// the miss is [`SCHEMA_MISS_TTL`] old.
     pub async fn prepare(&mut self, records: &[RecordView<'_>]) -> Result<(), IngestError> {
+        let mut unknown = Vec::new();
         for rec in records {
             let Some(value) = rec.value else { continue };
             if Format::of(rec.content_type, value) != Ok(Format::Avro) {
@@ -114,19 +142,52 @@ impl Decoder {
             let Ok(id) = avro::schema_id(value) else {
                 continue;
             };
-            if self.plans.contains_key(&id) {
+            let fresh_miss = self
+                .misses
+                .get(&id)
+                .is_some_and(|at| at.elapsed() < self.miss_ttl);
+            if self.plans.contains_key(&id) || fresh_miss || unknown.contains(&id) {
                 continue;
             }
-            let plan = match self.registry.fetch(id).await? {
-                Some(text) => avro::Plan::compile(id, &text).map(Arc::new),
-                None => Err(Reject::UnknownSchemaId(id)),
-            };
-            if let Err(e) = &plan {
-                tracing::warn!(schema_id = id, reason = %e, "Avro schema id cannot be decoded");
+            if !self.resolve(id).await? {
+                unknown.push(id);
             }
-            self.plans.insert(id, plan);
+        }
+        for wait in MISS_RETRIES {
+            if unknown.is_empty() {
+                break;
+            }
+            tokio::time::sleep(wait).await;
+            let mut still = Vec::new();
+            for id in unknown {
+                if !self.resolve(id).await? {
+                    still.push(id);
+                }
+            }
+            unknown = still;
+        }
+        for id in unknown {
+            tracing::warn!(
+                schema_id = id,
+                "the schema registry has no such id; its records are rejected for now"
+            );
+            self.misses.insert(id, Instant::now());
         }
         Ok(())
+    }
+
+    /// Asks the registry for `id`; false when it does not know it.
+    async fn resolve(&mut self, id: u32) -> Result<bool, IngestError> {
+        let Some(text) = self.registry.fetch(id).await? else {
+            return Ok(false);
+        };
+        let plan = avro::Plan::compile(id, &text).map(Arc::new);
+        if let Err(e) = &plan {
+            tracing::warn!(schema_id = id, reason = %e, "Avro schema id cannot be decoded");
+        }
+        self.plans.insert(id, plan);
+        self.misses.remove(&id);
+        Ok(true)
     }
 
     /// Decodes and validates one record. Avro ids must have been [`prepare`](Self::prepare)d.

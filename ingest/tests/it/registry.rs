@@ -100,3 +100,124 @@ async fn schemas_come_from_the_registry_by_id() {
     let err = dec.prepare(&[view]).await.unwrap_err();
     assert!(err.is_retryable(), "{err}");
 }
+
+/// A registry where id 43 answers 404 to its first request only (a replica
+/// that has not seen the registration yet), and id 44 answers 404 until
+/// `published` is set; both then serve the v2 schema. Counts requests.
+async fn serve_late(
+    listener: TcpListener,
+    published: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering;
+    let first_43 = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            return;
+        };
+        let (published, asked, first_43) = (published.clone(), asked.clone(), first_43.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let n = sock.read(&mut buf).await.unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("").to_string();
+            asked.fetch_add(1, Ordering::SeqCst);
+            let known = match path.as_str() {
+                "/schemas/ids/43" => !first_43.swap(false, Ordering::SeqCst),
+                "/schemas/ids/44" => published.load(Ordering::SeqCst),
+                _ => false,
+            };
+            let (status, body) = if known {
+                (
+                    "200 OK",
+                    serde_json::json!({ "schema": WRITER_V2 }).to_string(),
+                )
+            } else {
+                ("404 Not Found", r#"{"error_code":40403}"#.to_string())
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+fn view(v: &[u8]) -> RecordView<'_> {
+    RecordView {
+        key: Some(b"wamid.R"),
+        value: Some(v),
+        content_type: None,
+        timestamp: 1_793_534_400_000_000,
+    }
+}
+
+/// A 404 used to be cached for the process's life: a consumer that asked
+/// a moment before the registry had the schema rejected every record of
+/// that id for ever, while another group (or a restart) decoded them.
+#[tokio::test]
+async fn a_schema_the_registry_learns_late_is_decoded_not_rejected_for_ever() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let published = std::sync::Arc::new(AtomicBool::new(false));
+    let asked = std::sync::Arc::new(AtomicUsize::new(0));
+    tokio::spawn(serve_late(listener, published.clone(), asked.clone()));
+    let registry = SchemaRegistry::http(&url, std::time::Duration::from_secs(5)).unwrap();
+    let ttl = std::time::Duration::from_millis(1500);
+    let mut dec = Decoder::new(registry).with_miss_ttl(ttl);
+    let (late, later) = (value(43), value(44));
+
+    // Id 43: 404 once, found on the batch's retry; id 44: not yet there.
+    let views = [view(&late), view(&later)];
+    dec.prepare(&views).await.unwrap();
+    assert_eq!(dec.decode(&views[0]).unwrap().status, Status::Read);
+    assert_eq!(
+        dec.decode(&views[1]).unwrap_err().code(),
+        "unknown_schema_id"
+    );
+
+    // Within the miss's lifetime the registry is not asked again.
+    let before = asked.load(Ordering::SeqCst);
+    dec.prepare(&views).await.unwrap();
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        before,
+        "a fresh miss is answered from memory"
+    );
+    assert_eq!(
+        dec.decode(&views[1]).unwrap_err().code(),
+        "unknown_schema_id"
+    );
+
+    // The registry learns id 44; once the miss is older than its lifetime,
+    // the next batch asks again and its records decode.
+    published.store(true, Ordering::SeqCst);
+    tokio::time::sleep(ttl + std::time::Duration::from_millis(100)).await;
+    dec.prepare(&views).await.unwrap();
+    assert_eq!(dec.decode(&views[1]).unwrap().status, Status::Read);
+    assert!(asked.load(Ordering::SeqCst) > before);
+}
+
+/// Records with many garbage schema ids cost one bounded wait per batch,
+/// not one per id: a poison burst cannot stall its partition.
+#[tokio::test]
+async fn many_unknown_ids_in_a_batch_share_one_bounded_wait() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(serve(listener));
+    let registry = SchemaRegistry::http(&url, std::time::Duration::from_secs(5)).unwrap();
+    let mut dec = Decoder::new(registry);
+    let values: Vec<Vec<u8>> = (1000..1050).map(value).collect();
+    let views: Vec<RecordView<'_>> = values.iter().map(|v| view(v)).collect();
+    let started = std::time::Instant::now();
+    dec.prepare(&views).await.unwrap();
+    let took = started.elapsed();
+    // 50 unknown ids, 2 retries of 0.2 + 0.4 s for all of them together;
+    // one wait per id would be 30 s.
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    for v in &views {
+        assert_eq!(dec.decode(v).unwrap_err().code(), "unknown_schema_id");
+    }
+}
