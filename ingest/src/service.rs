@@ -128,10 +128,7 @@ pub async fn run(
         }
         let started = Instant::now();
         let views: Vec<_> = batch.iter().map(view).collect();
-        let mut backoff = Backoff::new("schema registry");
-        while let Err(e) = decoder.prepare(&views).await {
-            backoff.wait_or_fail(e, &shutdown).await?;
-        }
+        decoder.prepare_retrying(&views, &shutdown).await?;
 
         let mut rejects: Vec<(&_, Reject)> = Vec::new();
         let decode = tracing::info_span!("ingest.validate", records = batch.len()).entered();
@@ -213,35 +210,5 @@ fn update_lag<C: ConsumerContext + 'static>(
     let highs = highs.highs();
     for (&p, &next) in positions.iter() {
         set_lag(&metrics.lag, &highs, p, next);
-    }
-}
-
-/// Exponential backoff (100 ms doubling to 10 s) for an operation that must
-/// eventually succeed: gives up only on shutdown or a non-retryable error.
-struct Backoff {
-    what: &'static str,
-    delay: Duration,
-}
-
-impl Backoff {
-    fn new(what: &'static str) -> Self {
-        Backoff {
-            what,
-            delay: Duration::from_millis(100),
-        }
-    }
-
-    async fn wait_or_fail(
-        &mut self,
-        err: IngestError,
-        shutdown: &CancellationToken,
-    ) -> Result<(), IngestError> {
-        if !err.is_retryable() || shutdown.is_cancelled() {
-            return Err(err);
-        }
-        tracing::warn!(error = %err, retry_in_ms = self.delay.as_millis() as u64, "{} failed, retrying", self.what);
-        sleep_or_cancel(shutdown, self.delay).await;
-        self.delay = (self.delay * 2).min(Duration::from_secs(10));
-        Ok(())
     }
 }

@@ -142,11 +142,14 @@ impl Decoder {
             let Ok(id) = avro::schema_id(value) else {
                 continue;
             };
+            if self.plans.contains_key(&id) || unknown.contains(&id) {
+                continue;
+            }
             let fresh_miss = self
                 .misses
                 .get(&id)
                 .is_some_and(|at| at.elapsed() < self.miss_ttl);
-            if self.plans.contains_key(&id) || fresh_miss || unknown.contains(&id) {
+            if fresh_miss {
                 continue;
             }
             if !self.resolve(id).await? {
