@@ -14,9 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use notiflow_ingest::Decoder;
 use notiflow_ingest::cursor::{Admit, Cursor};
-use notiflow_ingest::dedup::{Dedup, fingerprint, generation, pack};
+use notiflow_ingest::dedup::{Dedup, fingerprint, pack};
 pub use notiflow_ingest::source::SourceRecord;
-use notiflow_schema::counters::{Counts, SLOTS, sent_category_slot, status_slot};
+use notiflow_schema::counters::{Counts, DeltaCell, SLOTS, sent_category_slot, status_slot};
 use notiflow_schema::time::{DAY_MICROS, HOUR_MICROS, minute_of};
 use notiflow_schema::{Micros, Status};
 
@@ -32,6 +32,13 @@ pub struct PartitionState {
     pub cursor: Cursor,
     /// Events seen within the dedup window, as of `cursor`.
     pub dedup: Dedup,
+    /// Next offset after the last batch this process applied and
+    /// published on the deltas stream (dashboards have seen it).
+    pub published: Option<i64>,
+    /// Records below this offset are applied again after Redis lost them
+    /// (a restart without its last writes): their counts go to Redis, but
+    /// not to the deltas stream a second time.
+    pub replay_upto: Option<i64>,
 }
 
 impl PartitionState {
@@ -41,7 +48,19 @@ impl PartitionState {
             applied,
             cursor: Cursor::at(applied),
             dedup,
+            published: None,
+            replay_upto: None,
         }
+    }
+
+    /// State loaded from Redis again for a partition this process owned as
+    /// `before`: if Redis is behind what was published, the records up to
+    /// there are a replay (see [`PartitionState::replay_upto`]).
+    pub fn reloaded(mut self, before: Option<&PartitionState>) -> Self {
+        let published = before.and_then(|b| b.published.max(b.replay_upto));
+        self.published = published;
+        self.replay_upto = published.filter(|&p| self.applied.is_none_or(|a| a < p));
+        self
     }
 }
 
@@ -52,8 +71,25 @@ pub struct OffsetUpdate {
     pub expected: Option<i64>,
     /// The next offset after the batch.
     pub next: i64,
+    /// Newest dedup generation before the batch (as stored with `expected`).
+    pub from_generation: u32,
     /// Newest dedup generation after the batch.
     pub generation: u32,
+}
+
+impl OffsetUpdate {
+    /// Generations that fall out of a `window` as the newest one moves from
+    /// `from_generation` to `generation`: their dedup keys are deleted in
+    /// the same step, so the dedup state follows the log, never a clock.
+    /// At most `window + 1` of them (everything older went earlier).
+    pub fn expired(&self, window: u32) -> std::ops::RangeInclusive<u32> {
+        let first = self.from_generation.saturating_sub(window);
+        match self.generation.checked_sub(window + 1) {
+            Some(last) if self.from_generation > 0 => first..=last.min(self.from_generation),
+            #[allow(clippy::reversed_empty_ranges)]
+            _ => 1..=0,
+        }
+    }
 }
 
 /// Counts of one batch.
@@ -84,6 +120,9 @@ pub struct Pending {
     pub clients: Vec<String>,
     /// Minute cells (client index, minute) inside the minute retention.
     pub minutes: HashMap<(u32, i64), Counts>,
+    /// The part of `minutes` from records published before (a replay after
+    /// Redis lost writes): left out of the batch's delta.
+    pub replayed: HashMap<(u32, i64), Counts>,
     /// Cells too old for minute buckets but inside the roll-up retention.
     pub rollup_only: HashMap<(u32, i64), Counts>,
     /// Broker timestamps (ms) of the counted events, for the latency histogram.
@@ -98,6 +137,29 @@ impl Pending {
     /// True when there is nothing to store (no partition advanced).
     pub fn is_empty(&self) -> bool {
         self.offsets.is_empty()
+    }
+
+    /// The minute cells dashboards have not seen yet (`minutes` less
+    /// `replayed`), by client and minute.
+    pub fn delta_cells(&self) -> Vec<DeltaCell> {
+        let mut c: Vec<DeltaCell> = self
+            .minutes
+            .iter()
+            .filter_map(|(&(ix, m), counts)| {
+                let mut counts = *counts;
+                if let Some(r) = self.replayed.get(&(ix, m)) {
+                    for (c, r) in counts.iter_mut().zip(r) {
+                        *c -= r;
+                    }
+                }
+                counts
+                    .iter()
+                    .any(|&n| n > 0)
+                    .then(|| DeltaCell(self.clients[ix as usize].clone(), m, counts))
+            })
+            .collect();
+        c.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        c
     }
 }
 
@@ -156,14 +218,15 @@ pub fn process<'a>(
                 continue;
             }
         }
-        let generation = generation(rec.view.timestamp);
+        let generation = state.dedup.generation_of(rec.view.timestamp);
         let upd = out
             .offsets
             .entry(rec.partition)
             .or_insert_with(|| OffsetUpdate {
                 expected: state.applied,
                 next: 0,
-                generation: 0,
+                from_generation: state.dedup.newest(),
+                generation: state.dedup.newest(),
             });
         upd.next = rec.offset + 1;
 
@@ -182,13 +245,17 @@ pub fn process<'a>(
             out.stats.duplicates += 1;
             continue;
         }
-        if current != Some((rec.partition, generation)) {
-            if let Some(key) = current.take() {
-                out.dedup.entry(key).or_default().append(&mut appends);
+        // An event older than the window is counted but not remembered (a
+        // restore would sweep it out), so no dedup key is written for it.
+        if generation >= state.dedup.oldest_live() {
+            if current != Some((rec.partition, generation)) {
+                if let Some(key) = current.take() {
+                    out.dedup.entry(key).or_default().append(&mut appends);
+                }
+                current = Some((rec.partition, generation));
             }
-            current = Some((rec.partition, generation));
+            pack(fp, &mut appends);
         }
-        pack(fp, &mut appends);
         out.stats.counted += 1;
         out.record_ms.push(rec.view.timestamp / 1000);
 
@@ -204,6 +271,21 @@ pub fn process<'a>(
         };
         let minute = minute_of(event.event_time);
         let age = rec.view.timestamp.saturating_sub(event.event_time);
+        let replayed = match state.replay_upto {
+            Some(u) if rec.offset < u => true,
+            Some(_) => {
+                state.replay_upto = None;
+                false
+            }
+            None => false,
+        };
+        if replayed && age <= retention.minutes {
+            let r = out.replayed.entry((ix, minute)).or_insert([0; SLOTS]);
+            r[status_slot(event.status)] += 1;
+            if event.status == Status::Sent {
+                r[sent_category_slot(event.category)] += 1;
+            }
+        }
         let cells = if age <= retention.minutes {
             &mut out.minutes
         } else {
@@ -328,9 +410,32 @@ mod tests {
             OffsetUpdate {
                 expected: Some(5),
                 next: 6,
-                generation: generation(parse_rfc3339(NOW).unwrap())
+                from_generation: 0,
+                generation: notiflow_ingest::dedup::generation(parse_rfc3339(NOW).unwrap())
             }
         );
+    }
+
+    #[test]
+    fn the_generations_that_leave_the_window_are_named_once() {
+        let upd = |from, to| OffsetUpdate {
+            expected: None,
+            next: 0,
+            from_generation: from,
+            generation: to,
+        };
+        let all = |r: std::ops::RangeInclusive<u32>| r.collect::<Vec<_>>();
+        assert_eq!(all(upd(100, 100).expired(24)), Vec::<u32>::new());
+        assert_eq!(all(upd(100, 101).expired(24)), vec![76]);
+        assert_eq!(all(upd(100, 103).expired(24)), vec![76, 77, 78]);
+        // A jump past the whole window: every remembered generation goes.
+        assert_eq!(
+            all(upd(100, 500).expired(24)),
+            (76..=100).collect::<Vec<_>>()
+        );
+        // A fresh partition has nothing to delete.
+        assert_eq!(all(upd(0, 500).expired(24)), Vec::<u32>::new());
+        assert_eq!(all(upd(10, 40).expired(24)), (0..=10).collect::<Vec<_>>());
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub mod metrics;
 pub mod service;
 pub mod sink;
 
+#[cfg(test)]
+mod sim;
+
 pub use config::{AggregatorConfig, RedisConfig};
 pub use error::AggregatorError;
 pub use metrics::Metrics;

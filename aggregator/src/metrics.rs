@@ -28,6 +28,9 @@ pub struct Metrics {
     pub redis_errors: IntCounter,
     /// Records behind the high watermark, per partition owned.
     pub lag: IntGaugeVec,
+    /// Offsets by which a partition's stored offset lies past the end of
+    /// its log (an alarm: nothing of it is taken meanwhile).
+    pub beyond_log_end: IntGaugeVec,
     /// Partitions owned.
     pub partitions: IntGauge,
     /// Events held in the dedup tables.
@@ -96,6 +99,13 @@ impl Metrics {
                 ),
                 &["partition"],
             )?,
+            beyond_log_end: IntGaugeVec::new(
+                Opts::new(
+                    "notiflow_aggregator_offset_beyond_log_end",
+                    "Offsets by which the stored next offset lies past the partition's log end (the broker lost its tail or the topic was created again); nothing of the partition is taken until an operator decides.",
+                ),
+                &["partition"],
+            )?,
             partitions: IntGauge::new(
                 "notiflow_aggregator_partitions",
                 "Partitions owned by this process.",
@@ -115,6 +125,7 @@ impl Metrics {
         registry.register(Box::new(m.fenced.clone()))?;
         registry.register(Box::new(m.redis_errors.clone()))?;
         registry.register(Box::new(m.lag.clone()))?;
+        registry.register(Box::new(m.beyond_log_end.clone()))?;
         registry.register(Box::new(m.partitions.clone()))?;
         registry.register(Box::new(m.dedup_entries.clone()))?;
         Ok(m)

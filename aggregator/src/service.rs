@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use notiflow_ingest::failpoint;
 use notiflow_ingest::kafka::{ensure_topics, wait_for_broker};
-use notiflow_ingest::metrics::set_lag;
-use notiflow_ingest::rebalance::{Change, Handoff};
+use notiflow_ingest::rebalance::{Change, Handoff, forget_partition};
+use notiflow_ingest::retry::Backoff;
 use notiflow_ingest::source::{now_micros, sleep_or_cancel, view};
 use notiflow_ingest::{Decoder, KafkaConfig, SchemaRegistry, Source};
 use notiflow_schema::counters::Keys;
@@ -89,7 +89,7 @@ impl Rebalancer {
     /// Blocks (this runs inside the consumer's poll) until Redis answers;
     /// while it does not, nothing is fetched, which is the pause we want.
     fn load_retrying(&self, p: i32) -> Option<PartitionState> {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new();
         loop {
             let attempt = self
                 .client
@@ -105,9 +105,9 @@ impl Rebalancer {
                     if self.shutdown.is_cancelled() {
                         return None;
                     }
+                    let delay = backoff.next_delay();
                     tracing::warn!(partition = p, error = %e, retry_in_ms = delay.as_millis() as u64, "loading partition state failed, retrying");
                     std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -171,17 +171,17 @@ pub async fn connect(
         .set_connection_timeout(timeout)
         .set_response_timeout(timeout * 10)
         .set_number_of_retries(1);
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     loop {
         match redis::aio::ConnectionManager::new_with_config(client.clone(), cfg.clone()).await {
             Ok(c) => return Ok(c),
             Err(e) => {
+                let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "redis unreachable, retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => return Err(AggregatorError::ShutDown),
                     _ = tokio::time::sleep(delay) => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -259,7 +259,11 @@ pub async fn run(
             stats.records += batch.len() as u64;
             observe_batch(&metrics, &pending);
             for &(p, offset) in &pending.reseek {
-                source.seek(p, Offset::Offset(offset));
+                if !source.seek(p, Offset::Offset(offset))
+                    && let Some(s) = owned.get_mut(&p)
+                {
+                    s.cursor.seek_failed();
+                }
             }
             if !pending.is_empty() {
                 next = Some(pending);
@@ -270,7 +274,7 @@ pub async fn run(
         // answered for this one, so the offset CAS sees them in order.
         if let Some(f) = inflight.take() {
             match settle(f, &mut stats, &metrics, &failpoints).await? {
-                Settled::Applied => {}
+                Settled::Applied(done) => mark_published(&mut owned, &done),
                 Settled::Fenced(mut parts) => {
                     // The batch processed meanwhile assumed this one applied.
                     if let Some(n) = next.take() {
@@ -298,7 +302,7 @@ pub async fn run(
             let f = launch(&scripts, &conn, &target, pending, &metrics, &shutdown);
             if stopping || audit_due {
                 match settle(f, &mut stats, &metrics, &failpoints).await? {
-                    Settled::Applied => {}
+                    Settled::Applied(done) => mark_published(&mut owned, &done),
                     Settled::Fenced(parts) => {
                         resync(
                             &scripts, &mut conn, &target, &source, &mut owned, &parts, &shutdown,
@@ -322,7 +326,7 @@ pub async fn run(
                 .await?;
             }
         }
-        update_gauges(&handoff, &owned, &metrics);
+        update_gauges(&handoff, &source, &owned, &metrics);
         if last_log.elapsed() > Duration::from_secs(10) {
             tracing::info!(
                 records = stats.records,
@@ -383,7 +387,7 @@ fn take_changes(handoff: &Handoff<PartitionState>, owned: &mut Owned, metrics: &
             Change::Revoked(parts) => {
                 for p in parts {
                     owned.remove(&p);
-                    let _ = metrics.lag.remove_label_values(&[p.to_string().as_str()]);
+                    forget_partition([&metrics.lag, &metrics.beyond_log_end], p);
                 }
             }
         }
@@ -397,7 +401,8 @@ type Inflight = tokio::task::JoinHandle<(Pending, Result<Option<Applied>, Aggreg
 
 /// How an applied batch ended.
 enum Settled {
-    Applied,
+    /// Applied (and its delta published): each partition's next offset.
+    Applied(Vec<(i32, i64)>),
     /// Refused by the offset CAS; these partitions must be reloaded.
     Fenced(Vec<i32>),
     /// Shutdown came while Redis was unreachable: nothing applied.
@@ -444,7 +449,9 @@ async fn settle(
             stats.batches += 1;
             stats.counted += pending.stats.counted;
             failpoints.after_apply(stats.batches);
-            Ok(Settled::Applied)
+            Ok(Settled::Applied(
+                pending.offsets.iter().map(|(p, u)| (*p, u.next)).collect(),
+            ))
         }
         Some(Applied::Fenced(stored)) => {
             stats.fenced += 1;
@@ -470,7 +477,7 @@ async fn apply(
     shutdown: &CancellationToken,
 ) -> Result<Option<Applied>, AggregatorError> {
     let call = scripts.prepare(target, pending, now_micros() / 1000);
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     loop {
         let started = Instant::now();
         let span = tracing::info_span!(
@@ -487,13 +494,13 @@ async fn apply(
             }
             Err(e) if e.is_retryable() => {
                 metrics.redis_errors.inc();
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "redis apply failed, consumption paused, retrying");
-                if shutdown.is_cancelled() && delay >= Duration::from_secs(5) {
+                if shutdown.is_cancelled() && backoff.at_max() {
                     return Ok(None);
                 }
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "redis apply failed, consumption paused, retrying");
                 // Not cancellable: the batch in hand is still owed to Redis.
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
             Err(e) => {
                 // An error reply, not a lost one: APPLY checks what can fail
@@ -522,22 +529,35 @@ async fn resync<C: ConsumerContext + 'static>(
         if !owned.contains_key(&p) {
             continue;
         }
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new();
         let state = loop {
             match scripts.load(conn, target, p).await {
                 Ok(s) => break s,
                 Err(e) if e.is_retryable() && !shutdown.is_cancelled() => {
                     tracing::warn!(partition = p, error = %e, "reload failed, retrying");
-                    sleep_or_cancel(shutdown, delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    sleep_or_cancel(shutdown, backoff.next_delay()).await;
                 }
                 Err(e) => return Err(e),
             }
         };
         source.seek(p, state.applied.map_or(Offset::Beginning, Offset::Offset));
+        let state = state.reloaded(owned.get(&p));
+        if let Some(upto) = state.replay_upto {
+            tracing::warn!(partition = p, from = ?state.applied, upto,
+                "Redis is behind what this process applied and published (it lost writes): applying again, without publishing the deltas twice");
+        }
         owned.insert(p, state);
     }
     Ok(())
+}
+
+/// Remembers how far each partition's applied batches were published.
+fn mark_published(owned: &mut Owned, done: &[(i32, i64)]) {
+    for &(p, next) in done {
+        if let Some(s) = owned.get_mut(&p) {
+            s.published = s.published.max(Some(next));
+        }
+    }
 }
 
 fn observe_batch(m: &Metrics, p: &Pending) {
@@ -569,12 +589,23 @@ fn observe_applied(m: &Metrics, p: &Pending) {
     local.flush();
 }
 
-fn update_gauges(handoff: &Handoff<PartitionState>, owned: &Owned, m: &Metrics) {
+fn update_gauges<C: ConsumerContext + 'static>(
+    handoff: &Handoff<PartitionState>,
+    source: &Source<C>,
+    owned: &Owned,
+    m: &Metrics,
+) {
     let mut entries = 0;
-    let highs = handoff.highs();
     for (p, s) in owned {
         entries += s.dedup.len();
-        set_lag(&m.lag, &highs, *p, s.applied.unwrap_or(0));
+        let gauges = [&m.lag, &m.beyond_log_end];
+        handoff.set_position_gauges(
+            source.consumer(),
+            source.topic(),
+            gauges,
+            *p,
+            s.applied.unwrap_or(0),
+        );
     }
     m.dedup_entries.set(entries as i64);
 }

@@ -9,7 +9,9 @@
 //! an error (`NOTIFLOW_REFUSED …`) having written nothing: Lua does not roll
 //! back, so nothing may fail after the first write. Else it writes, in this
 //! order: the new offsets and dedup
-//! generations, the batch's new dedup fingerprints, the minute/hour/day
+//! generations, the batch's new dedup fingerprints (and the deletion of the
+//! generations that left the window: dedup state follows the partition's
+//! log, never Redis' clock, so an outage of any length keeps it), the minute/hour/day
 //! counters with their expiry, the top-clients sets, the set of known
 //! clients (the API tells an unknown client from a quiet one with it), the
 //! exact totals, and one entry on the deltas stream for live dashboards.
@@ -20,7 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use notiflow_ingest::dedup::Dedup;
-use notiflow_schema::counters::{Counts, Delta, DeltaCell, Keys, SLOTS, hour_field, minute_field};
+use notiflow_schema::counters::{Counts, Delta, Keys, SLOTS, hour_field, minute_field};
 use redis::Script;
 
 use crate::batch::{PartitionState, Pending};
@@ -61,18 +63,27 @@ local start = a
 local function walk(write)
   a = start
   local k = 5
-  local nd, dttl = tonumber(arg()), arg()
+  local nd = tonumber(arg())
   for i = 1, nd do
     local v = arg()
     if write then
+      -- No expiry on Redis' clock: a generation's key goes when the
+      -- partition's newest generation leaves it behind (below).
       redis.call('APPEND', KEYS[k], v)
-      redis.call('EXPIRE', KEYS[k], dttl)
+      redis.call('PERSIST', KEYS[k])
     else
       check(KEYS[k], 'string')
       if not problem and redis.call('STRLEN', KEYS[k]) + #v > 536870912 then
         problem = KEYS[k] .. ' would pass the 512 MB string limit'
       end
     end
+    k = k + 1
+  end
+  -- The dedup keys of generations that left the window, after the appends
+  -- (a batch may append to a generation it then leaves behind).
+  local nx = tonumber(arg())
+  for i = 1, nx do
+    if write then redis.call('DEL', KEYS[k]) end
     k = k + 1
   end
   -- The counter hashes, then the top-clients sorted sets: per key its
@@ -202,11 +213,22 @@ impl Scripts {
                 .arg(u.next)
                 .arg(u.generation);
         }
-        inv.arg(pending.dedup.len())
-            .arg((i64::from(t.dedup_window) + 2) * 3600);
+        inv.arg(pending.dedup.len());
         for ((p, g), data) in &pending.dedup {
             inv.key(t.keys.dedup(&t.group, &t.topic, *p, *g));
             inv.arg(data.as_slice());
+        }
+        let expired: Vec<String> = pending
+            .offsets
+            .iter()
+            .flat_map(|(p, u)| {
+                u.expired(t.dedup_window)
+                    .map(move |g| t.keys.dedup(&t.group, &t.topic, *p, g))
+            })
+            .collect();
+        inv.arg(expired.len());
+        for key in &expired {
+            inv.key(key);
         }
         let hashes = hash_increments(t, pending);
         inv.arg(hashes.len());
@@ -304,7 +326,10 @@ impl Scripts {
     }
 }
 
-fn parse_apply(reply: &[String], next: &BTreeMap<i32, i64>) -> Result<Applied, AggregatorError> {
+pub(crate) fn parse_apply(
+    reply: &[String],
+    next: &BTreeMap<i32, i64>,
+) -> Result<Applied, AggregatorError> {
     match reply.first().map(String::as_str) {
         Some("ok") => Ok(Applied::Ok(reply.get(1).cloned().unwrap_or_default())),
         Some("fenced") => {
@@ -330,7 +355,10 @@ fn parse_apply(reply: &[String], next: &BTreeMap<i32, i64>) -> Result<Applied, A
     }
 }
 
-fn parse_load(reply: &[Vec<u8>], window: u32) -> Result<PartitionState, AggregatorError> {
+pub(crate) fn parse_load(
+    reply: &[Vec<u8>],
+    window: u32,
+) -> Result<PartitionState, AggregatorError> {
     let num = |b: &[u8]| -> Result<Option<i64>, AggregatorError> {
         if b.is_empty() {
             return Ok(None);
@@ -346,6 +374,11 @@ fn parse_load(reply: &[Vec<u8>], window: u32) -> Result<PartitionState, Aggregat
     }
     let applied = num(&reply[0])?;
     let mut dedup = Dedup::new(window);
+    // The stored newest generation, even when it added no fingerprint (a
+    // batch of duplicates): the window is anchored on it, as it was live.
+    if let Some(g) = num(&reply[1])? {
+        dedup.advance_to(g.clamp(0, i64::from(u32::MAX)) as u32);
+    }
     for pair in reply[2..].chunks(2) {
         let g = num(&pair[0])?.unwrap_or(0);
         dedup.restore_packed(g.clamp(0, i64::from(u32::MAX)) as u32, &pair[1]);
@@ -418,12 +451,10 @@ fn delta_payload(p: &Pending, now_ms: i64) -> String {
     if p.minutes.is_empty() {
         return String::new();
     }
-    let mut c: Vec<DeltaCell> = p
-        .minutes
-        .iter()
-        .map(|(&(ix, m), counts)| DeltaCell(p.clients[ix as usize].clone(), m, *counts))
-        .collect();
-    c.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    let c = p.delta_cells();
+    if c.is_empty() {
+        return String::new(); // all of it published before (a replay)
+    }
     serde_json::to_string(&Delta { t: now_ms, c }).unwrap_or_default()
 }
 

@@ -266,18 +266,18 @@ impl Hub {
             }
         });
         let mut last: Option<String> = None;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = notiflow_ingest::retry::Backoff::new();
         while !shutdown.is_cancelled() {
             let round = self.tail(&url, &keys, &mut last, &shutdown);
             match round.await {
                 Ok(()) => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, "deltas stream: reconnecting in {backoff:?}");
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, "deltas stream: reconnecting in {delay:?}");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.cancelled() => return,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }

@@ -123,6 +123,18 @@ enum LakeAction {
     Files,
     /// Print the committed Kafka offsets (per topic and partition) as JSON.
     Offsets,
+    /// Accept a gap in a partition's log explicitly: set the table's next
+    /// offset of `partition` (of the event topic) to `offset`, in a commit
+    /// of its own (docs/operations.md). Restart the lake writers after.
+    AcceptGap {
+        /// The partition.
+        #[arg(long)]
+        partition: i32,
+        /// Its new next offset (the log end, or the log start of a topic
+        /// created again).
+        #[arg(long)]
+        offset: i64,
+    },
     /// Read every row back and print JSON: rows, distinct offsets, an
     /// order-independent checksum, counts per client × day × status, offsets.
     Stats,
@@ -360,6 +372,19 @@ async fn dispatch(command: Command, mut cfg: Config) -> anyhow::Result<()> {
             let lake = notiflow_lake::Lake::open(&cfg.lake).await?;
             let offsets = notiflow_lake::table::committed_offsets(lake.load().await?.metadata())?;
             println!("{}", serde_json::to_string(&offsets)?);
+            Ok(())
+        }
+        Command::Lake {
+            action: LakeAction::AcceptGap { partition, offset },
+        } => {
+            let lake = notiflow_lake::Lake::open(&cfg.lake).await?;
+            let (from, snapshot) =
+                notiflow_lake::table::set_offset(&lake, &cfg.kafka.topic, partition, offset)
+                    .await?;
+            println!(
+                "{}",
+                serde_json::json!({"topic": cfg.kafka.topic, "partition": partition, "from": from, "to": offset, "snapshot_id": snapshot})
+            );
             Ok(())
         }
         Command::Lake {

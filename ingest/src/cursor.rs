@@ -4,7 +4,7 @@
 //! After a seek, librdkafka may still hand out records fetched before it:
 //! records before the cursor are stale copies; a record after the cursor
 //! means a fetch raced the seek, so seek back once. If the gap is still
-//! there after that, it is real (the log has no such offsets, e.g. after
+//! there after a seek that succeeded, it is real (the log has no such offsets, e.g. after
 //! retention or compaction) and the records are accepted.
 
 /// What to do with one record.
@@ -54,6 +54,13 @@ impl Cursor {
         self.next = Some(offset + 1);
         Admit::Take
     }
+
+    /// The re-seek asked for by [`Admit::Reseek`] failed: the gap is not
+    /// proven real, so the next record past the cursor asks again instead
+    /// of being accepted.
+    pub fn seek_failed(&mut self) {
+        self.gap_seen = false;
+    }
 }
 
 #[cfg(test)]
@@ -75,6 +82,16 @@ mod tests {
         assert_eq!(c.admit(20, false), Admit::Reseek(12));
         assert_eq!(c.admit(20, false), Admit::Take);
         assert_eq!(c.next(), Some(21));
+    }
+
+    #[test]
+    fn a_gap_is_accepted_only_after_a_seek_that_took() {
+        let mut c = Cursor::at(Some(10));
+        assert_eq!(c.admit(15, false), Admit::Reseek(10));
+        c.seek_failed();
+        // Still the old fetch position: ask again, never accept the gap.
+        assert_eq!(c.admit(16, false), Admit::Reseek(10));
+        assert_eq!(c.admit(10, false), Admit::Take);
     }
 
     #[test]

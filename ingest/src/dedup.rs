@@ -33,6 +33,9 @@ const SEED: u64 = 0x6e6f_7469_666c_6f77; // "notiflow"
 /// Length of one generation.
 pub const GENERATION_MICROS: Micros = HOUR_MICROS;
 
+/// How many generations one record may move a partition's newest one.
+pub const MAX_GENERATION_STEP: u32 = 1;
+
 /// Fingerprint of an `event_id` (never 0, which marks an empty slot).
 pub fn fingerprint(event_id: &str) -> u64 {
     xxh3_64_with_seed(event_id.as_bytes(), SEED).max(1)
@@ -74,6 +77,24 @@ impl Dedup {
     /// The highest generation seen.
     pub fn newest(&self) -> u32 {
         self.newest
+    }
+
+    /// The dedup generation of a record with broker timestamp `record_ts`
+    /// on this partition: its UTC hour, but at most
+    /// [`MAX_GENERATION_STEP`] past the newest generation seen (any hour
+    /// while nothing was seen). Both sinks use this, so they agree.
+    pub fn generation_of(&self, record_ts: Micros) -> u32 {
+        let g = generation(record_ts);
+        if self.newest == 0 {
+            return g;
+        }
+        g.min(self.newest.saturating_add(MAX_GENERATION_STEP))
+    }
+
+    /// Sets the newest generation to at least `generation` (restoring a
+    /// persisted state whose newest generation added no fingerprint).
+    pub fn advance_to(&mut self, generation: u32) {
+        self.advance(generation);
     }
 
     /// The oldest generation still remembered.
@@ -273,6 +294,54 @@ mod tests {
             let fp = fingerprint(&format!("e{i}"));
             assert_eq!(restored.insert(fp, 1019), live.insert(fp, 1019), "e{i}");
         }
+    }
+
+    #[test]
+    fn one_record_from_a_year_ahead_does_not_turn_dedup_off() {
+        let mut d = Dedup::new(24);
+        let now = 490_000 * HOUR_MICROS + 5;
+        let a = fingerprint("ev-a");
+        assert!(d.insert(a, d.generation_of(now)));
+        // A producer clock a year ahead: the generation moves one step.
+        let far = now + 8760 * HOUR_MICROS;
+        let g = d.generation_of(far);
+        assert_eq!(g, 490_001);
+        assert!(d.insert(fingerprint("ev-future"), g));
+        // The partition's normal records are still deduplicated.
+        assert!(
+            !d.insert(a, d.generation_of(now)),
+            "a repeat after the hostile record"
+        );
+        assert_eq!(d.newest(), 490_001);
+    }
+
+    #[test]
+    fn real_time_catches_up_after_a_quiet_partition() {
+        let mut d = Dedup::new(24);
+        assert_eq!(d.generation_of(100 * HOUR_MICROS), 100, "nothing seen yet");
+        d.insert(fingerprint("a"), 100);
+        // Five hours of silence, then records again: a step per record.
+        for (i, want) in [101, 102, 103, 104, 105, 105].into_iter().enumerate() {
+            let g = d.generation_of(105 * HOUR_MICROS);
+            assert_eq!(g, want, "record {i}");
+            d.insert(fingerprint(&format!("late-{i}")), g);
+        }
+        // Older records keep their own (smaller) generation.
+        assert_eq!(d.generation_of(90 * HOUR_MICROS), 90);
+    }
+
+    #[test]
+    fn advance_to_moves_the_window_without_a_fingerprint() {
+        let mut d = Dedup::new(2);
+        d.restore(fingerprint("old"), 10);
+        d.advance_to(13);
+        assert_eq!(d.newest(), 13);
+        assert!(
+            d.insert(fingerprint("old"), 13),
+            "10 < 13 - 2: outside the window"
+        );
+        d.advance_to(5);
+        assert_eq!(d.newest(), 13, "never backwards");
     }
 
     #[test]

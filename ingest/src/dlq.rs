@@ -215,7 +215,7 @@ impl DlqWriter {
                 .sum()
         });
         let mut letter = fit(m.key(), m.payload(), headers_bytes, self.max_record_bytes);
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = crate::retry::Backoff::new();
         let mut attempt = 1;
         let mut shrunk = false;
         loop {
@@ -248,13 +248,13 @@ impl DlqWriter {
                 );
                 return Ok(Outcome::Failed);
             }
+            let delay = backoff.next_delay();
             tracing::warn!(partition = m.partition(), offset = m.offset(), attempt, error = %err,
                 retry_in_ms = delay.as_millis() as u64, "dead letter not written, retrying");
             sleep_or_cancel(shutdown, delay).await;
             if shutdown.is_cancelled() {
                 return Err(IngestError::ShutDown);
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
             attempt += 1;
         }
     }

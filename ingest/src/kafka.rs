@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -35,8 +35,9 @@ pub async fn wait_for_broker(
     shutdown: &CancellationToken,
 ) -> Result<(), IngestError> {
     let consumer: Arc<BaseConsumer> = Arc::new(client_config(cfg).create()?);
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = crate::retry::Backoff::new();
     for attempt in 1u32.. {
+        let delay = backoff.next_delay();
         let c = Arc::clone(&consumer);
         let probe = tokio::task::spawn_blocking(move || {
             c.fetch_metadata(None, Duration::from_secs(5)).map(|_| ())
@@ -58,15 +59,51 @@ pub async fn wait_for_broker(
             _ = shutdown.cancelled() => return Err(IngestError::ShutDown),
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(10));
     }
     Err(IngestError::ShutDown)
 }
 
-/// Creates the event and dead-letter topics if they do not exist yet.
+/// Creates the event and dead-letter topics if they do not exist yet, and
+/// says loudly when the event topic stamps records with the producers'
+/// clocks (see [`TIMESTAMP_TYPE`]).
 pub async fn ensure_topics(cfg: &KafkaConfig) -> Result<(), IngestError> {
     ensure_topic(cfg, &cfg.topic, cfg.partitions).await?;
-    ensure_topic(cfg, &cfg.dlq_topic, cfg.partitions).await
+    ensure_topic(cfg, &cfg.dlq_topic, cfg.partitions).await?;
+    match timestamp_type(cfg, &cfg.topic).await {
+        Ok(Some(t)) if t == "LogAppendTime" => {}
+        Ok(found) => tracing::warn!(
+            topic = %cfg.topic,
+            timestamp_type = found.as_deref().unwrap_or("unknown (the broker did not say)"),
+            "the event topic is not {TIMESTAMP_TYPE}=LogAppendTime: the producers' clocks \
+             stamp the records, and the future-time rule and the dedup generation follow \
+             them (a producer clock minutes slow dead-letters valid events). Set \
+             {TIMESTAMP_TYPE}=LogAppendTime on the topic (docs/events.md)"
+        ),
+        Err(e) => {
+            tracing::warn!(topic = %cfg.topic, error = %e, "cannot read the topic's {TIMESTAMP_TYPE}")
+        }
+    }
+    Ok(())
+}
+
+/// The topic setting that makes the broker's clock, not a producer's, the
+/// record timestamp every consumer group reads: notiflow creates its
+/// topics with `LogAppendTime`.
+pub const TIMESTAMP_TYPE: &str = "message.timestamp.type";
+
+/// The `message.timestamp.type` of `topic`, as the broker reports it.
+pub async fn timestamp_type(cfg: &KafkaConfig, topic: &str) -> Result<Option<String>, IngestError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(cfg).create()?;
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &opts)
+        .await?;
+    for r in results.into_iter().flatten() {
+        if let Some(e) = r.get(TIMESTAMP_TYPE) {
+            return Ok(e.value.clone());
+        }
+    }
+    Ok(None)
 }
 
 /// Creates one topic with `partitions` partitions unless it exists.
@@ -76,7 +113,8 @@ pub async fn ensure_topic(
     partitions: i32,
 ) -> Result<(), IngestError> {
     let admin: AdminClient<DefaultClientContext> = client_config(cfg).create()?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1))
+        .set(TIMESTAMP_TYPE, "LogAppendTime");
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for result in admin.create_topics([&new], &opts).await? {
         match result {

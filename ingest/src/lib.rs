@@ -24,6 +24,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod rebalance;
 pub mod registry;
+pub mod retry;
 pub mod service;
 pub mod source;
 pub mod validate;

@@ -1,11 +1,25 @@
 //! What a consumer that keeps its own offsets (aggregator, lake) needs from
 //! its consumer context: partition changes handed from the rebalance
 //! callback (which runs inside the consumer's poll) to the service loop,
-//! and the high watermarks from librdkafka's statistics, for lag gauges.
+//! the high watermarks from librdkafka's statistics, for lag gauges, and
+//! the check that a stored offset is still inside the log.
+//!
+//! **A stored offset past the log end** (the broker lost its tail, the
+//! topic was deleted and created again) would otherwise drop every new
+//! record below it as a stale copy, silently, with a lag of 0: the
+//! partition is stuck until the log grows past the stored offset, and
+//! what it writes meanwhile is lost. [`Handoff::beyond_end`] tells it
+//! (confirmed by a fresh watermark query, not only the last statistics),
+//! the services raise `…_offset_beyond_log_end{partition}` and log an
+//! error every minute, and take nothing from that partition until an
+//! operator decides (docs/operations.md).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use prometheus::IntGaugeVec;
+use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::topic_partition_list::{TopicPartitionList, TopicPartitionListElem};
 use rdkafka::{Offset, Statistics};
 
@@ -24,6 +38,10 @@ pub enum Change<S> {
 pub struct Handoff<S> {
     changes: Arc<Mutex<Vec<Change<S>>>>,
     highs: Arc<Mutex<HashMap<i32, i64>>>,
+    alarms: Arc<Mutex<HashMap<i32, Instant>>>,
+    /// Per partition: when it was last looked at, its stored offset then,
+    /// and the log end a query answered for that offset (if one was made).
+    checks: Arc<Mutex<HashMap<i32, Check>>>,
 }
 
 impl<S> Clone for Handoff<S> {
@@ -31,6 +49,8 @@ impl<S> Clone for Handoff<S> {
         Handoff {
             changes: Arc::clone(&self.changes),
             highs: Arc::clone(&self.highs),
+            alarms: Arc::clone(&self.alarms),
+            checks: Arc::clone(&self.checks),
         }
     }
 }
@@ -40,8 +60,29 @@ impl<S> Default for Handoff<S> {
         Handoff {
             changes: Arc::new(Mutex::new(Vec::new())),
             highs: Arc::new(Mutex::new(HashMap::new())),
+            alarms: Arc::new(Mutex::new(HashMap::new())),
+            checks: Arc::new(Mutex::new(HashMap::new())),
         }
     }
+}
+
+/// How often a partition past the log end is logged again.
+const ALARM_EVERY: Duration = Duration::from_secs(60);
+/// How long a stored offset must stay put before the log end is asked
+/// for, and how long the answer is reused.
+const CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// See [`Handoff::beyond_end`].
+#[derive(Debug, Clone, Copy)]
+struct Check {
+    at: Instant,
+    next: i64,
+    high: Option<i64>,
+}
+
+/// A stored next offset past the log's end, by how many offsets.
+pub fn past_end(next: i64, high: i64) -> Option<i64> {
+    (next > high).then(|| next - high)
 }
 
 impl<S> Handoff<S> {
@@ -95,5 +136,120 @@ impl<S> Handoff<S> {
     /// The latest high watermark per partition.
     pub fn highs(&self) -> HashMap<i32, i64> {
         self.highs.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// How far partition `p`'s stored next offset `next` lies past the end
+    /// of its log, if it does. The statistics' high watermark may be a
+    /// second old (records fetched since are past it), so a suspicion is
+    /// confirmed with a watermark query before it counts. Logs an error,
+    /// at most once a minute per partition.
+    pub fn beyond_end<C: ConsumerContext, K: Consumer<C>>(
+        &self,
+        consumer: &K,
+        topic: &str,
+        p: i32,
+        next: i64,
+    ) -> Option<i64> {
+        let stale_high = self.highs().get(&p).copied()?;
+        past_end(next, stale_high)?;
+        // A partition whose stored offset moves is taking records: the
+        // statistics are merely older than its last batch. Only one that
+        // stays put past them is asked about (then every CHECK_EVERY).
+        let last = self.checks.lock().ok().and_then(|c| c.get(&p).copied());
+        let high = match last {
+            Some(c) if c.next == next && c.at.elapsed() < CHECK_EVERY => c.high?,
+            Some(c) if c.next != next => {
+                self.note_check(p, next, None);
+                return None;
+            }
+            _ => match consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) {
+                Ok((_, h)) => {
+                    self.note_check(p, next, Some(h));
+                    h
+                }
+                Err(e) => {
+                    tracing::debug!(partition = p, error = %e, "watermark query failed");
+                    return None;
+                }
+            },
+        };
+        let Some(missing) = past_end(next, high) else {
+            if let Ok(mut a) = self.alarms.lock() {
+                a.remove(&p);
+            }
+            return None;
+        };
+        let due = self.alarms.lock().is_ok_and(|mut a| match a.get(&p) {
+            Some(t) if t.elapsed() < ALARM_EVERY => false,
+            _ => {
+                a.insert(p, Instant::now());
+                true
+            }
+        });
+        if due {
+            tracing::error!(
+                topic,
+                partition = p,
+                stored_next_offset = next,
+                log_end_offset = high,
+                missing,
+                "the stored offset is past the end of the partition's log (the broker lost \
+                 its tail, or the topic was created again): nothing of this partition is \
+                 taken until an operator re-seeds the log or accepts the gap \
+                 (docs/operations.md)"
+            );
+        }
+        Some(missing)
+    }
+
+    fn note_check(&self, p: i32, next: i64, high: Option<i64>) {
+        if let Ok(mut c) = self.checks.lock() {
+            c.insert(
+                p,
+                Check {
+                    at: Instant::now(),
+                    next,
+                    high,
+                },
+            );
+        }
+    }
+
+    /// Sets partition `p`'s `lag` and `beyond_log_end` gauges for its
+    /// stored next offset `next`: the one position rule of both sinks.
+    pub fn set_position_gauges<C: ConsumerContext, K: Consumer<C>>(
+        &self,
+        consumer: &K,
+        topic: &str,
+        gauges: [&IntGaugeVec; 2],
+        p: i32,
+        next: i64,
+    ) {
+        let [lag, beyond] = gauges;
+        crate::metrics::set_lag(lag, &self.highs(), p, next);
+        let missing = self.beyond_end(consumer, topic, p, next);
+        beyond
+            .with_label_values(&[p.to_string().as_str()])
+            .set(missing.unwrap_or(0));
+    }
+}
+
+/// Drops a partition's series from `gauges` (it is no longer ours).
+pub fn forget_partition(gauges: [&IntGaugeVec; 2], p: i32) {
+    for g in gauges {
+        let _ = g.remove_label_values(&[p.to_string().as_str()]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_stored_offset_past_the_high_watermark_is_beyond_the_end() {
+        assert_eq!(past_end(10, 10), None, "caught up");
+        assert_eq!(past_end(5, 10), None, "behind");
+        assert_eq!(past_end(1000, 10), Some(990));
+        assert_eq!(past_end(1, 0), Some(1), "a topic created again, empty");
     }
 }

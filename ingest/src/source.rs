@@ -6,6 +6,7 @@
 //! offsets go (Kafka here; Redis or Iceberg for the exactly-once sinks).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use notiflow_schema::Micros;
@@ -26,6 +27,9 @@ use crate::kafka::client_config;
 pub struct Source<C: ConsumerContext + 'static = DefaultConsumerContext> {
     consumer: StreamConsumer<C>,
     topic: String,
+    /// Seeks that failed, retried before each batch: a partition whose
+    /// re-seek failed could otherwise wait for a record that never comes.
+    failed_seeks: std::sync::Mutex<BTreeMap<i32, (Offset, u32)>>,
 }
 
 impl Source {
@@ -62,6 +66,7 @@ impl<C: ConsumerContext + 'static> Source<C> {
         Ok(Source {
             consumer,
             topic: kafka.topic.clone(),
+            failed_seeks: Default::default(),
         })
     }
 
@@ -75,15 +80,61 @@ impl<C: ConsumerContext + 'static> Source<C> {
         &self.consumer
     }
 
-    /// Moves partition `p`'s fetch position to `offset`. A failure is logged,
-    /// not returned: the callers' cursors drop whatever arrives from the
-    /// wrong place and ask again.
-    pub fn seek(&self, p: i32, offset: Offset) {
-        if let Err(e) = self
+    /// Moves partition `p`'s fetch position to `offset`; false (logged) if
+    /// the seek failed: it is tried again before each batch (up to
+    /// [`SEEK_RETRIES`] times), and the callers' cursors drop whatever
+    /// arrives from the wrong place meanwhile and ask again
+    /// ([`crate::cursor::Cursor::seek_failed`]).
+    pub fn seek(&self, p: i32, offset: Offset) -> bool {
+        let ok = self.try_seek(p, offset);
+        if let Ok(mut f) = self.failed_seeks.lock() {
+            if ok {
+                f.remove(&p);
+            } else {
+                f.insert(p, (offset, 0));
+            }
+        }
+        ok
+    }
+
+    fn try_seek(&self, p: i32, offset: Offset) -> bool {
+        match self
             .consumer
             .seek(&self.topic, p, offset, Duration::from_secs(5))
         {
-            tracing::warn!(partition = p, ?offset, error = %e, "seek failed");
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(partition = p, ?offset, error = %e, "seek failed");
+                false
+            }
+        }
+    }
+
+    /// Tries the failed seeks again (a partition no longer assigned keeps
+    /// failing: it is given up after [`SEEK_RETRIES`] tries).
+    fn retry_seeks(&self) {
+        let pending: Vec<(i32, Offset)> = match self.failed_seeks.lock() {
+            Ok(f) => f.iter().map(|(p, (o, _))| (*p, *o)).collect(),
+            Err(_) => return,
+        };
+        for (p, offset) in pending {
+            let ok = self.try_seek(p, offset);
+            if let Ok(mut f) = self.failed_seeks.lock() {
+                match f.get_mut(&p) {
+                    Some(_) if ok => {
+                        f.remove(&p);
+                        tracing::info!(partition = p, ?offset, "seek retried: done");
+                    }
+                    Some((_, tries)) => {
+                        *tries += 1;
+                        if *tries >= SEEK_RETRIES {
+                            tracing::warn!(partition = p, ?offset, "seek given up on");
+                            f.remove(&p);
+                        }
+                    }
+                    None => {}
+                }
+            }
         }
     }
 
@@ -95,6 +146,7 @@ impl<C: ConsumerContext + 'static> Source<C> {
         max_wait: Duration,
         shutdown: &CancellationToken,
     ) -> Result<Vec<OwnedMessage>, IngestError> {
+        self.retry_seeks();
         let deadline = tokio::time::Instant::now() + max_wait;
         let mut batch = Vec::new();
         while batch.len() < max_records {
@@ -161,9 +213,33 @@ pub fn next_offsets(batch: &[OwnedMessage]) -> BTreeMap<i32, i64> {
 /// fill in its own clock.
 pub const NO_TIMESTAMP: Micros = Micros::MIN;
 
+/// Tries of a failed seek before it is given up (its partition was
+/// revoked, most likely; a new owner seeks on assignment anyway).
+pub const SEEK_RETRIES: u32 = 100;
+
+/// Set once a record stamped by its producer (`CreateTime`) was seen.
+static CREATE_TIME_SEEN: AtomicBool = AtomicBool::new(false);
+
 /// The decoding view of a record; its broker timestamp is the reference
-/// clock for the future-time rule and the dedup generation.
+/// clock for the future-time rule and the dedup generation. The first
+/// record stamped by its producer's clock (`CreateTime`) is logged as a
+/// warning, once per process: a broker may report `LogAppendTime` for a
+/// topic and still stamp `CreateTime` (tansu 0.6 does).
 pub fn view(m: &OwnedMessage) -> RecordView<'_> {
+    if matches!(m.timestamp(), rdkafka::Timestamp::CreateTime(_))
+        && !CREATE_TIME_SEEN.load(Ordering::Relaxed)
+        && !CREATE_TIME_SEEN.swap(true, Ordering::Relaxed)
+    {
+        tracing::warn!(
+            topic = m.topic(),
+            partition = m.partition(),
+            offset = m.offset(),
+            "records carry their producer's clock (CreateTime), not the broker's: the \
+             future-time rule and the dedup generation follow producer clocks (a clock \
+             minutes slow dead-letters valid events). Use a broker that stamps \
+             LogAppendTime on the event topic (docs/events.md)"
+        );
+    }
     RecordView {
         key: m.key(),
         value: m.payload(),

@@ -40,6 +40,10 @@ pub struct LakeConfig {
     pub zstd_level: i32,
     /// Sort each flushed chunk by `client_id, event_time` (SPEC §4 "where cheap").
     pub sort_chunks: bool,
+    /// Most day partitions with a file open at once in a round: a backfill
+    /// over years closes its files and opens new ones past this, instead
+    /// of one open file (and buffers) per day.
+    pub max_open_partitions: usize,
     /// Dedup window in hours: must equal `aggregator.dedup_window_hours`
     /// so that the lake and the counters agree.
     pub dedup_window_hours: u32,
@@ -97,6 +101,7 @@ impl Default for LakeConfig {
             row_group_rows: 131_072,
             zstd_level: 3,
             sort_chunks: false,
+            max_open_partitions: 16,
             dedup_window_hours: 24,
             batch_max_records: 50_000,
             s3: S3Config::default(),
@@ -170,6 +175,12 @@ impl LakeConfig {
             return Err(ConfigError::new(
                 "lake.flush_rows",
                 "must be within 1..=10000000",
+            ));
+        }
+        if !(1..=4096).contains(&self.max_open_partitions) {
+            return Err(ConfigError::new(
+                "lake.max_open_partitions",
+                "must be within 1..=4096",
             ));
         }
         if !(1..=10_000_000).contains(&self.row_group_rows) {

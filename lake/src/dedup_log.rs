@@ -4,9 +4,11 @@
 //! The lake applies the aggregator's duplicate rule (`ingest::dedup`), so a
 //! writer that takes over a partition must know the events of the last
 //! window. Only committed snapshots name dedup files, so an uncommitted
-//! (crashed or fenced) round never marks its events as seen. A restore
-//! reads the files of the snapshots committed within the window (plus an
-//! hour) before the current one, 16 at a time.
+//! (crashed or fenced) round never marks its events as seen. Each commit
+//! records its partitions' newest generations with their offsets, and each
+//! snapshot with a dedup file the newest generation in it: a restore reads
+//! the files that reach into each partition's own window (anchored on its
+//! newest generation, never on a commit time), 16 at a time.
 //!
 //! Format (little endian): `NFD1`, then sections of `partition: i32,
 //! generation: u32, count: u32` followed by `count` fingerprints (`u64`),
@@ -15,11 +17,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use futures::StreamExt;
+use iceberg::spec::{SnapshotRef, TableMetadata};
 use iceberg::table::Table;
 use notiflow_ingest::dedup::{Dedup, GENERATION_MICROS};
 
 use crate::error::LakeError;
-use crate::table::DEDUP_PROP;
+use crate::table::{DEDUP_MAX_GEN_PROP, DEDUP_PROP, committed_generations, committed_offsets};
 
 const MAGIC: &[u8; 4] = b"NFD1";
 
@@ -75,61 +78,227 @@ pub async fn write(table: &Table, name: &str, fps: &Fingerprints) -> Result<Stri
 /// Dedup files read at once while restoring.
 const PARALLEL_READS: usize = 16;
 
-/// The dedup state of `partitions` as of `table`'s current snapshot.
+/// The dedup state of `topic`'s `partitions` as of `table`'s current
+/// snapshot: each partition's window is anchored on its own newest
+/// generation, as recorded with its offsets.
 pub async fn restore(
     table: &Table,
+    topic: &str,
     partitions: &[i32],
     window: u32,
 ) -> Result<HashMap<i32, Dedup>, LakeError> {
+    let md = table.metadata();
+    let gens = committed_generations(md)?.remove(topic).unwrap_or_default();
+    let offsets = committed_offsets(md)?.remove(topic).unwrap_or_default();
     let mut out: HashMap<i32, Dedup> = partitions
         .iter()
         .map(|&p| (p, Dedup::new(window)))
         .collect();
+    let floor = partitions
+        .iter()
+        .filter_map(|p| gens.get(p))
+        .map(|g| g.saturating_sub(window))
+        .min();
+    // Partitions committed before generations were recorded: their files
+    // are found by commit time, as they were then.
+    let legacy = partitions
+        .iter()
+        .any(|p| offsets.contains_key(p) && !gens.contains_key(p));
     let io = table.file_io().clone();
-    let mut reads = futures::stream::iter(files_in_window(table, window))
+    let mut reads = futures::stream::iter(files_needed(md, floor, legacy, window))
         .map(move |path| read(io.clone(), path))
         .buffer_unordered(PARALLEL_READS);
-    let mut files = 0usize;
-    while let Some(bytes) = reads.next().await {
-        decode(&bytes?, |p, g, packed| {
+    let (mut files, mut missing) = (0usize, Vec::new());
+    while let Some(read) = reads.next().await {
+        let (path, bytes) = read?;
+        let Some(bytes) = bytes else {
+            missing.push(path);
+            continue;
+        };
+        decode(&bytes, |p, g, packed| {
             if let Some(d) = out.get_mut(&p) {
                 d.restore_packed(g, packed);
             }
         })?;
         files += 1;
     }
+    if !missing.is_empty() {
+        // Deleted behind the writers' backs (a storage lifecycle rule, an
+        // orphan removal that raced a commit): the committed rows still
+        // name every event, so the window is rebuilt from them.
+        tracing::warn!(
+            missing = missing.len(),
+            first = %missing[0],
+            "dedup files of committed snapshots are missing: rebuilding the window from the table's rows"
+        );
+        rebuild_from_rows(table, &gens, window, &mut out).await?;
+    }
+    for (p, d) in &mut out {
+        if let Some(&g) = gens.get(p) {
+            d.advance_to(g);
+        }
+    }
     tracing::debug!(files, partitions = ?partitions, "dedup state restored");
     Ok(out)
 }
 
-async fn read(io: iceberg::io::FileIO, path: String) -> Result<bytes::Bytes, LakeError> {
-    Ok(io.new_input(&path)?.read().await?)
+/// A dedup file's bytes; `None` if it does not exist.
+async fn read(
+    io: iceberg::io::FileIO,
+    path: String,
+) -> Result<(String, Option<bytes::Bytes>), LakeError> {
+    match io.new_input(&path)?.read().await {
+        Ok(b) => Ok((path, Some(b))),
+        Err(e) => {
+            if io.exists(&path).await? {
+                Err(e.into())
+            } else {
+                Ok((path, None))
+            }
+        }
+    }
 }
 
-/// Dedup files of the snapshots committed within the window (plus an hour)
-/// before the current one. Rows are committed after their broker timestamp,
-/// so older snapshots hold only older generations; when old records are
-/// replayed this takes more files than needed, never fewer. The order of
-/// the restore does not matter: expired generations are swept out.
-fn files_in_window(table: &Table, window: u32) -> Vec<String> {
-    let md = table.metadata();
-    let Some(current) = md.current_snapshot() else {
-        return Vec::new();
+/// Remembers, in `out`, the event of every committed row of its partitions
+/// whose broker hour is inside the partition's window. Files whose
+/// `ingest_time` ends before every window are skipped on their column
+/// bounds. A row's generation is its broker hour, capped at the partition's
+/// newest (as [`Dedup::generation_of`] caps it live).
+async fn rebuild_from_rows(
+    table: &Table,
+    gens: &BTreeMap<i32, u32>,
+    window: u32,
+    out: &mut HashMap<i32, Dedup>,
+) -> Result<(), LakeError> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Int32Type, TimestampMicrosecondType};
+    use iceberg::spec::{Datum, PrimitiveLiteral};
+    use notiflow_ingest::dedup::{fingerprint, generation};
+    use parquet::arrow::ProjectionMask;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    use crate::rows::field;
+
+    let floor = |p: &i32| gens.get(p).map(|g| g.saturating_sub(window));
+    let Some(lowest) = out.keys().filter_map(floor).min() else {
+        return Ok(());
     };
-    let span_ms = i64::from(window + 1) * GENERATION_MICROS / 1000;
-    let cutoff_ms = current.timestamp_ms() - span_ms;
-    let mut out = Vec::new();
-    let mut snap = Some(current);
-    while let Some(s) = snap {
-        if s.timestamp_ms() < cutoff_ms {
-            break;
+    let lowest_us = i64::from(lowest) * GENERATION_MICROS;
+    for f in crate::maintenance::live_files(table).await? {
+        let ends = f
+            .file
+            .upper_bounds()
+            .get(&field::INGEST_TIME)
+            .map(Datum::literal);
+        if let Some(PrimitiveLiteral::Long(end)) = ends
+            && *end < lowest_us
+        {
+            continue;
         }
-        if let Some(path) = s.summary().additional_properties.get(DEDUP_PROP) {
-            out.push(path.clone());
+        let path = f.file.file_path();
+        let bytes = table.file_io().new_input(path)?.read().await?;
+        let bad =
+            |e: parquet::errors::ParquetError| LakeError::Table(format!("reading {path}: {e}"));
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(bad)?;
+        let names = ["event_id", "ingest_time", "kafka_partition"];
+        let leaves: Vec<usize> = names
+            .iter()
+            .map(|n| {
+                builder
+                    .schema()
+                    .index_of(n)
+                    .map_err(|e| LakeError::Table(format!("{path}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let mask = ProjectionMask::roots(builder.parquet_schema(), leaves);
+        for batch in builder.with_projection(mask).build().map_err(bad)? {
+            let batch = batch?;
+            let col = |n: &str| {
+                batch
+                    .column_by_name(n)
+                    .ok_or_else(|| LakeError::Table(format!("{path}: no column {n}")))
+            };
+            let ids = col("event_id")?.as_string::<i32>().clone();
+            let ts = col("ingest_time")?
+                .as_primitive::<TimestampMicrosecondType>()
+                .clone();
+            let parts = col("kafka_partition")?.as_primitive::<Int32Type>().clone();
+            for i in 0..batch.num_rows() {
+                let p = parts.value(i);
+                let (Some(d), Some(newest)) = (out.get_mut(&p), gens.get(&p)) else {
+                    continue;
+                };
+                let g = generation(ts.value(i)).min(*newest);
+                if g >= newest.saturating_sub(window) && !ids.is_null(i) {
+                    d.restore(fingerprint(ids.value(i)), g);
+                }
+            }
         }
-        snap = s.parent_snapshot_id().and_then(|id| md.snapshot_by_id(id));
     }
-    out
+    Ok(())
+}
+
+/// The current snapshot and its ancestors, newest first.
+fn ancestry(md: &TableMetadata) -> impl Iterator<Item = &SnapshotRef> {
+    std::iter::successors(md.current_snapshot(), |s| {
+        s.parent_snapshot_id().and_then(|id| md.snapshot_by_id(id))
+    })
+}
+
+/// The newest generation of a snapshot's dedup file, if recorded.
+fn max_generation(s: &SnapshotRef) -> Option<u32> {
+    s.summary()
+        .additional_properties
+        .get(DEDUP_MAX_GEN_PROP)
+        .and_then(|v| v.parse().ok())
+}
+
+/// Dedup files that may hold a generation `≥ floor`: those whose newest
+/// generation reaches it, wherever in the history they were committed (a
+/// writer outage of hours, a compaction or another writer's commit since
+/// change nothing). Files of snapshots from before generations were
+/// recorded are taken by commit time within the window (plus an hour) of
+/// the newest of them, when `legacy` partitions need them.
+fn files_needed(md: &TableMetadata, floor: Option<u32>, legacy: bool, window: u32) -> Vec<String> {
+    let span_ms = i64::from(window + 1) * GENERATION_MICROS / 1000;
+    let legacy_cutoff = ancestry(md)
+        .find(|s| {
+            max_generation(s).is_none()
+                && s.summary().additional_properties.contains_key(DEDUP_PROP)
+        })
+        .map(|s| s.timestamp_ms() - span_ms);
+    ancestry(md)
+        .filter_map(|s| {
+            let path = s.summary().additional_properties.get(DEDUP_PROP)?;
+            let wanted = match max_generation(s) {
+                Some(g) => floor.is_some_and(|f| g >= f),
+                None => {
+                    (legacy || floor.is_some())
+                        && legacy_cutoff.is_some_and(|c| s.timestamp_ms() >= c)
+                }
+            };
+            wanted.then(|| path.clone())
+        })
+        .collect()
+}
+
+/// Commit time (ms) of the oldest snapshot whose dedup file some
+/// partition's window still needs (any topic): snapshot expiry keeps it
+/// and everything after, so a writer away for longer than the expiry age
+/// still finds its window.
+pub fn oldest_needed_ms(md: &TableMetadata, window: u32) -> Result<Option<i64>, LakeError> {
+    let floor = committed_generations(md)?
+        .values()
+        .flat_map(|parts| parts.values())
+        .map(|g| g.saturating_sub(window))
+        .min();
+    let Some(floor) = floor else {
+        return Ok(None);
+    };
+    Ok(ancestry(md)
+        .filter(|s| max_generation(s).is_some_and(|g| g >= floor))
+        .map(|s| s.timestamp_ms())
+        .min())
 }
 
 #[cfg(test)]

@@ -36,6 +36,8 @@ pub struct FileOptions {
     pub row_group_rows: usize,
     /// zstd level.
     pub zstd_level: i32,
+    /// Most day partitions with an open file at once.
+    pub max_open_partitions: usize,
 }
 
 impl From<&LakeConfig> for FileOptions {
@@ -44,6 +46,7 @@ impl From<&LakeConfig> for FileOptions {
             target_size: cfg.target_file_size_bytes,
             row_group_rows: cfg.row_group_rows,
             zstd_level: cfg.zstd_level,
+            max_open_partitions: cfg.max_open_partitions,
         }
     }
 }
@@ -60,34 +63,57 @@ pub fn writer_properties(o: FileOptions) -> Result<WriterProperties, LakeError> 
         .build())
 }
 
-/// The open data files of one round.
+/// Data file writers for `table` (new file names: a uuid per builder).
+fn writer_builder(table: &Table, o: FileOptions) -> Result<Inner, LakeError> {
+    let md = table.metadata();
+    let parquet = ParquetWriterBuilder::new(writer_properties(o)?, md.current_schema().clone());
+    let rolling = RollingFileWriterBuilder::new(
+        parquet,
+        o.target_size as usize,
+        table.file_io().clone(),
+        DefaultLocationGenerator::new(md)?,
+        DefaultFileNameGenerator::new(
+            uuid::Uuid::new_v4().to_string(),
+            None,
+            DataFileFormat::Parquet,
+        ),
+    );
+    Ok(DataFileWriterBuilder::new(rolling))
+}
+
+/// The data files of one round: one open (rolling) file per day partition
+/// written to, at most `max_open_partitions` of them. A write to one more
+/// day closes them all (they join the round's closed files) and starts
+/// afresh, so a backfill over years holds a bounded number of files open.
 pub struct RoundFiles {
     writer: FanoutWriter<Inner>,
     table: Table,
+    opts: FileOptions,
     rows: u64,
+    open: std::collections::BTreeSet<i32>,
+    max_open: usize,
+    closed: Vec<DataFile>,
+    rolls: u64,
 }
 
 impl RoundFiles {
     /// Starts a round on `table` (its schema, spec and location).
     pub fn new(table: &Table, o: FileOptions) -> Result<Self, LakeError> {
-        let md = table.metadata();
-        let parquet = ParquetWriterBuilder::new(writer_properties(o)?, md.current_schema().clone());
-        let rolling = RollingFileWriterBuilder::new(
-            parquet,
-            o.target_size as usize,
-            table.file_io().clone(),
-            DefaultLocationGenerator::new(md)?,
-            DefaultFileNameGenerator::new(
-                uuid::Uuid::new_v4().to_string(),
-                None,
-                DataFileFormat::Parquet,
-            ),
-        );
         Ok(RoundFiles {
-            writer: FanoutWriter::new(DataFileWriterBuilder::new(rolling)),
+            writer: FanoutWriter::new(writer_builder(table, o)?),
             table: table.clone(),
+            opts: o,
             rows: 0,
+            open: Default::default(),
+            max_open: o.max_open_partitions.max(1),
+            closed: Vec::new(),
+            rolls: 0,
         })
+    }
+
+    /// How often the open files were closed to open another day's.
+    pub fn rolls(&self) -> u64 {
+        self.rolls
     }
 
     /// Rows written so far.
@@ -103,13 +129,22 @@ impl RoundFiles {
             md.current_schema().clone(),
             Struct::from_iter([Some(Literal::date(day))]),
         );
+        if !self.open.contains(&day) && self.open.len() >= self.max_open {
+            let fresh = FanoutWriter::new(writer_builder(&self.table, self.opts)?);
+            let full = std::mem::replace(&mut self.writer, fresh);
+            self.closed.extend(full.close().await?);
+            self.open.clear();
+            self.rolls += 1;
+        }
+        self.open.insert(day);
         self.rows += batch.num_rows() as u64;
         self.writer.write(key, batch).await?;
         Ok(())
     }
 
     /// Closes every file; the data files to commit.
-    pub async fn close(self) -> Result<Vec<DataFile>, LakeError> {
-        Ok(self.writer.close().await?)
+    pub async fn close(mut self) -> Result<Vec<DataFile>, LakeError> {
+        self.closed.extend(self.writer.close().await?);
+        Ok(self.closed)
     }
 }

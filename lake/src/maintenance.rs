@@ -8,7 +8,9 @@
 //!   snapshot: neither side loses or repeats a row. The replace snapshot
 //!   copies the writer's offsets forward, so the fence sees no change.
 //! - **Expiry** drops snapshots older than `expire_after_hours` (always more
-//!   than the dedup window, from which a writer restores its state).
+//!   than the dedup window, from which a writer restores its state), but
+//!   never one whose dedup file a partition's window still needs, however
+//!   long its writer has been away.
 //! - **Orphans**: files under the table location that no retained snapshot
 //!   or metadata file references, and older than `orphan_grace_minutes`
 //!   (a running writer's uncommitted files are young), are deleted:
@@ -212,10 +214,14 @@ async fn commit_replace(lake: &Lake, change: &mut Change) -> Result<u64, LakeErr
 pub async fn expire(lake: &Lake, cfg: &LakeConfig, now: SystemTime) -> Result<usize, LakeError> {
     let table = lake.load().await?;
     let age = Duration::from_secs(u64::from(cfg.maintenance.expire_after_hours) * 3600);
-    let cutoff = now
+    let by_age = now
         .checked_sub(age)
         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_millis() as i64);
+    // Never a snapshot whose dedup file a partition's window still needs
+    // (a writer away for longer than the expiry age restores from it).
+    let needed = crate::dedup_log::oldest_needed_ms(table.metadata(), cfg.dedup_window_hours)?;
+    let cutoff = needed.map_or(by_age, |n| by_age.min(n));
     let before = table.metadata().snapshots().len();
     let old = table
         .metadata()
@@ -257,7 +263,11 @@ async fn referenced(table: &Table) -> Result<HashSet<String>, LakeError> {
                 continue;
             }
             let manifest = mf.load_manifest(table.file_io()).await?;
-            for e in manifest.entries() {
+            // A `deleted` entry (a compaction's record of the files it
+            // replaced) keeps nothing alive: a retained snapshot that still
+            // reads the file lists it as added or existing in its own
+            // manifests. Counting it kept compacted-away files forever.
+            for e in manifest.entries().iter().filter(|e| e.is_alive()) {
                 out.insert(e.file_path().to_string());
             }
         }

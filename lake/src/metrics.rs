@@ -25,6 +25,9 @@ pub struct Metrics {
     /// Records behind the high watermark, per partition owned (from the
     /// table's committed offsets).
     pub lag: IntGaugeVec,
+    /// Offsets by which a partition's stored offset lies past the end of
+    /// its log (an alarm: nothing of it is taken meanwhile).
+    pub beyond_log_end: IntGaugeVec,
     /// Events held in the dedup tables.
     pub dedup_entries: IntGauge,
 }
@@ -85,6 +88,13 @@ impl Metrics {
                 ),
                 &["partition"],
             )?,
+            beyond_log_end: IntGaugeVec::new(
+                Opts::new(
+                    "notiflow_lake_offset_beyond_log_end",
+                    "Offsets by which the stored next offset lies past the partition's log end (the broker lost its tail or the topic was created again); nothing of the partition is taken until an operator decides.",
+                ),
+                &["partition"],
+            )?,
             dedup_entries: IntGauge::new(
                 "notiflow_lake_dedup_entries",
                 "Events remembered by the dedup tables of the owned partitions.",
@@ -98,6 +108,7 @@ impl Metrics {
         registry.register(Box::new(m.files_per_commit.clone()))?;
         registry.register(Box::new(m.bytes_per_commit.clone()))?;
         registry.register(Box::new(m.lag.clone()))?;
+        registry.register(Box::new(m.beyond_log_end.clone()))?;
         registry.register(Box::new(m.dedup_entries.clone()))?;
         // Known outcomes show as 0 before the first commit, so rates and
         // alerts on them have a series to work with.

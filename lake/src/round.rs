@@ -12,7 +12,7 @@ use iceberg::spec::DataFile;
 use iceberg::table::Table;
 use notiflow_ingest::Decoder;
 use notiflow_ingest::cursor::{Admit, Cursor};
-use notiflow_ingest::dedup::{Dedup, fingerprint, generation, pack};
+use notiflow_ingest::dedup::{Dedup, fingerprint, pack};
 pub use notiflow_ingest::source::SourceRecord;
 
 use crate::config::LakeConfig;
@@ -21,7 +21,8 @@ use crate::error::LakeError;
 use crate::files::{FileOptions, RoundFiles};
 use crate::rows::{Origin, RowBuffer};
 use crate::table::{
-    Change, DEDUP_PROP, Lake, OFFSETS_PROP, committed_offsets, new_snapshot_id, stage,
+    Change, DEDUP_MAX_GEN_PROP, DEDUP_PROP, GENERATIONS_PROP, Lake, OFFSETS_PROP,
+    committed_generations, committed_offsets, new_snapshot_id, stage, to_json,
 };
 
 /// What a writer knows of a partition it owns.
@@ -72,6 +73,8 @@ pub struct Round {
     pub expected: BTreeMap<i32, Option<i64>>,
     /// Next offset of each partition after the round.
     pub next: BTreeMap<i32, i64>,
+    /// Newest dedup generation of each partition after the round.
+    pub generations: BTreeMap<i32, u32>,
     fps: Fingerprints,
     /// When the round's first record arrived.
     pub started: Option<Instant>,
@@ -109,6 +112,7 @@ impl Round {
             files: None,
             expected: BTreeMap::new(),
             next: BTreeMap::new(),
+            generations: BTreeMap::new(),
             fps: Fingerprints::new(),
             started: None,
             rows: 0,
@@ -120,6 +124,12 @@ impl Round {
     /// True when no record was taken (nothing to commit).
     pub fn is_empty(&self) -> bool {
         self.next.is_empty()
+    }
+
+    /// How often this round closed its open files to open another day's
+    /// (`lake.max_open_partitions`).
+    pub fn file_rolls(&self) -> u64 {
+        self.files.as_ref().map_or(0, RoundFiles::rolls)
     }
 
     /// Rows buffered in memory, not yet encoded.
@@ -157,6 +167,7 @@ impl Round {
             }
             self.expected.entry(p).or_insert(st.committed);
             self.next.insert(p, rec.offset + 1);
+            self.generations.entry(p).or_insert(st.dedup.newest());
             self.started.get_or_insert_with(Instant::now);
             let event = match decoder.decode(&rec.view) {
                 Ok(e) => e,
@@ -165,13 +176,18 @@ impl Round {
                     continue;
                 }
             };
-            let g = generation(rec.view.timestamp);
+            let g = st.dedup.generation_of(rec.view.timestamp);
             let fp = fingerprint(&event.event_id);
-            if !st.dedup.insert(fp, g) {
+            let new = st.dedup.insert(fp, g);
+            self.generations.insert(p, st.dedup.newest());
+            if !new {
                 s.duplicates += 1;
                 continue;
             }
-            pack(fp, self.fps.entry((p, g)).or_default());
+            // Older than the window: not remembered (as in the aggregator).
+            if g >= st.dedup.oldest_live() {
+                pack(fp, self.fps.entry((p, g)).or_default());
+            }
             self.buffer.push(
                 &event,
                 Origin {
@@ -235,6 +251,10 @@ impl Round {
             let name = uuid::Uuid::new_v4().to_string();
             let path = dedup_log::write(table, &name, &self.fps).await?;
             change.properties.insert(DEDUP_PROP.into(), path);
+            let newest = self.fps.keys().map(|&(_, g)| g).max().unwrap_or(0);
+            change
+                .properties
+                .insert(DEDUP_MAX_GEN_PROP.into(), newest.to_string());
         }
         loop {
             let table = lake.load().await?;
@@ -250,11 +270,16 @@ impl Round {
             let mut offsets = stored;
             offsets.extend(self.next.iter().map(|(p, o)| (*p, *o)));
             all.insert(topic.to_string(), offsets);
-            change.properties.insert(
-                OFFSETS_PROP.into(),
-                serde_json::to_string(&all)
-                    .map_err(|e| LakeError::Table(format!("offsets: {e}")))?,
-            );
+            change
+                .properties
+                .insert(OFFSETS_PROP.into(), to_json(&all)?);
+            let mut gens = committed_generations(table.metadata())?;
+            gens.entry(topic.to_string())
+                .or_default()
+                .extend(self.generations.iter().map(|(p, g)| (*p, *g)));
+            change
+                .properties
+                .insert(GENERATIONS_PROP.into(), to_json(&gens)?);
             let snapshot_id = new_snapshot_id(table.metadata());
             let staged = stage(&table, snapshot_id, &change).await?;
             if lake.swap(&table, staged).await? {

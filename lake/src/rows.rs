@@ -208,6 +208,9 @@ impl DayBuilder {
     }
 }
 
+/// Day builders of a buffer that get the full row reservation.
+const RESERVED_DAYS: usize = 4;
+
 /// Rows waiting to be encoded, grouped by day partition.
 pub struct RowBuffer {
     schema: ArrowSchemaRef,
@@ -240,7 +243,13 @@ impl RowBuffer {
 
     /// Adds one event.
     pub fn push(&mut self, e: &Event<'_>, origin: Origin) {
-        let cap = self.capacity;
+        // Full reservations for the first few days only: a backfill chunk
+        // spanning years must not reserve `capacity` rows for every day.
+        let cap = if self.days.len() < RESERVED_DAYS {
+            self.capacity
+        } else {
+            self.capacity.min(1024)
+        };
         self.days
             .entry(day_of(e.event_time))
             .or_insert_with(|| DayBuilder::new(cap))

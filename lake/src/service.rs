@@ -22,8 +22,8 @@ use iceberg::table::Table;
 use notiflow_ingest::dedup::Dedup;
 use notiflow_ingest::failpoint;
 use notiflow_ingest::kafka::{ensure_topics, wait_for_broker};
-use notiflow_ingest::metrics::set_lag;
-use notiflow_ingest::rebalance::{Change, Handoff};
+use notiflow_ingest::rebalance::{Change, Handoff, forget_partition};
+use notiflow_ingest::retry::Backoff;
 use notiflow_ingest::source::{sleep_or_cancel, view};
 use notiflow_ingest::{Decoder, KafkaConfig, SchemaRegistry, Source};
 use rdkafka::client::ClientContext;
@@ -101,7 +101,7 @@ impl Rebalancer {
     /// this thread may be a runtime worker, so the load runs on a thread of
     /// its own with a small runtime.
     fn load_blocking(&self, parts: &[i32]) -> Option<HashMap<i32, PartState>> {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new();
         loop {
             let attempt = std::thread::scope(|s| {
                 s.spawn(|| {
@@ -123,9 +123,9 @@ impl Rebalancer {
                     if self.shutdown.is_cancelled() {
                         return None;
                     }
+                    let delay = backoff.next_delay();
                     tracing::warn!(partitions = ?parts, error = %e, retry_in_ms = delay.as_millis() as u64, "loading partition state failed, retrying");
                     std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -141,7 +141,7 @@ async fn load_states(
 ) -> Result<HashMap<i32, PartState>, LakeError> {
     let table = lake.load().await?;
     let offsets = topic_offsets(table.metadata(), topic)?;
-    let mut dedups = dedup_log::restore(&table, parts, window).await?;
+    let mut dedups = dedup_log::restore(&table, topic, parts, window).await?;
     Ok(parts
         .iter()
         .map(|&p| {
@@ -257,7 +257,7 @@ pub async fn run(
         if !w.round.is_empty() && (due || stopping) {
             w.commit_round(&shutdown).await?;
         }
-        update_gauges(&handoff, &w.owned, &w.metrics);
+        update_gauges(&handoff, &w.source, &w.owned, &w.metrics);
         if last_log.elapsed() > Duration::from_secs(10) {
             tracing::info!(
                 records = w.stats.records,
@@ -297,7 +297,11 @@ impl Writer<'_> {
         });
         let s = self.round.take(records, &mut self.owned, decoder);
         for &(p, o) in &s.reseek {
-            self.source.seek(p, Offset::Offset(o));
+            if !self.source.seek(p, Offset::Offset(o))
+                && let Some(st) = self.owned.get_mut(&p)
+            {
+                st.cursor.seek_failed();
+            }
         }
         self.stats.records += batch.len() as u64;
         let m = &self.metrics;
@@ -445,14 +449,13 @@ impl Writer<'_> {
         if parts.is_empty() {
             return Ok(());
         }
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::new();
         let states = loop {
             match load_states(&self.lake, &self.topic, &parts, self.cfg.dedup_window_hours).await {
                 Ok(s) => break s,
                 Err(e) if e.is_retryable() && !shutdown.is_cancelled() => {
                     tracing::warn!(error = %e, "reloading partition state failed, retrying");
-                    sleep_or_cancel(shutdown, delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    sleep_or_cancel(shutdown, backoff.next_delay()).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -490,10 +493,7 @@ impl Writer<'_> {
                 Change::Revoked(parts) => {
                     for p in parts {
                         self.owned.remove(&p);
-                        self.metrics
-                            .lag
-                            .remove_label_values(&[p.to_string().as_str()])
-                            .ok();
+                        forget_partition([&self.metrics.lag, &self.metrics.beyond_log_end], p);
                     }
                 }
             }
@@ -503,26 +503,37 @@ impl Writer<'_> {
 }
 
 async fn open_retrying(cfg: &LakeConfig, shutdown: &CancellationToken) -> Result<Lake, LakeError> {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new();
     loop {
         match Lake::open(cfg).await {
             Ok(l) => return Ok(l),
             Err(e) if e.is_retryable() && !shutdown.is_cancelled() => {
+                let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "catalog or object store unavailable, retrying");
                 sleep_or_cancel(shutdown, delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
             Err(e) => return Err(e),
         }
     }
 }
 
-fn update_gauges(handoff: &Handoff<PartState>, owned: &Owned, m: &Metrics) {
-    let highs = handoff.highs();
+fn update_gauges<C: ConsumerContext + 'static>(
+    handoff: &Handoff<PartState>,
+    source: &Source<C>,
+    owned: &Owned,
+    m: &Metrics,
+) {
     let mut entries = 0;
     for (p, s) in owned {
         entries += s.dedup.len();
-        set_lag(&m.lag, &highs, *p, s.committed.unwrap_or(0));
+        let gauges = [&m.lag, &m.beyond_log_end];
+        handoff.set_position_gauges(
+            source.consumer(),
+            source.topic(),
+            gauges,
+            *p,
+            s.committed.unwrap_or(0),
+        );
     }
     m.dedup_entries.set(entries as i64);
 }

@@ -41,9 +41,18 @@ use crate::rows::{partition_spec, sort_order, table_schema};
 pub const OFFSETS_PROP: &str = "notiflow.offsets";
 /// Summary property: path of the dedup file of the rows a snapshot added.
 pub const DEDUP_PROP: &str = "notiflow.dedup-file";
+/// Summary property: `{"<topic>": {"<partition>": <newest dedup generation>}}`,
+/// written and carried with the offsets: the dedup window of a partition
+/// is anchored on it, never on a commit time.
+pub const GENERATIONS_PROP: &str = "notiflow.generations";
+/// Summary property of a snapshot with a dedup file: the newest generation
+/// in that file (a restore skips files wholly older than the window).
+pub const DEDUP_MAX_GEN_PROP: &str = "notiflow.dedup-max-generation";
 
 /// Next offsets per topic, then partition.
 pub type TopicOffsets = BTreeMap<String, BTreeMap<i32, i64>>;
+/// Newest dedup generation per topic, then partition.
+pub type TopicGenerations = BTreeMap<String, BTreeMap<i32, u32>>;
 
 /// An open catalog and the notiflow table in it.
 pub struct Lake {
@@ -211,19 +220,53 @@ pub fn dollar(sql: &str) -> String {
 /// The offsets of the latest snapshot that records them (compaction copies
 /// them forward, so this is normally the current one).
 pub fn committed_offsets(md: &TableMetadata) -> Result<TopicOffsets, LakeError> {
+    carried(md, OFFSETS_PROP)
+}
+
+/// The newest dedup generations, as [`committed_offsets`] (tables written
+/// before they were recorded have none: their partitions restore from
+/// the fingerprints alone).
+pub fn committed_generations(md: &TableMetadata) -> Result<TopicGenerations, LakeError> {
+    carried(md, GENERATIONS_PROP)
+}
+
+/// A JSON summary property of the latest snapshot that has it.
+fn carried<T: serde::de::DeserializeOwned + Default>(
+    md: &TableMetadata,
+    prop: &str,
+) -> Result<T, LakeError> {
     let mut snap = md.current_snapshot();
     while let Some(s) = snap {
-        if let Some(v) = s.summary().additional_properties.get(OFFSETS_PROP) {
+        if let Some(v) = s.summary().additional_properties.get(prop) {
             return serde_json::from_str(v).map_err(|e| {
-                LakeError::Table(format!(
-                    "bad {OFFSETS_PROP} in snapshot {}: {e}",
-                    s.snapshot_id()
-                ))
+                LakeError::Table(format!("bad {prop} in snapshot {}: {e}", s.snapshot_id()))
             });
         }
         snap = s.parent_snapshot_id().and_then(|id| md.snapshot_by_id(id));
     }
-    Ok(TopicOffsets::new())
+    Ok(T::default())
+}
+
+/// Writes the carried JSON properties (offsets, generations) of `md`'s
+/// latest snapshots into `properties`, unchanged.
+fn carry_forward(
+    md: &TableMetadata,
+    properties: &mut HashMap<String, String>,
+) -> Result<(), LakeError> {
+    let offsets = committed_offsets(md)?;
+    if !offsets.is_empty() {
+        properties.insert(OFFSETS_PROP.into(), to_json(&offsets)?);
+    }
+    let generations = committed_generations(md)?;
+    if !generations.is_empty() {
+        properties.insert(GENERATIONS_PROP.into(), to_json(&generations)?);
+    }
+    Ok(())
+}
+
+/// A summary property's JSON.
+pub fn to_json(v: &impl serde::Serialize) -> Result<String, LakeError> {
+    serde_json::to_string(v).map_err(|e| LakeError::Table(format!("summary property: {e}")))
 }
 
 /// The offsets of `topic`.
@@ -243,7 +286,7 @@ pub struct Change {
 }
 
 /// Commits `change` on top of whatever is current, carrying the writers'
-/// offsets forward unchanged (compaction, bulk loads: snapshots that are
+/// offsets and dedup generations forward unchanged (compaction, bulk loads: snapshots that are
 /// not a writer's round); the new snapshot's id and the number of conflicts
 /// it staged again after.
 pub async fn commit_carrying_offsets(
@@ -255,14 +298,7 @@ pub async fn commit_carrying_offsets(
     loop {
         let table = lake.load().await?;
         change.properties.clear();
-        let offsets = committed_offsets(table.metadata())?;
-        if !offsets.is_empty() {
-            change.properties.insert(
-                OFFSETS_PROP.into(),
-                serde_json::to_string(&offsets)
-                    .map_err(|e| LakeError::Table(format!("offsets: {e}")))?,
-            );
-        }
+        carry_forward(table.metadata(), &mut change.properties)?;
         change
             .properties
             .insert("notiflow.operation".into(), operation.into());
@@ -273,6 +309,45 @@ pub async fn commit_carrying_offsets(
         }
         conflicts += 1;
         tracing::info!(operation, "commit conflicted with another; staging again");
+    }
+}
+
+/// Sets the next offset of `topic`'s partition `p` to `offset` in a
+/// commit of its own (an operator accepting a gap in the log, see
+/// docs/operations.md); the offset it had, and the new snapshot's id.
+pub async fn set_offset(
+    lake: &Lake,
+    topic: &str,
+    p: i32,
+    offset: i64,
+) -> Result<(Option<i64>, i64), LakeError> {
+    loop {
+        let table = lake.load().await?;
+        let mut change = Change::default();
+        carry_forward(table.metadata(), &mut change.properties)?;
+        let mut offsets = committed_offsets(table.metadata())?;
+        let from = offsets
+            .entry(topic.to_string())
+            .or_default()
+            .insert(p, offset);
+        change
+            .properties
+            .insert(OFFSETS_PROP.into(), to_json(&offsets)?);
+        change
+            .properties
+            .insert("notiflow.operation".into(), "accept-gap".into());
+        let id = new_snapshot_id(table.metadata());
+        let staged = stage(&table, id, &change).await?;
+        if lake.swap(&table, staged).await? {
+            tracing::warn!(
+                topic,
+                partition = p,
+                ?from,
+                to = offset,
+                "next offset set by an operator"
+            );
+            return Ok((from, id));
+        }
     }
 }
 

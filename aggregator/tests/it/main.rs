@@ -15,9 +15,12 @@ use notiflow_loadgen::fixture::RecordStream;
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
+mod beyond;
+mod outage;
+
 const PARTITIONS: i32 = 2;
 
-fn redis_cfg(prefix: &str) -> RedisConfig {
+pub(crate) fn redis_cfg(prefix: &str) -> RedisConfig {
     RedisConfig {
         url: std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
         key_prefix: prefix.into(),
@@ -25,7 +28,7 @@ fn redis_cfg(prefix: &str) -> RedisConfig {
     }
 }
 
-fn agg_cfg() -> AggregatorConfig {
+pub(crate) fn agg_cfg() -> AggregatorConfig {
     AggregatorConfig {
         group_id: "it".into(),
         batch_max_records: 10_000,
@@ -107,11 +110,16 @@ async fn a_key_of_another_type_refuses_the_whole_batch_before_any_write() {
     );
     let counted: u64 = conn.hget(&stats, "counted").await.unwrap();
     assert_eq!(counted, pending.stats.counted);
+    delete_prefix(&mut conn, &prefix).await;
+}
+
+/// Deletes every key under `prefix` (a test's own).
+pub(crate) async fn delete_prefix(conn: &mut redis::aio::ConnectionManager, prefix: &str) {
     let _: () = redis::cmd("EVAL")
         .arg("for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end")
         .arg(0)
         .arg(format!("{prefix}:*"))
-        .query_async(&mut conn)
+        .query_async(conn)
         .await
         .unwrap();
 }

@@ -105,7 +105,7 @@ impl Decoder {
         self
     }
 
-    /// [`Decoder::prepare`], retried with backoff (0.1 s doubling to 10 s)
+    /// [`Decoder::prepare`], retried with backoff ([`crate::retry`])
     /// while the registry cannot be reached; an error only when it is not
     /// retryable or `shutdown` came first.
     pub async fn prepare_retrying(
@@ -113,15 +113,14 @@ impl Decoder {
         records: &[RecordView<'_>],
         shutdown: &tokio_util::sync::CancellationToken,
     ) -> Result<(), IngestError> {
-        let mut delay = std::time::Duration::from_millis(100);
+        let mut backoff = crate::retry::Backoff::new();
         loop {
             match self.prepare(records).await {
                 Ok(()) => return Ok(()),
                 Err(e) if !e.is_retryable() || shutdown.is_cancelled() => return Err(e),
                 Err(e) => {
                     tracing::warn!(error = %e, "schema registry failed, retrying");
-                    crate::source::sleep_or_cancel(shutdown, delay).await;
-                    delay = (delay * 2).min(std::time::Duration::from_secs(10));
+                    crate::source::sleep_or_cancel(shutdown, backoff.next_delay()).await;
                 }
             }
         }

@@ -12,7 +12,10 @@ use notiflow_lake::inspect::stats;
 use notiflow_lake::maintenance::{self, live_files};
 use notiflow_lake::round::{Outcome, Owned, PartState, Round};
 use notiflow_lake::rows::arrow_schema;
-use notiflow_lake::table::{Change, new_snapshot_id, stage, stage_at, topic_offsets};
+use notiflow_lake::table::{
+    Change, GENERATIONS_PROP, OFFSETS_PROP, committed_generations, committed_offsets,
+    new_snapshot_id, stage, stage_at, to_json, topic_offsets,
+};
 use notiflow_lake::{Lake, LakeConfig};
 use notiflow_loadgen::fixture::{OwnedRecord, RecordStream};
 use notiflow_loadgen::generator::Shape;
@@ -42,6 +45,14 @@ fn records(n: usize, seed: u64) -> Vec<OwnedRecord> {
     RecordStream::new(shape, PARTITIONS).take(n)
 }
 
+/// The dedup state of every partition of topic `t`, as a writer restores it.
+async fn restore_all(table: &iceberg::table::Table) -> std::collections::HashMap<i32, Dedup> {
+    let parts: Vec<i32> = (0..PARTITIONS).collect();
+    notiflow_lake::dedup_log::restore(table, "t", &parts, 24)
+        .await
+        .unwrap()
+}
+
 /// A writer's state and one round over `recs`, closed and ready to commit.
 struct Writer {
     owned: Owned,
@@ -53,6 +64,25 @@ impl Writer {
         Writer {
             owned: (0..PARTITIONS)
                 .map(|p| (p, PartState::loaded(None, Dedup::new(24))))
+                .collect(),
+            decoder: Decoder::new(SchemaRegistry::builtin()),
+        }
+    }
+
+    /// A writer taking over every partition from the table, as a
+    /// rebalance does.
+    async fn resume(lake: &Lake) -> Self {
+        let table = lake.load().await.unwrap();
+        let offsets = topic_offsets(table.metadata(), "t").unwrap();
+        let parts: Vec<i32> = (0..PARTITIONS).collect();
+        let mut dedups = restore_all(&table).await;
+        Writer {
+            owned: parts
+                .iter()
+                .map(|p| {
+                    let st = PartState::loaded(offsets.get(p).copied(), dedups.remove(p).unwrap());
+                    (*p, st)
+                })
                 .collect(),
             decoder: Decoder::new(SchemaRegistry::builtin()),
         }
@@ -201,7 +231,8 @@ async fn compaction_then_expiry_and_orphan_removal_keep_every_row() {
     let (_, orphaned) = w.round(&lake, &cfg, &recs[6000..]).await;
     assert!(!orphaned.is_empty());
     let before = stats(&lake.load().await.unwrap()).await.unwrap();
-    let files_before = live_files(&lake.load().await.unwrap()).await.unwrap().len();
+    let small = live_files(&lake.load().await.unwrap()).await.unwrap();
+    let files_before = small.len();
     let report = maintenance::compact(&lake, &cfg).await.unwrap();
     assert!(
         report.files_in >= files_before.min(6) && report.files_out < report.files_in,
@@ -213,8 +244,21 @@ async fn compaction_then_expiry_and_orphan_removal_keep_every_row() {
         after.offsets, before.offsets,
         "compaction carries the offsets forward"
     );
-    // Ten days later every snapshot but the current one expires, and the
-    // files only they (and the uncommitted round) referenced are removed.
+    // Ten days later the writer has moved on (a new member took over):
+    // its partitions' windows are past those commits.
+    let mut w = Writer::resume(&lake).await;
+    let moved: Vec<OwnedRecord> = recs[6000..]
+        .iter()
+        .cloned()
+        .map(|mut r| {
+            r.timestamp += 10 * 86_400_000_000;
+            r
+        })
+        .collect();
+    w.commit(&lake, &cfg, &moved).await;
+    let before = stats(&lake.load().await.unwrap()).await.unwrap();
+    // Every snapshot but the current one expires, and the files only they
+    // (and the uncommitted round) referenced are removed.
     let later = SystemTime::now() + Duration::from_secs(10 * 86_400);
     let expired = maintenance::expire(&lake, &cfg, later).await.unwrap();
     assert!(expired >= 6, "{expired}");
@@ -224,6 +268,26 @@ async fn compaction_then_expiry_and_orphan_removal_keep_every_row() {
     assert!(removed > orphaned.len(), "{removed}");
     for f in &orphaned {
         assert!(!std::path::Path::new(f.file_path().trim_start_matches("file://")).exists());
+    }
+    // The small files compaction replaced went with the snapshots that
+    // read them (they were kept forever: storage only grew).
+    let live: std::collections::HashSet<String> = live_files(&lake.load().await.unwrap())
+        .await
+        .unwrap()
+        .iter()
+        .map(|f| f.file.file_path().to_string())
+        .collect();
+    let replaced: Vec<&str> = small
+        .iter()
+        .map(|f| f.file.file_path())
+        .filter(|p| !live.contains(*p))
+        .collect();
+    assert!(!replaced.is_empty());
+    for p in replaced {
+        assert!(
+            !std::path::Path::new(p.trim_start_matches("file://")).exists(),
+            "{p}: compacted away, expired, still stored"
+        );
     }
     let end = stats(&lake.load().await.unwrap()).await.unwrap();
     assert_eq!(end.checksum, before.checksum);
@@ -244,10 +308,7 @@ async fn the_dedup_state_is_restored_from_the_committed_snapshots_only() {
     // A round that never commits must not mark its events as seen.
     let (_, _files) = w.round(&lake, &cfg, &recs[3000..]).await;
     let table = lake.load().await.unwrap();
-    let parts: Vec<i32> = (0..PARTITIONS).collect();
-    let restored = notiflow_lake::dedup_log::restore(&table, &parts, 24)
-        .await
-        .unwrap();
+    let restored = restore_all(&table).await;
     let remembered: usize = restored.values().map(|d| d.len()).sum();
     assert_eq!(remembered as u64, rows, "one fingerprint per committed row");
     // Each of those rows' events is a duplicate for the restored state, and
@@ -262,8 +323,8 @@ async fn the_dedup_state_is_restored_from_the_committed_snapshots_only() {
             continue;
         };
         let fp = notiflow_ingest::dedup::fingerprint(&e.event_id);
-        let g = notiflow_ingest::dedup::generation(r.timestamp);
-        let fresh = restored.get_mut(&r.partition).unwrap().insert(fp, g);
+        let d = restored.get_mut(&r.partition).unwrap();
+        let fresh = d.insert(fp, d.generation_of(r.timestamp));
         match (i < 3000, fresh) {
             (true, false) => seen += 1,
             (false, true) => new += 1,
@@ -273,6 +334,198 @@ async fn the_dedup_state_is_restored_from_the_committed_snapshots_only() {
     }
     assert!(seen >= rows, "{seen} < {rows}");
     assert!(new > 400, "{new}");
+}
+
+/// The restore kept the dedup files of snapshots committed within the
+/// window before the *current* snapshot's commit time. A writer away for
+/// hours, then any later commit (the hourly compaction, another writer's
+/// round) made the next restore forget the events it still needs: their
+/// duplicates were written again. Each partition's window is anchored on
+/// its own newest generation, recorded with its offsets; and snapshot
+/// expiry keeps the dedup files a window still needs, however long the
+/// writer stays away.
+#[tokio::test]
+async fn a_later_commit_or_expiry_does_not_shorten_a_partitions_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cfg(dir.path());
+    let lake = Lake::open(&cfg).await.unwrap();
+    let recs = records(3000, 7);
+    let mut w = Writer::new();
+    let mut rows = 0;
+    for chunk in recs.chunks(1000) {
+        rows += w.commit(&lake, &cfg, chunk).await;
+    }
+    // The writer is away; 30 hours later a maintenance commit lands,
+    // carrying the offsets and generations forward as compaction does.
+    let table = lake.load().await.unwrap();
+    let md = table.metadata();
+    let mut change = Change::default();
+    change.properties.insert(
+        OFFSETS_PROP.into(),
+        to_json(&committed_offsets(md).unwrap()).unwrap(),
+    );
+    change.properties.insert(
+        GENERATIONS_PROP.into(),
+        to_json(&committed_generations(md).unwrap()).unwrap(),
+    );
+    let later_ms = notiflow_ingest::source::now_micros() / 1000 + 30 * 3_600_000;
+    let staged = stage_at(&table, new_snapshot_id(md), &change, later_ms)
+        .await
+        .unwrap();
+    assert!(lake.swap(&table, staged).await.unwrap());
+
+    let parts: Vec<i32> = (0..PARTITIONS).collect();
+    let remembered = |restored: &std::collections::HashMap<i32, Dedup>| -> u64 {
+        restored.values().map(|d| d.len() as u64).sum()
+    };
+    let table = lake.load().await.unwrap();
+    let restored = restore_all(&table).await;
+    assert_eq!(
+        remembered(&restored),
+        rows,
+        "a commit 30 h later shortened the window"
+    );
+    for p in &parts {
+        assert_eq!(
+            restored[p].newest(),
+            w.owned[p].dedup.newest(),
+            "partition {p}: the window is anchored where the writer left it"
+        );
+    }
+
+    // Ten days on, the writer still away: expiry and orphan removal keep
+    // the dedup files its partitions' windows need.
+    let later = SystemTime::now() + Duration::from_secs(10 * 86_400);
+    maintenance::expire(&lake, &cfg, later).await.unwrap();
+    maintenance::remove_orphans(&lake, &cfg, later)
+        .await
+        .unwrap();
+    let table = lake.load().await.unwrap();
+    let restored = restore_all(&table).await;
+    assert_eq!(
+        remembered(&restored),
+        rows,
+        "expiry dropped a needed dedup file"
+    );
+}
+
+/// A dedup file deleted behind the writers' backs (an orphan removal that
+/// raced a commit, a storage lifecycle rule) made every restore fail, so
+/// no writer could take the partitions over again. The window is rebuilt
+/// from the committed rows instead.
+#[tokio::test]
+async fn a_missing_dedup_file_is_rebuilt_from_the_committed_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cfg(dir.path());
+    let lake = Lake::open(&cfg).await.unwrap();
+    let recs = records(3000, 8);
+    let mut w = Writer::new();
+    let mut rows = 0;
+    for chunk in recs.chunks(1000) {
+        rows += w.commit(&lake, &cfg, chunk).await;
+    }
+    let table = lake.load().await.unwrap();
+    let dedup_files: Vec<String> = table
+        .metadata()
+        .snapshots()
+        .filter_map(|s| {
+            s.summary()
+                .additional_properties
+                .get(notiflow_lake::table::DEDUP_PROP)
+                .cloned()
+        })
+        .collect();
+    assert_eq!(dedup_files.len(), 3);
+    std::fs::remove_file(dedup_files[1].trim_start_matches("file://")).unwrap();
+    let parts: Vec<i32> = (0..PARTITIONS).collect();
+    let restored = restore_all(&table).await;
+    let remembered: u64 = restored.values().map(|d| d.len() as u64).sum();
+    assert_eq!(remembered, rows, "one fingerprint per committed row");
+    for p in &parts {
+        assert_eq!(restored[p].newest(), w.owned[p].dedup.newest());
+    }
+}
+
+/// Open file descriptors of this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// A backfill over years kept one open file (and a full row reservation)
+/// per day partition in a round: thousands of days hit the process's file
+/// limit (EMFILE), and the round aborted and retried forever. At most
+/// `max_open_partitions` days have a file open at once.
+#[tokio::test]
+async fn a_backfill_over_years_keeps_few_files_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LakeConfig {
+        max_open_partitions: 8,
+        flush_rows: 600,
+        ..cfg(dir.path())
+    };
+    let lake = Lake::open(&cfg).await.unwrap();
+    const DAYS: i64 = 600;
+    let shape = Shape {
+        seed: 9,
+        clients: 20,
+        rate: 1000.0,
+        start: notiflow_ingest::source::now_micros() - 3_600_000_000,
+        avro_share: 0.0,
+        content_type_share: 0.0,
+        duplicate_share: 0.0,
+        malformed_share: 0.0,
+    };
+    // Each record's event from one of the last 600 days.
+    let recs: Vec<OwnedRecord> = RecordStream::new(shape, PARTITIONS)
+        .take(1200)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut r)| {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+            let days_back = (i as i64 % DAYS) + 1;
+            let t = r.timestamp - days_back * 86_400_000_000;
+            v["event_time"] = notiflow_schema::time::format_rfc3339(t).into();
+            r.value = Some(serde_json::to_vec(&v).unwrap());
+            r
+        })
+        .collect();
+    let mut w = Writer::new();
+    let table = lake.load().await.unwrap();
+    let plain: Vec<RecordView<'_>> = recs.iter().map(|r| r.view()).collect();
+    w.decoder.prepare(&plain).await.unwrap();
+    let mut round = Round::new(
+        arrow_schema(table.metadata().current_schema()).unwrap(),
+        &cfg,
+    );
+    let before = open_fds();
+    let mut peak = before;
+    for chunk in recs.chunks(cfg.flush_rows) {
+        let s = round.take(
+            chunk.iter().map(OwnedRecord::source),
+            &mut w.owned,
+            &w.decoder,
+        );
+        assert_eq!(s.rejected, 0);
+        round.flush(&table).await.unwrap();
+        peak = peak.max(open_fds());
+    }
+    assert!(
+        peak < before + 200,
+        "{} more files open while writing {DAYS} days (at most 8 days open)",
+        peak - before
+    );
+    assert!(round.file_rolls() > 100, "{} rolls", round.file_rolls());
+    let files = round.close_files(&table).await.unwrap();
+    let out = round
+        .commit(&lake, "t", &table, files, || {})
+        .await
+        .unwrap();
+    assert!(matches!(out, Outcome::Committed { .. }), "{out:?}");
+    let s = stats(&lake.load().await.unwrap()).await.unwrap();
+    assert_eq!(s.rows, 1200);
+    let per_day = maintenance::layout(&live_files(&lake.load().await.unwrap()).await.unwrap());
+    assert_eq!(per_day.len() as i64, DAYS, "one partition per day");
 }
 
 #[tokio::test]
