@@ -146,6 +146,9 @@ impl Round {
         decoder: &Decoder,
     ) -> TakeStats {
         let mut s = TakeStats::default();
+        // Partitions taken from, in runs: their newest generations are
+        // noted once at the end, not per record.
+        let mut touched: Vec<i32> = Vec::new();
         for rec in records {
             let p = rec.partition;
             let Some(st) = owned.get_mut(&p) else {
@@ -167,7 +170,9 @@ impl Round {
             }
             self.expected.entry(p).or_insert(st.committed);
             self.next.insert(p, rec.offset + 1);
-            self.generations.entry(p).or_insert(st.dedup.newest());
+            if touched.last() != Some(&p) {
+                touched.push(p);
+            }
             self.started.get_or_insert_with(Instant::now);
             let event = match decoder.decode(&rec.view) {
                 Ok(e) => e,
@@ -178,9 +183,7 @@ impl Round {
             };
             let g = st.dedup.generation_of(rec.view.timestamp);
             let fp = fingerprint(&event.event_id);
-            let new = st.dedup.insert(fp, g);
-            self.generations.insert(p, st.dedup.newest());
-            if !new {
+            if !st.dedup.insert(fp, g) {
                 s.duplicates += 1;
                 continue;
             }
@@ -197,6 +200,11 @@ impl Round {
                 },
             );
             s.written += 1;
+        }
+        for p in touched {
+            if let Some(st) = owned.get(&p) {
+                self.generations.insert(p, st.dedup.newest());
+            }
         }
         self.rows += s.written;
         s
