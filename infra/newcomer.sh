@@ -42,6 +42,9 @@ demo=
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
   if [[ -n $demo && -d /proc/$demo ]]; then kill -TERM -- "-$demo" 2>/dev/null || true; fi
+  # moto runs from the venv about to be removed: a later infra/up.sh would
+  # find it "ours" but broken. The broker and Redis stay up for reuse.
+  infra/down.sh moto >&2 || true
   rm -rf "$work"
 }
 trap cleanup EXIT

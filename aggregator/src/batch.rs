@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use notiflow_ingest::Decoder;
 use notiflow_ingest::cursor::{Admit, Cursor};
-use notiflow_ingest::dedup::{Dedup, fingerprint, pack};
+use notiflow_ingest::dedup::{Dedup, bounded_time, fingerprint, pack};
 pub use notiflow_ingest::source::SourceRecord;
 use notiflow_schema::counters::{Counts, DeltaCell, SLOTS, sent_category_slot, status_slot};
 use notiflow_schema::time::{DAY_MICROS, HOUR_MICROS, minute_of};
@@ -270,7 +270,9 @@ pub fn process<'a>(
             }
         };
         let minute = minute_of(event.event_time);
-        let age = rec.view.timestamp.saturating_sub(event.event_time);
+        // Age on the partition's clock: a hostile CreateTime a year ahead
+        // moves the generation one hour, and must not late-drop the event.
+        let age = bounded_time(rec.view.timestamp, generation).saturating_sub(event.event_time);
         let replayed = match state.replay_upto {
             Some(u) if rec.offset < u => true,
             Some(_) => {
@@ -469,6 +471,23 @@ mod tests {
         assert_eq!(out.stats.counted, 0);
         assert_eq!(out.stats.rejected.values().sum::<u64>(), 1);
         assert_eq!(out.offsets[&0].next, 1);
+    }
+
+    #[test]
+    fn a_hostile_create_time_does_not_late_drop_a_fresh_event() {
+        let mut owned = fresh(&[0]);
+        let t = "2026-11-23T12:00:05Z";
+        let out = run(&[rec(0, 0, "a", "acme", "sent", t)], &mut owned);
+        assert_eq!(out.minutes.len(), 1);
+        // Stamped a year ahead by its producer (a CreateTime topic): its
+        // age on the partition's clock is seconds, not a year.
+        let mut hostile = rec(0, 1, "b", "acme", "sent", t);
+        hostile.ts += 365 * DAY_MICROS;
+        let out = run(&[hostile], &mut owned);
+        assert_eq!(out.stats.counted, 1);
+        assert_eq!(out.stats.late_dropped, 0);
+        assert!(out.rollup_only.is_empty());
+        assert_eq!(out.minutes.len(), 1);
     }
 
     #[test]

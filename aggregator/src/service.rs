@@ -10,19 +10,21 @@
 //! Kafka's committed offsets are never used: Redis holds them, with the
 //! counters, so a crash at any instant neither loses nor doubles a count.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use notiflow_ingest::dedup::Dedup;
 use notiflow_ingest::failpoint;
 use notiflow_ingest::kafka::{ensure_topics, wait_for_broker};
+use notiflow_ingest::member::{Member, MemberState, StateStore, set_gauges};
 use notiflow_ingest::rebalance::{Change, Handoff, forget_partition};
 use notiflow_ingest::retry::Backoff;
 use notiflow_ingest::source::{now_micros, sleep_or_cancel, view};
 use notiflow_ingest::{Decoder, KafkaConfig, SchemaRegistry, Source};
 use notiflow_schema::counters::Keys;
 use rdkafka::Offset;
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::ConsumerContext;
 use rdkafka::message::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -45,72 +47,40 @@ pub struct RunStats {
     pub fenced: u64,
 }
 
-/// Consumer context: on assignment, loads each partition's state from Redis
-/// and starts fetching at its stored offset.
-struct Rebalancer {
-    handoff: Handoff<PartitionState>,
+/// How the aggregator's partition member loads a partition's state: the
+/// stored offset and dedup window from Redis (`LOAD`), on a blocking
+/// connection of its own (this runs inside the consumer's poll).
+struct RedisStates {
     client: redis::Client,
     scripts: Scripts,
     target: Target,
     timeout: Duration,
-    shutdown: CancellationToken,
 }
 
-impl ClientContext for Rebalancer {
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        self.handoff.record_highs(&self.target.topic, &statistics);
+impl MemberState for PartitionState {
+    fn stored_next(&self) -> Option<i64> {
+        self.applied
+    }
+
+    fn dedup(&self) -> &Dedup {
+        &self.dedup
     }
 }
 
-impl ConsumerContext for Rebalancer {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                for mut elem in tpl.elements() {
-                    let p = elem.partition();
-                    let Some(state) = self.load_retrying(p) else {
-                        return; // shutting down: nothing will be applied
-                    };
-                    tracing::debug!(
-                        partition = p,
-                        dedup = state.dedup.len(),
-                        "dedup state loaded"
-                    );
-                    self.handoff.assign(&mut elem, state.applied, state);
-                }
-            }
-            Rebalance::Revoke(tpl) => self.handoff.revoke(tpl),
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
-        }
-    }
-}
+impl StateStore for RedisStates {
+    type State = PartitionState;
+    type Error = AggregatorError;
 
-impl Rebalancer {
-    /// Blocks (this runs inside the consumer's poll) until Redis answers;
-    /// while it does not, nothing is fetched, which is the pause we want.
-    fn load_retrying(&self, p: i32) -> Option<PartitionState> {
-        let mut backoff = Backoff::new();
-        loop {
-            let attempt = self
-                .client
-                .get_connection_with_timeout(self.timeout)
-                .map_err(AggregatorError::from)
-                .and_then(|mut c| {
-                    c.set_read_timeout(Some(self.timeout * 10))?;
-                    self.scripts.load_blocking(&mut c, &self.target, p)
-                });
-            match attempt {
-                Ok(s) => return Some(s),
-                Err(e) => {
-                    if self.shutdown.is_cancelled() {
-                        return None;
-                    }
-                    let delay = backoff.next_delay();
-                    tracing::warn!(partition = p, error = %e, retry_in_ms = delay.as_millis() as u64, "loading partition state failed, retrying");
-                    std::thread::sleep(delay);
-                }
-            }
-        }
+    fn load_blocking(
+        &self,
+        parts: &[i32],
+    ) -> Result<HashMap<i32, PartitionState>, AggregatorError> {
+        let mut c = self.client.get_connection_with_timeout(self.timeout)?;
+        c.set_read_timeout(Some(self.timeout * 10))?;
+        parts
+            .iter()
+            .map(|&p| Ok((p, self.scripts.load_blocking(&mut c, &self.target, p)?)))
+            .collect()
     }
 }
 
@@ -201,15 +171,13 @@ pub async fn run(
     ensure_topics(kafka).await?;
     let mut conn = connect(redis_cfg, &shutdown).await?;
     let target = target(kafka, redis_cfg, cfg);
-    let handoff = Handoff::default();
-    let context = Rebalancer {
-        handoff: handoff.clone(),
+    let states = RedisStates {
         client: redis::Client::open(redis_cfg.url.as_str())?,
         scripts: Scripts::default(),
         target: target.clone(),
         timeout: Duration::from_millis(redis_cfg.timeout_ms),
-        shutdown: shutdown.clone(),
     };
+    let (context, handoff) = Member::new(states, &kafka.topic, shutdown.clone());
     let mut overrides = vec![
         ("queued.max.messages.kbytes", "32768"),
         ("statistics.interval.ms", "1000"),
@@ -326,7 +294,14 @@ pub async fn run(
                 .await?;
             }
         }
-        update_gauges(&handoff, &source, &owned, &metrics);
+        set_gauges(
+            &handoff,
+            source.consumer(),
+            source.topic(),
+            &owned,
+            [&metrics.lag, &metrics.beyond_log_end],
+            &metrics.dedup_entries,
+        );
         if last_log.elapsed() > Duration::from_secs(10) {
             tracing::info!(
                 records = stats.records,
@@ -587,25 +562,4 @@ fn observe_applied(m: &Metrics, p: &Pending) {
         local.observe((now_ms - t).max(0) as f64 / 1000.0);
     }
     local.flush();
-}
-
-fn update_gauges<C: ConsumerContext + 'static>(
-    handoff: &Handoff<PartitionState>,
-    source: &Source<C>,
-    owned: &Owned,
-    m: &Metrics,
-) {
-    let mut entries = 0;
-    for (p, s) in owned {
-        entries += s.dedup.len();
-        let gauges = [&m.lag, &m.beyond_log_end];
-        handoff.set_position_gauges(
-            source.consumer(),
-            source.topic(),
-            gauges,
-            *p,
-            s.applied.unwrap_or(0),
-        );
-    }
-    m.dedup_entries.set(entries as i64);
 }

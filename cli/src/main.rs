@@ -166,6 +166,11 @@ struct GenArgs {
     /// Simulated start time (RFC 3339); pins the output for a seed.
     #[arg(long)]
     start: Option<String>,
+    /// Stamp each record with its simulated arrival time (CreateTime)
+    /// instead of the producer's clock: replays a past stretch as its
+    /// broker would have stamped it (a LogAppendTime broker restamps it).
+    #[arg(long)]
+    stamp: bool,
     /// Write the ground truth (JSON) here.
     #[arg(long)]
     truth: Option<PathBuf>,
@@ -482,6 +487,7 @@ async fn gen_command(args: GenArgs, mut cfg: Config) -> anyhow::Result<()> {
         events: args.events,
         fast: args.fast,
         start,
+        stamp: args.stamp,
         truth: args.truth.clone(),
         encode_only: args.encode_only,
     };

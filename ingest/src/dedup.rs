@@ -48,6 +48,14 @@ pub fn generation(record_ts: Micros) -> u32 {
         .clamp(0, i64::from(u32::MAX)) as u32
 }
 
+/// The broker time a record of `generation` stands for at most: the last
+/// microsecond of that hour. With [`Dedup::generation_of`] it bounds a
+/// record timestamp by the partition's own clock, so a CreateTime far ahead
+/// cannot make a fresh event look hours old.
+pub fn bounded_time(record_ts: Micros, generation: u32) -> Micros {
+    record_ts.min((i64::from(generation) + 1) * GENERATION_MICROS - 1)
+}
+
 const MAX_LOAD_NUM: usize = 4;
 const MAX_LOAD_DEN: usize = 5;
 const MIN_CAPACITY: usize = 1024;
@@ -342,6 +350,19 @@ mod tests {
         );
         d.advance_to(5);
         assert_eq!(d.newest(), 13, "never backwards");
+    }
+
+    #[test]
+    fn bounded_time_caps_a_timestamp_at_the_end_of_its_generation() {
+        let hour = GENERATION_MICROS;
+        let mut d = Dedup::new(24);
+        d.insert(fingerprint("a"), 100);
+        let year_ahead = 100 * hour + 8760 * hour;
+        let g = d.generation_of(year_ahead);
+        assert_eq!(g, 101);
+        assert_eq!(bounded_time(year_ahead, g), 102 * hour - 1);
+        // A timestamp inside its generation is left as it is.
+        assert_eq!(bounded_time(100 * hour + 5, 100), 100 * hour + 5);
     }
 
     #[test]

@@ -11,6 +11,10 @@
 //! [`Decoder`], so every consumer group reaches the same verdict on every
 //! record (the future-time rule uses the record's timestamp, not a wall clock).
 //! The standalone [`service::run`] owns the dead-letter topic.
+//!
+//! Both sinks are a [`Member`]: a consumer-group member that keeps its
+//! offsets and dedup state with its output, loads them on assignment through
+//! the sink's [`StateStore`], and hands partition changes to its loop.
 
 pub mod codec;
 pub mod config;
@@ -21,6 +25,7 @@ pub mod dlq;
 pub mod error;
 pub mod failpoint;
 pub mod kafka;
+pub mod member;
 pub mod metrics;
 pub mod rebalance;
 pub mod registry;
@@ -32,6 +37,7 @@ pub mod validate;
 pub use codec::{Decoder, Format, RecordView};
 pub use config::{ConfigError, IngestConfig, KafkaConfig, SchemaRegistryConfig};
 pub use error::{IngestError, Reject};
+pub use member::{Member, MemberState, StateStore};
 pub use metrics::Metrics;
 pub use registry::SchemaRegistry;
 pub use source::Source;

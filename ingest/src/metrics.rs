@@ -14,9 +14,14 @@ use prometheus::{
 /// (validator, aggregator, lake writer).
 pub fn set_lag(lag: &IntGaugeVec, highs: &HashMap<i32, i64>, partition: i32, next: i64) {
     if let Some(&high) = highs.get(&partition) {
-        lag.with_label_values(&[partition.to_string().as_str()])
-            .set((high - next).max(0));
+        set_lag_to(lag, partition, high, next);
     }
+}
+
+/// [`set_lag`] for one partition whose high watermark `high` is known.
+pub fn set_lag_to(lag: &IntGaugeVec, partition: i32, high: i64, next: i64) {
+    lag.with_label_values(&[partition.to_string().as_str()])
+        .set((high - next).max(0));
 }
 
 /// Every series of the ingest service.

@@ -138,6 +138,12 @@ impl<S> Handoff<S> {
         self.highs.lock().map(|h| h.clone()).unwrap_or_default()
     }
 
+    /// The latest high watermark of partition `p` (one lookup, no copy of
+    /// the map: this runs for every owned partition on every loop).
+    pub fn high(&self, p: i32) -> Option<i64> {
+        self.highs.lock().ok().and_then(|h| h.get(&p).copied())
+    }
+
     /// How far partition `p`'s stored next offset `next` lies past the end
     /// of its log, if it does. The statistics' high watermark may be a
     /// second old (records fetched since are past it), so a suspicion is
@@ -150,7 +156,7 @@ impl<S> Handoff<S> {
         p: i32,
         next: i64,
     ) -> Option<i64> {
-        let stale_high = self.highs().get(&p).copied()?;
+        let stale_high = self.high(p)?;
         past_end(next, stale_high)?;
         // A partition whose stored offset moves is taking records: the
         // statistics are merely older than its last batch. Only one that
@@ -226,7 +232,9 @@ impl<S> Handoff<S> {
         next: i64,
     ) {
         let [lag, beyond] = gauges;
-        crate::metrics::set_lag(lag, &self.highs(), p, next);
+        if let Some(high) = self.high(p) {
+            crate::metrics::set_lag_to(lag, p, high, next);
+        }
         let missing = self.beyond_end(consumer, topic, p, next);
         beyond
             .with_label_values(&[p.to_string().as_str()])

@@ -22,12 +22,12 @@ use iceberg::table::Table;
 use notiflow_ingest::dedup::Dedup;
 use notiflow_ingest::failpoint;
 use notiflow_ingest::kafka::{ensure_topics, wait_for_broker};
-use notiflow_ingest::rebalance::{Change, Handoff, forget_partition};
+use notiflow_ingest::member::{Member, MemberState, StateStore, set_gauges};
+use notiflow_ingest::rebalance::{Change, forget_partition};
 use notiflow_ingest::retry::Backoff;
 use notiflow_ingest::source::{sleep_or_cancel, view};
 use notiflow_ingest::{Decoder, KafkaConfig, SchemaRegistry, Source};
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -53,82 +53,44 @@ pub struct RunStats {
     pub fenced: u64,
 }
 
-/// Consumer context: on assignment, loads each partition's committed offset
-/// and dedup state from the table and starts fetching there.
-struct Rebalancer {
-    handoff: Handoff<PartState>,
+/// How the lake writer's partition member loads a partition's state: the
+/// committed offsets and the dedup window restored from the table.
+struct TableStates {
     cfg: LakeConfig,
     topic: String,
-    shutdown: CancellationToken,
 }
 
-impl ClientContext for Rebalancer {
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        self.handoff.record_highs(&self.topic, &statistics);
+impl MemberState for PartState {
+    fn stored_next(&self) -> Option<i64> {
+        self.committed
+    }
+
+    fn dedup(&self) -> &Dedup {
+        &self.dedup
     }
 }
 
-impl ConsumerContext for Rebalancer {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                let Some(mut states) = self.load_blocking(&parts) else {
-                    return; // shutting down: nothing will be committed
-                };
-                for mut elem in tpl.elements() {
-                    let p = elem.partition();
-                    let Some(state) = states.remove(&p) else {
-                        continue;
-                    };
-                    tracing::debug!(
-                        partition = p,
-                        dedup = state.dedup.len(),
-                        "dedup state loaded"
-                    );
-                    self.handoff.assign(&mut elem, state.committed, state);
-                }
-            }
-            Rebalance::Revoke(tpl) => self.handoff.revoke(tpl),
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
-        }
-    }
-}
+impl StateStore for TableStates {
+    type State = PartState;
+    type Error = LakeError;
 
-impl Rebalancer {
-    /// Blocks (this runs inside the consumer's poll, so nothing is fetched
-    /// meanwhile) until the table answers. The catalog client is async and
-    /// this thread may be a runtime worker, so the load runs on a thread of
-    /// its own with a small runtime.
-    fn load_blocking(&self, parts: &[i32]) -> Option<HashMap<i32, PartState>> {
-        let mut backoff = Backoff::new();
-        loop {
-            let attempt = std::thread::scope(|s| {
-                s.spawn(|| {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| LakeError::Table(format!("runtime: {e}")))?;
-                    rt.block_on(async {
-                        let lake = Lake::open(&self.cfg).await?;
-                        load_states(&lake, &self.topic, parts, self.cfg.dedup_window_hours).await
-                    })
+    /// The catalog client is async and this thread may be a runtime
+    /// worker, so the load runs on a thread of its own with a small runtime.
+    fn load_blocking(&self, parts: &[i32]) -> Result<HashMap<i32, PartState>, LakeError> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| LakeError::Table(format!("runtime: {e}")))?;
+                rt.block_on(async {
+                    let lake = Lake::open(&self.cfg).await?;
+                    load_states(&lake, &self.topic, parts, self.cfg.dedup_window_hours).await
                 })
-                .join()
-                .unwrap_or_else(|_| Err(LakeError::Table("state loader panicked".into())))
-            });
-            match attempt {
-                Ok(s) => return Some(s),
-                Err(e) => {
-                    if self.shutdown.is_cancelled() {
-                        return None;
-                    }
-                    let delay = backoff.next_delay();
-                    tracing::warn!(partitions = ?parts, error = %e, retry_in_ms = delay.as_millis() as u64, "loading partition state failed, retrying");
-                    std::thread::sleep(delay);
-                }
-            }
-        }
+            })
+            .join()
+            .unwrap_or_else(|_| Err(LakeError::Table("state loader panicked".into())))
+        })
     }
 }
 
@@ -165,7 +127,7 @@ struct Writer<'a> {
     topic: String,
     lake: Lake,
     table: Table,
-    source: Source<Rebalancer>,
+    source: Source<Member<TableStates>>,
     owned: Owned,
     round: Round,
     schema: arrow::datatypes::SchemaRef,
@@ -189,13 +151,11 @@ pub async fn run(
     let lake = open_retrying(cfg, &shutdown).await?;
     let table = lake.load().await?;
     let schema = arrow_schema(table.metadata().current_schema())?;
-    let handoff = Handoff::default();
-    let context = Rebalancer {
-        handoff: handoff.clone(),
+    let states = TableStates {
         cfg: cfg.clone(),
         topic: kafka.topic.clone(),
-        shutdown: shutdown.clone(),
     };
+    let (context, handoff) = Member::new(states, &kafka.topic, shutdown.clone());
     let mut overrides = vec![
         ("queued.max.messages.kbytes", "32768"),
         ("statistics.interval.ms", "1000"),
@@ -257,7 +217,14 @@ pub async fn run(
         if !w.round.is_empty() && (due || stopping) {
             w.commit_round(&shutdown).await?;
         }
-        update_gauges(&handoff, &w.source, &w.owned, &w.metrics);
+        set_gauges(
+            &handoff,
+            w.source.consumer(),
+            w.source.topic(),
+            &w.owned,
+            [&w.metrics.lag, &w.metrics.beyond_log_end],
+            &w.metrics.dedup_entries,
+        );
         if last_log.elapsed() > Duration::from_secs(10) {
             tracing::info!(
                 records = w.stats.records,
@@ -515,25 +482,4 @@ async fn open_retrying(cfg: &LakeConfig, shutdown: &CancellationToken) -> Result
             Err(e) => return Err(e),
         }
     }
-}
-
-fn update_gauges<C: ConsumerContext + 'static>(
-    handoff: &Handoff<PartState>,
-    source: &Source<C>,
-    owned: &Owned,
-    m: &Metrics,
-) {
-    let mut entries = 0;
-    for (p, s) in owned {
-        entries += s.dedup.len();
-        let gauges = [&m.lag, &m.beyond_log_end];
-        handoff.set_position_gauges(
-            source.consumer(),
-            source.topic(),
-            gauges,
-            *p,
-            s.committed.unwrap_or(0),
-        );
-    }
-    m.dedup_entries.set(entries as i64);
 }

@@ -61,7 +61,7 @@ fn main() {
     let p = producer(&bare).unwrap();
     let t = Instant::now();
     for (k, v) in &records {
-        send_blocking(&p, &bare.topic, Some(k), Some(v), None).unwrap();
+        send_blocking(&p, &bare.topic, Some(k), Some(v), None, None).unwrap();
     }
     p.flush(Duration::from_secs(300)).unwrap();
     let bare_rate = n as f64 / t.elapsed().as_secs_f64();

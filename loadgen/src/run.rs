@@ -58,6 +58,9 @@ pub struct RunOptions {
     /// Simulated start; default: now, or for `fast` runs with `events`, early
     /// enough that the last event is not in the future.
     pub start: Option<Micros>,
+    /// Stamp each record with its simulated arrival time instead of
+    /// leaving the timestamp to the producer's clock.
+    pub stamp: bool,
     /// Where to write the ground truth.
     pub truth: Option<PathBuf>,
     /// Encode only; send nothing (measures the generator itself).
@@ -125,15 +128,20 @@ pub fn producer(kafka: &KafkaConfig) -> Result<ThreadedProducer<Deliveries>, Kaf
     cfg.create_with_context(Deliveries::default())
 }
 
-/// Sends one record, waiting (polling) while the local queue is full.
+/// Sends one record, waiting (polling) while the local queue is full;
+/// `timestamp_ms` is its timestamp (`None`: the producer's clock).
 pub fn send_blocking(
     p: &ThreadedProducer<Deliveries>,
     topic: &str,
     key: Option<&[u8]>,
     value: Option<&[u8]>,
     content_type: Option<&str>,
+    timestamp_ms: Option<i64>,
 ) -> Result<(), KafkaError> {
     let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+    if let Some(ts) = timestamp_ms {
+        rec = rec.timestamp(ts);
+    }
     if let Some(k) = key {
         rec = rec.key(k);
     }
@@ -204,7 +212,8 @@ pub fn run_blocking(
             }
         }
         if let Some(p) = &producer {
-            send_blocking(p, &kafka.topic, rec.key, rec.value, rec.content_type)?;
+            let stamp = opts.stamp.then_some(rec.arrival / 1000);
+            send_blocking(p, &kafka.topic, rec.key, rec.value, rec.content_type, stamp)?;
         } else {
             std::hint::black_box(&rec);
         }

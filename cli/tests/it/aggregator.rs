@@ -41,6 +41,19 @@ impl Setup {
 
     /// Like `new`, serving `/metrics` on `metrics_listen` (empty: none).
     fn with_metrics(tag: &str, redis_url: String, metrics_listen: &str) -> Setup {
+        Setup::with_sections(tag, redis_url, metrics_listen, "", "")
+    }
+
+    /// Like `with_metrics`, with more consumer properties (TOML lines of
+    /// `[kafka.properties]`) and `extra` (more TOML sections, `{topic}` and
+    /// `{prefix}` replaced) appended to the config file: the lake's, say.
+    pub(crate) fn with_sections(
+        tag: &str,
+        redis_url: String,
+        metrics_listen: &str,
+        properties: &str,
+        extra: &str,
+    ) -> Setup {
         let topic = fresh_topic(tag);
         let dir = tempfile::tempdir().unwrap();
         let prefix = topic.replace('.', "_");
@@ -59,6 +72,7 @@ partitions = {PARTITIONS}
 [kafka.properties]
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "1000"
+{properties}
 
 [redis]
 url = "{redis_url}"
@@ -70,8 +84,12 @@ group_id = "{group}"
 
 [metrics]
 listen = "{metrics_listen}"
+{extra}
 "#,
-                brokers = brokers()
+                brokers = brokers(),
+                extra = extra
+                    .replace("{topic}", &topic)
+                    .replace("{prefix}", &prefix),
             ),
         )
         .unwrap();
@@ -120,7 +138,7 @@ listen = "{metrics_listen}"
         crate::generator(&self.config, &self.truth_path(), events, rate)
     }
 
-    fn log(&self, n: usize) -> String {
+    pub(crate) fn log(&self, n: usize) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("agg-{n}.log"))).unwrap_or_default()
     }
 
@@ -132,7 +150,7 @@ listen = "{metrics_listen}"
     }
 
     /// High watermark of every partition.
-    fn highs(&self) -> Vec<i64> {
+    pub(crate) fn highs(&self) -> Vec<i64> {
         crate::highs(&self.kafka)
     }
 
@@ -155,7 +173,7 @@ listen = "{metrics_listen}"
     }
 
     /// The next offset stored in Redis per partition (0 when none yet).
-    fn stored_offsets(&self) -> Vec<i64> {
+    pub(crate) fn stored_offsets(&self) -> Vec<i64> {
         let key = Keys::new(&self.prefix).offsets(&self.group, &self.kafka.topic);
         let stored: Vec<Option<i64>> = redis::cmd("HMGET")
             .arg(&key)
@@ -166,7 +184,7 @@ listen = "{metrics_listen}"
     }
 
     /// Every minute counter under the prefix: (client, minute, slot) → count.
-    fn minute_counters(&self) -> HashMap<(String, i64, usize), u64> {
+    pub(crate) fn minute_counters(&self) -> HashMap<(String, i64, usize), u64> {
         let mut conn = self.redis();
         let pattern = format!("{}:m:*", self.prefix);
         let keys: Vec<String> = redis::cmd("SCAN")
@@ -203,7 +221,7 @@ listen = "{metrics_listen}"
         out
     }
 
-    fn stats(&self) -> HashMap<String, u64> {
+    pub(crate) fn stats(&self) -> HashMap<String, u64> {
         let key = Keys::new(&self.prefix).stats(&self.group, &self.kafka.topic);
         redis::cmd("HGETALL")
             .arg(key)
@@ -406,7 +424,7 @@ fn a_killed_member_and_a_zombie_change_nothing() {
 }
 
 /// A private redis-server with an append-only file in `dir`.
-fn start_redis(dir: &Path, port: u16) -> Proc {
+pub(crate) fn start_redis(dir: &Path, port: u16) -> Proc {
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args([

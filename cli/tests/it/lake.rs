@@ -8,7 +8,7 @@
 //! Each test uses a fresh topic, consumer group, warehouse and catalog.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -306,31 +306,50 @@ listen = ""
 
     /// PyIceberg, through the same SQLite catalog, sees the same rows.
     fn assert_pyiceberg_agrees(&self) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/pyiceberg_read.py");
-        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        let warehouse = if self.warehouse.starts_with("s3://") {
-            self.warehouse.clone()
-        } else {
-            format!("file://{}", self.warehouse)
-        };
-        let mut c = Command::new(python);
-        c.arg(script)
-            .arg(self.dir.path().join("catalog.db"))
-            .arg(warehouse);
-        if let Some(e) = &self.s3_endpoint {
-            c.arg(e);
-        }
-        let out = c.output().unwrap();
-        assert!(
-            out.status.success(),
-            "pyiceberg: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let v = pyiceberg_read(
+            &self.dir.path().join("catalog.db"),
+            &self.warehouse,
+            self.s3_endpoint.as_deref(),
+            false,
         );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         let (truth, want) = self.truth_counts();
         assert_eq!(v["rows"].as_u64(), Some(truth.valid_events));
         assert_same(&want, &counts_of(&v["counts"]), "PyIceberg vs ground truth");
     }
+}
+
+/// What PyIceberg reads through the SQLite catalog `catalog_db`: `rows` and
+/// `counts` as `[client, day, status, n]` (`day` is the UTC minute,
+/// `YYYY-MM-DDTHH:MM:00Z`, when `by_minute`).
+pub(crate) fn pyiceberg_read(
+    catalog_db: &Path,
+    warehouse: &str,
+    s3_endpoint: Option<&str>,
+    by_minute: bool,
+) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/pyiceberg_read.py");
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let warehouse = if warehouse.starts_with("s3://") {
+        warehouse.to_string()
+    } else {
+        format!("file://{warehouse}")
+    };
+    let mut c = Command::new(python);
+    c.arg(script);
+    if by_minute {
+        c.arg("--by-minute");
+    }
+    c.arg(catalog_db).arg(warehouse);
+    if let Some(e) = s3_endpoint {
+        c.arg(e);
+    }
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "pyiceberg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn counts_of(v: &Value) -> Counts {

@@ -8,6 +8,7 @@ mod components;
 mod config;
 mod dashboard;
 mod demo;
+mod differential;
 mod docs;
 mod gen_truth;
 mod http;
@@ -47,10 +48,27 @@ pub fn fresh_topic(tag: &str) -> String {
 /// fast as the broker takes them), 1% malformed and 1% duplicates, seed 31,
 /// with its ground truth written to `truth`.
 pub fn generator(config: &Path, truth: &Path, events: u64, rate: Option<&str>) -> Proc {
+    Proc(
+        gen_command(config, truth, events, rate, 31)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// The command [`generator`] runs, with another seed (each seed has its own
+/// message and event ids), for a caller to add an environment to.
+pub fn gen_command(
+    config: &Path,
+    truth: &Path,
+    events: u64,
+    rate: Option<&str>,
+    seed: u64,
+) -> Command {
     let mut c = notiflow();
     c.arg("--config")
         .arg(config)
-        .args(["gen", "--events", &events.to_string(), "--seed", "31"])
+        .args(["gen", "--events", &events.to_string()])
+        .args(["--seed", &seed.to_string()])
         .args(["--malformed-share", "0.01", "--duplicate-share", "0.01"])
         .arg("--truth")
         .arg(truth)
@@ -60,7 +78,7 @@ pub fn generator(config: &Path, truth: &Path, events: u64, rate: Option<&str>) -
         Some(r) => c.args(["--rate", r]),
         None => c.arg("--fast"),
     };
-    Proc(c.spawn().unwrap())
+    c
 }
 
 /// High watermark of every partition of the event topic.
