@@ -245,23 +245,7 @@ listen = "{metrics_listen}"
             );
         }
         let got = self.minute_counters();
-        let mut diffs: Vec<_> = want
-            .iter()
-            .filter(|(k, v)| got.get(*k) != Some(*v))
-            .map(|(k, v)| format!("{k:?}: want {v}, got {:?}", got.get(k)))
-            .chain(
-                got.iter()
-                    .filter(|(k, _)| !want.contains_key(*k))
-                    .map(|(k, v)| format!("{k:?}: want nothing, got {v}")),
-            )
-            .collect();
-        diffs.sort();
-        assert!(
-            diffs.is_empty(),
-            "{} cells differ from the ground truth, e.g. {:?}",
-            diffs.len(),
-            &diffs[..diffs.len().min(10)]
-        );
+        crate::assert_same_cells(&want, &got, "Redis vs the ground truth");
         assert!(truth.valid_events > 0 && truth.duplicates > 0);
         let stats = self.stats();
         assert_eq!(stats.get("counted"), Some(&truth.valid_events));

@@ -43,6 +43,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 use crate::aggregator::{Setup, start_redis};
+use crate::assert_same_cells;
 use crate::lake::{faketime, pyiceberg_read};
 use crate::procs::{Proc, free_port, signal, sigterm_and_wait};
 
@@ -337,27 +338,6 @@ impl Drop for Day {
 fn stop(agg: &mut Proc, lake: &mut Proc, day: &Day) {
     assert!(sigterm_and_wait(agg).success(), "{}", day.s.log(0));
     assert!(sigterm_and_wait(lake).success(), "{}", day.lake_log(0));
-}
-
-/// Cells that differ between `a` and `b`, for the message.
-fn assert_same_cells(a: &Cells, b: &Cells, what: &str) {
-    let mut diffs: Vec<String> = a
-        .iter()
-        .filter(|(k, v)| b.get(*k) != Some(*v))
-        .map(|(k, v)| format!("{k:?}: {v} vs {:?}", b.get(k)))
-        .chain(
-            b.iter()
-                .filter(|(k, _)| !a.contains_key(*k))
-                .map(|(k, v)| format!("{k:?}: none vs {v}")),
-        )
-        .collect();
-    diffs.sort();
-    assert!(
-        diffs.is_empty(),
-        "{what}: {} cells differ, e.g. {:?}",
-        diffs.len(),
-        &diffs[..diffs.len().min(10)]
-    );
 }
 
 fn now_ms() -> i64 {

@@ -294,7 +294,7 @@ listen = ""
         let (truth, want) = self.truth_counts();
         let stats = self.stats();
         let got = counts_of(&stats["counts"]);
-        assert_same(&want, &got, "table vs ground truth");
+        crate::assert_same_cells(&want, &got, "table vs ground truth");
         assert!(truth.valid_events > 0 && truth.duplicates > 0);
         assert_eq!(stats["rows"].as_u64(), Some(truth.valid_events));
         assert_eq!(
@@ -314,7 +314,7 @@ listen = ""
         );
         let (truth, want) = self.truth_counts();
         assert_eq!(v["rows"].as_u64(), Some(truth.valid_events));
-        assert_same(&want, &counts_of(&v["counts"]), "PyIceberg vs ground truth");
+        crate::assert_same_cells(&want, &counts_of(&v["counts"]), "PyIceberg vs ground truth");
     }
 }
 
@@ -361,26 +361,6 @@ fn counts_of(v: &Value) -> Counts {
             ((s(0), s(1), s(2)), r[3].as_u64().unwrap())
         })
         .collect()
-}
-
-fn assert_same(want: &Counts, got: &Counts, what: &str) {
-    let mut diffs: Vec<String> = want
-        .iter()
-        .filter(|(k, v)| got.get(*k) != Some(*v))
-        .map(|(k, v)| format!("{k:?}: want {v}, got {:?}", got.get(k)))
-        .chain(
-            got.iter()
-                .filter(|(k, _)| !want.contains_key(*k))
-                .map(|(k, v)| format!("{k:?}: want nothing, got {v}")),
-        )
-        .collect();
-    diffs.sort();
-    assert!(
-        diffs.is_empty(),
-        "{what}: {} cells differ, e.g. {:?}",
-        diffs.len(),
-        &diffs[..diffs.len().min(10)]
-    );
 }
 
 /// A bucket on the S3-compatible server of `infra/up.sh` (`S3_ENDPOINT`).

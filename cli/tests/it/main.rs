@@ -81,6 +81,36 @@ pub fn gen_command(
     c
 }
 
+/// Asserts that two maps of cells (a sink's, the ground truth's) are equal,
+/// naming up to ten cells that differ: `key: want …, got …`.
+pub fn assert_same_cells<'a, K, V>(
+    want: impl IntoIterator<Item = (&'a K, &'a V)>,
+    got: impl IntoIterator<Item = (&'a K, &'a V)>,
+    what: &str,
+) where
+    K: Ord + std::fmt::Debug + 'a,
+    V: PartialEq + std::fmt::Debug + 'a,
+{
+    let want: std::collections::BTreeMap<&K, &V> = want.into_iter().collect();
+    let got: std::collections::BTreeMap<&K, &V> = got.into_iter().collect();
+    let diffs: Vec<String> = want
+        .iter()
+        .filter(|(k, v)| got.get(*k) != Some(*v))
+        .map(|(k, v)| format!("{k:?}: want {v:?}, got {:?}", got.get(k)))
+        .chain(
+            got.iter()
+                .filter(|(k, _)| !want.contains_key(*k))
+                .map(|(k, v)| format!("{k:?}: want nothing, got {v:?}")),
+        )
+        .collect();
+    assert!(
+        diffs.is_empty(),
+        "{what}: {} cells differ, e.g. {:?}",
+        diffs.len(),
+        &diffs[..diffs.len().min(10)]
+    );
+}
+
 /// High watermark of every partition of the event topic.
 pub fn highs(kafka: &KafkaConfig) -> Vec<i64> {
     let c: BaseConsumer = client_config(kafka).create().unwrap();
