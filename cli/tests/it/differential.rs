@@ -10,18 +10,19 @@
 //! - a second aggregator and a second lake writer joining during catch-up
 //!   and leaving again, and Redis killed -9 during catch-up with
 //!   `appendfsync everysec` (its last second of writes lost);
-//! - a second outage of both, a compaction an hour after the newest data
-//!   (with snapshot expiry), then duplicates of events 23 hours old.
+//! - a second outage of both, a compaction with snapshot expiry on a host a
+//!   day ahead, then duplicates of events 23 hours old.
 //!
 //! Time is simulated in the records: the generator replays stretches of the
 //! past day (`gen --start … --stamp`: each record stamped with its simulated
 //! arrival, as its broker would have), and the test's own records carry
 //! their timestamps; dedup generations, the future rule and lateness all
-//! follow the records. The sinks run on the wall clock (librdkafka busy-waits
-//! under libfaketime with a negative offset: its timed waits are absolute
-//! CLOCK_REALTIME deadlines), while the maintenance runs on a host whose
-//! clock is hours ahead (libfaketime), which also tests that snapshot
-//! timestamps never go backwards. Redis keeps the real clock (it cannot run
+//! follow the records. The sinks run on the wall clock: under libfaketime
+//! with a negative offset a librdkafka client spins (measured: a generator
+//! at 100% system CPU, minutes for 8,000 records; likely its timed waits on
+//! absolute CLOCK_REALTIME deadlines). The maintenance runs on a host whose
+//! clock is hours ahead (libfaketime, no Kafka client), which also tests
+//! that snapshot timestamps never go backwards. Redis keeps the real clock (it cannot run
 //! under libfaketime); none of its dedup state depends on it.
 
 use std::collections::{BTreeMap, HashMap};
@@ -335,9 +336,10 @@ impl Drop for Day {
 /// partition in 60 s, and one joining later was handed half of them next to
 /// a ghost), which would test the broker, not notiflow; the kill tests of
 /// each sink cover crashes at random moments.
-fn stop(agg: &mut Proc, lake: &mut Proc, day: &Day) {
-    assert!(sigterm_and_wait(agg).success(), "{}", day.s.log(0));
-    assert!(sigterm_and_wait(lake).success(), "{}", day.lake_log(0));
+/// `n` names their logs.
+fn stop(agg: &mut Proc, lake: &mut Proc, day: &Day, n: usize) {
+    assert!(sigterm_and_wait(agg).success(), "{}", day.s.log(n));
+    assert!(sigterm_and_wait(lake).success(), "{}", day.lake_log(n));
 }
 
 fn now_ms() -> i64 {
@@ -364,7 +366,7 @@ fn redis_the_lake_and_the_truth_agree_after_a_worst_day() {
     // Both sinks stop; producers go on for four hours (one of them with a
     // clock 6 minutes slow), a compaction runs during the outage on a host
     // two hours ahead, and one producer stamps a record a year ahead.
-    stop(&mut agg, &mut lake, &day);
+    stop(&mut agg, &mut lake, &day, 0);
     day.generate(102, 8_000, 25 * 60);
     day.generate(103, 8_000, 24 * 60);
     let mut slow = day.spawn_generator(105, 4_000, None, 23 * 60 + 6);
@@ -470,7 +472,7 @@ fn redis_the_lake_and_the_truth_agree_after_a_worst_day() {
     // snapshot expiry runs on a host a day ahead: a restore anchored on the
     // snapshot's time instead of the partitions' own generations would
     // forget the first traffic's fingerprints.
-    stop(&mut agg, &mut lake, &day);
+    stop(&mut agg, &mut lake, &day, 1);
     let retry_ts = now_ms() - 3 * HOUR_MS;
     let retries: Vec<_> = originals
         .iter()
