@@ -417,7 +417,18 @@ fn redis_the_lake_and_the_truth_agree_after_a_worst_day() {
     }
     let mut agg2 = day.s.aggregator(2, &[]);
     let mut lake2 = day.writer(2);
-    std::thread::sleep(Duration::from_secs(4));
+    // They take partitions over (a rebalance mid-catch-up), then leave.
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while !(day.s.log(2).contains("partition assigned")
+        && day.lake_log(2).contains("partition assigned"))
+    {
+        assert!(
+            Instant::now() < give_up,
+            "the second members got nothing:\n{}",
+            day.s.log(2)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // They leave cleanly, a scale-down (see `stop` for why not kill -9).
     assert!(sigterm_and_wait(&mut agg2).success(), "{}", day.s.log(2));
     assert!(
