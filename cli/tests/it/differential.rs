@@ -45,7 +45,7 @@ use serde_json::Value;
 
 use crate::aggregator::{Setup, start_redis};
 use crate::assert_same_cells;
-use crate::lake::{faketime, pyiceberg_read};
+use crate::lake::{faketime, lake_action, pyiceberg_read, wait_committed};
 use crate::procs::{Proc, free_port, signal, sigterm_and_wait};
 
 const PARTITIONS: i32 = 8;
@@ -145,44 +145,16 @@ flush_rows = 4096
 
     /// `notiflow lake <action>`, on a clock `offset` ahead if given; its stdout.
     fn lake(&self, action: &str, offset: Option<&'static str>) -> String {
-        let mut c = self.s.command();
-        c.args(["lake", action]);
-        if let Some(o) = offset {
-            c.envs(faketime(o));
+        match offset {
+            Some(o) => lake_action(&self.s.config, action, &faketime(o)),
+            None => lake_action(&self.s.config, action, &[]),
         }
-        let out = c.output().unwrap();
-        assert!(
-            out.status.success(),
-            "lake {action}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn committed(&self) -> Vec<i64> {
-        let v: Value = serde_json::from_str(&self.lake("offsets", None)).unwrap();
-        (0..PARTITIONS)
-            .map(|p| v[&self.s.kafka.topic][p.to_string()].as_i64().unwrap_or(0))
-            .collect()
     }
 
     /// Both sinks hold every partition up to its high watermark.
     fn wait_drained(&self, timeout: Duration) {
         self.s.wait_drained(timeout);
-        let highs = self.s.highs();
-        let give_up = Instant::now() + timeout;
-        loop {
-            let committed = self.committed();
-            if committed == highs {
-                return;
-            }
-            assert!(
-                Instant::now() < give_up,
-                "lake not drained: committed {committed:?}, highs {highs:?}\n{}",
-                self.lake_log(1)
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        wait_committed(&self.s.config, &self.s.kafka, timeout, || self.lake_log(1));
     }
 
     fn producer(&self) -> BaseProducer {

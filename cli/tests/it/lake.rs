@@ -213,43 +213,17 @@ listen = ""
 
     /// Runs `notiflow lake <action>` to completion; its stdout.
     fn lake(&self, action: &str, env: &[(&str, &str)]) -> String {
-        let mut c = self.command();
-        c.args(["lake", action]);
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let out = c.output().unwrap();
-        assert!(
-            out.status.success(),
-            "lake {action}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        lake_action(&self.config, action, env)
     }
 
     /// The next offset committed in the table per partition (0 when none).
     fn committed(&self) -> Vec<i64> {
-        let v: Value = serde_json::from_str(&self.lake("offsets", &[])).unwrap();
-        (0..PARTITIONS)
-            .map(|p| v[&self.kafka.topic][p.to_string()].as_i64().unwrap_or(0))
-            .collect()
+        committed(&self.config, &self.kafka)
     }
 
     /// Waits until the table has committed every partition up to its high watermark.
     fn wait_drained(&self, timeout: Duration) {
-        let highs = crate::highs(&self.kafka);
-        let give_up = Instant::now() + timeout;
-        loop {
-            let committed = self.committed();
-            if committed == highs {
-                return;
-            }
-            assert!(
-                Instant::now() < give_up,
-                "not drained: committed {committed:?}, highs {highs:?}"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        wait_committed(&self.config, &self.kafka, timeout, String::new);
     }
 
     fn stats(&self) -> Value {
@@ -315,6 +289,55 @@ listen = ""
         let (truth, want) = self.truth_counts();
         assert_eq!(v["rows"].as_u64(), Some(truth.valid_events));
         crate::assert_same_cells(&want, &counts_of(&v["counts"]), "PyIceberg vs ground truth");
+    }
+}
+
+/// Runs `notiflow --config <config> lake <action>` with `env` to completion;
+/// its stdout.
+pub(crate) fn lake_action(config: &Path, action: &str, env: &[(&str, &str)]) -> String {
+    let mut c = notiflow();
+    c.arg("--config").arg(config).args(["lake", action]);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "lake {action}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The next offset committed in the table per partition (0 when none).
+pub(crate) fn committed(config: &Path, kafka: &KafkaConfig) -> Vec<i64> {
+    let v: Value = serde_json::from_str(&lake_action(config, "offsets", &[])).unwrap();
+    (0..kafka.partitions)
+        .map(|p| v[&kafka.topic][p.to_string()].as_i64().unwrap_or(0))
+        .collect()
+}
+
+/// Waits until the table has committed every partition up to its high
+/// watermark; `context` (logs, say) goes into the failure message.
+pub(crate) fn wait_committed(
+    config: &Path,
+    kafka: &KafkaConfig,
+    timeout: Duration,
+    context: impl Fn() -> String,
+) {
+    let highs = crate::highs(kafka);
+    let give_up = Instant::now() + timeout;
+    loop {
+        let committed = committed(config, kafka);
+        if committed == highs {
+            return;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "not drained: committed {committed:?}, highs {highs:?}\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
