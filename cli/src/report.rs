@@ -149,7 +149,8 @@ fn summary(reports: &Reports, m: &Manifest, took: Duration) {
         );
     }
     if let Some(v) = &m.rate_card_version {
-        println!("  rate card {v}");
+        let digest = m.rate_card_sha256.as_deref().unwrap_or("-");
+        println!("  rate card {v} (sha256 {digest})");
     }
 }
 

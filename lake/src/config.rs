@@ -29,6 +29,12 @@ pub struct LakeConfig {
     /// A snapshot is committed at least this often while rows flow, and on
     /// shutdown, milliseconds.
     pub commit_interval_ms: u64,
+    /// A writer with no rows to commit advances the completeness watermark
+    /// of the partitions it has caught up with this often (a snapshot
+    /// without data files), milliseconds: billing waits for every
+    /// partition's watermark to pass the billing day, and an idle partition
+    /// would otherwise hold it back.
+    pub watermark_interval_ms: u64,
     /// Data files roll over at this size, bytes (the compaction target too).
     pub target_file_size_bytes: u64,
     /// Rows buffered in memory before they are encoded into the open data
@@ -96,6 +102,7 @@ impl Default for LakeConfig {
             namespace: "notiflow".into(),
             table: "message_events".into(),
             commit_interval_ms: 60_000,
+            watermark_interval_ms: 300_000,
             target_file_size_bytes: 256 * 1024 * 1024,
             flush_rows: 65_536,
             row_group_rows: 131_072,
@@ -162,6 +169,12 @@ impl LakeConfig {
         if !(1_000..=3_600_000).contains(&self.commit_interval_ms) {
             return Err(ConfigError::new(
                 "lake.commit_interval_ms",
+                "must be within 1000..=3600000",
+            ));
+        }
+        if !(1_000..=3_600_000).contains(&self.watermark_interval_ms) {
+            return Err(ConfigError::new(
+                "lake.watermark_interval_ms",
                 "must be within 1000..=3600000",
             ));
         }

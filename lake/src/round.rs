@@ -12,7 +12,7 @@ use iceberg::spec::DataFile;
 use iceberg::table::Table;
 use notiflow_ingest::Decoder;
 use notiflow_ingest::cursor::{Admit, Cursor};
-use notiflow_ingest::dedup::{Dedup, fingerprint, pack};
+use notiflow_ingest::dedup::{Dedup, bounded_time, fingerprint, pack};
 pub use notiflow_ingest::source::SourceRecord;
 
 use crate::config::LakeConfig;
@@ -21,8 +21,9 @@ use crate::error::LakeError;
 use crate::files::{FileOptions, RoundFiles};
 use crate::rows::{Origin, RowBuffer};
 use crate::table::{
-    Change, DEDUP_MAX_GEN_PROP, DEDUP_PROP, GENERATIONS_PROP, Lake, OFFSETS_PROP,
-    committed_generations, committed_offsets, new_snapshot_id, stage, to_json,
+    Change, DEDUP_MAX_GEN_PROP, DEDUP_PROP, GENERATIONS_PROP, Lake, OFFSETS_PROP, WATERMARKS_PROP,
+    committed_generations, committed_offsets, committed_watermarks, new_snapshot_id, stage,
+    to_json,
 };
 
 /// What a writer knows of a partition it owns.
@@ -75,6 +76,9 @@ pub struct Round {
     pub next: BTreeMap<i32, i64>,
     /// Newest dedup generation of each partition after the round.
     pub generations: BTreeMap<i32, u32>,
+    /// Completeness watermark of each partition after the round (broker
+    /// time, ms; see `table::WATERMARKS_PROP`).
+    pub watermarks: BTreeMap<i32, i64>,
     fps: Fingerprints,
     /// When the round's first record arrived.
     pub started: Option<Instant>,
@@ -113,6 +117,7 @@ impl Round {
             expected: BTreeMap::new(),
             next: BTreeMap::new(),
             generations: BTreeMap::new(),
+            watermarks: BTreeMap::new(),
             fps: Fingerprints::new(),
             started: None,
             rows: 0,
@@ -174,6 +179,13 @@ impl Round {
                 touched.push(p);
             }
             self.started.get_or_insert_with(Instant::now);
+            // Every record taken (rejected ones too) moves the watermark,
+            // on the partition's bounded clock: a CreateTime far ahead
+            // moves it one generation at most, never a year.
+            let g = st.dedup.generation_of(rec.view.timestamp);
+            let mark = bounded_time(rec.view.timestamp, g) / 1000;
+            let w = self.watermarks.entry(p).or_insert(mark);
+            *w = (*w).max(mark);
             let event = match decoder.decode(&rec.view) {
                 Ok(e) => e,
                 Err(_) => {
@@ -181,7 +193,6 @@ impl Round {
                     continue;
                 }
             };
-            let g = st.dedup.generation_of(rec.view.timestamp);
             let fp = fingerprint(&event.event_id);
             if !st.dedup.insert(fp, g) {
                 s.duplicates += 1;
@@ -208,6 +219,17 @@ impl Round {
         }
         self.rows += s.written;
         s
+    }
+
+    /// Adds a caught-up partition to the round without records: its
+    /// watermark moves to `watermark_ms` (broker time up to which its log
+    /// was read whole) at the offset it has committed, fenced like any
+    /// round. An idle partition would otherwise hold billing back forever.
+    pub fn heartbeat(&mut self, p: i32, committed: i64, watermark_ms: i64) {
+        self.expected.entry(p).or_insert(Some(committed));
+        self.next.entry(p).or_insert(committed);
+        let w = self.watermarks.entry(p).or_insert(watermark_ms);
+        *w = (*w).max(watermark_ms);
     }
 
     /// Encodes the buffered rows into the round's open data files.
@@ -288,6 +310,15 @@ impl Round {
             change
                 .properties
                 .insert(GENERATIONS_PROP.into(), to_json(&gens)?);
+            let mut marks = committed_watermarks(table.metadata())?;
+            let topic_marks = marks.entry(topic.to_string()).or_default();
+            for (p, w) in &self.watermarks {
+                let m = topic_marks.entry(*p).or_insert(*w);
+                *m = (*m).max(*w);
+            }
+            change
+                .properties
+                .insert(WATERMARKS_PROP.into(), to_json(&marks)?);
             let snapshot_id = new_snapshot_id(table.metadata());
             let staged = stage(&table, snapshot_id, &change).await?;
             if lake.swap(&table, staged).await? {

@@ -135,7 +135,14 @@ struct Writer<'a> {
     stats: RunStats,
     failpoints: Failpoints,
     rounds: u64,
+    /// When a snapshot last landed (or a heartbeat was considered).
+    last_commit: Instant,
 }
+
+/// How far behind the writer's clock a heartbeat puts a caught-up
+/// partition's watermark: the high watermarks it compares with are up to
+/// a statistics interval (1 s) old, plus room for clock skew with the broker.
+const HEARTBEAT_MARGIN_MS: i64 = 5_000;
 
 /// Runs until `shutdown`; then commits the round in hand and returns.
 pub async fn run(
@@ -180,7 +187,9 @@ pub async fn run(
             stop_before_commit: failpoint::armed("lake.stop_before_commit"),
         },
         rounds: 0,
+        last_commit: Instant::now(),
     };
+    let watermark_every = Duration::from_millis(cfg.watermark_interval_ms);
     let interval = Duration::from_millis(cfg.commit_interval_ms);
     let mut last_log = Instant::now();
     tracing::info!(topic = %kafka.topic, group = %cfg.group_id, table = %w.lake.ident(), location = w.table.metadata().location(), "lake writer running");
@@ -216,6 +225,8 @@ pub async fn run(
         let due = w.round.started.is_some_and(|s| s.elapsed() >= interval);
         if !w.round.is_empty() && (due || stopping) {
             w.commit_round(&shutdown).await?;
+        } else if w.round.is_empty() && !stopping && w.last_commit.elapsed() >= watermark_every {
+            w.heartbeat(&handoff, &shutdown).await?;
         }
         set_gauges(
             &handoff,
@@ -347,8 +358,37 @@ impl Writer<'_> {
         Ok(outcome)
     }
 
+    /// With nothing else to commit: moves the watermark of every owned
+    /// partition read to its log end (nothing pending, the committed
+    /// offset at the high watermark) to about now, in a snapshot without
+    /// data files, fenced like a round.
+    async fn heartbeat(
+        &mut self,
+        handoff: &notiflow_ingest::rebalance::Handoff<PartState>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), LakeError> {
+        self.last_commit = Instant::now();
+        let mark = notiflow_ingest::source::now_micros() / 1000 - HEARTBEAT_MARGIN_MS;
+        for (&p, st) in &self.owned {
+            let Some(c) = st.committed else { continue };
+            if st.cursor.next() == Some(c) && handoff.high(p) == Some(c) {
+                self.round.heartbeat(p, c, mark);
+            }
+        }
+        if self.round.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(
+            partitions = self.round.next.len(),
+            watermark_ms = mark,
+            "advancing the watermarks of caught-up partitions"
+        );
+        self.commit_round(shutdown).await
+    }
+
     /// Book-keeping after a commit landed.
     fn committed(&mut self, snapshot_id: i64) {
+        self.last_commit = Instant::now();
         if self
             .failpoints
             .after_commit

@@ -12,7 +12,9 @@
 //! or not at all.
 //!
 //! Snapshot summaries carry `notiflow.offsets` (the next Kafka offset of
-//! every partition, per topic) and `notiflow.dedup-file` (the dedup
+//! every partition, per topic), `notiflow.watermarks` (per partition, the
+//! broker time up to which everything is committed: what billing waits
+//! for, [`complete_until`]) and `notiflow.dedup-file` (the dedup
 //! fingerprints of the rows the snapshot added; see [`crate::dedup_log`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -49,8 +51,17 @@ pub const GENERATIONS_PROP: &str = "notiflow.generations";
 /// in that file (a restore skips files wholly older than the window).
 pub const DEDUP_MAX_GEN_PROP: &str = "notiflow.dedup-max-generation";
 
+/// Summary property: `{"<topic>": {"<partition>": <broker time, ms>}}`,
+/// written and carried with the offsets: every record of the partition
+/// appended up to that broker time is committed (its newest committed
+/// record's LogAppendTime, bounded by the partition's dedup generation;
+/// or, for a partition the writer had caught up with, the time it checked).
+pub const WATERMARKS_PROP: &str = "notiflow.watermarks";
+
 /// Next offsets per topic, then partition.
 pub type TopicOffsets = BTreeMap<String, BTreeMap<i32, i64>>;
+/// Completeness watermarks (broker time, ms) per topic, then partition.
+pub type TopicWatermarks = BTreeMap<String, BTreeMap<i32, i64>>;
 /// Newest dedup generation per topic, then partition.
 pub type TopicGenerations = BTreeMap<String, BTreeMap<i32, u32>>;
 
@@ -230,6 +241,61 @@ pub fn committed_generations(md: &TableMetadata) -> Result<TopicGenerations, Lak
     carried(md, GENERATIONS_PROP)
 }
 
+/// The completeness watermarks, as [`committed_offsets`] (tables written
+/// before they were recorded have none).
+pub fn committed_watermarks(md: &TableMetadata) -> Result<TopicWatermarks, LakeError> {
+    carried(md, WATERMARKS_PROP)
+}
+
+/// How complete the table is: the broker time up to which every partition
+/// that has committed offsets is committed, and the partition that holds
+/// it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completeness {
+    /// No writer ever committed offsets (a table loaded in bulk only):
+    /// there is nothing to wait for.
+    Unrecorded,
+    /// Everything up to `until_ms` is committed; `topic`/`partition` is
+    /// the one furthest behind (`until_ms` = `i64::MIN` when it has
+    /// offsets but no watermark yet: written before they were recorded).
+    Until {
+        /// Broker time, ms.
+        until_ms: i64,
+        /// Topic of the partition furthest behind.
+        topic: String,
+        /// That partition.
+        partition: i32,
+    },
+}
+
+/// The table's [`Completeness`] as of its current snapshot.
+pub fn complete_until(md: &TableMetadata) -> Result<Completeness, LakeError> {
+    let offsets = committed_offsets(md)?;
+    let marks = committed_watermarks(md)?;
+    let mut worst: Option<Completeness> = None;
+    for (topic, parts) in &offsets {
+        for p in parts.keys() {
+            let until_ms = marks
+                .get(topic)
+                .and_then(|m| m.get(p))
+                .copied()
+                .unwrap_or(i64::MIN);
+            let behind = match &worst {
+                Some(Completeness::Until { until_ms: w, .. }) => until_ms < *w,
+                _ => true,
+            };
+            if behind {
+                worst = Some(Completeness::Until {
+                    until_ms,
+                    topic: topic.clone(),
+                    partition: *p,
+                });
+            }
+        }
+    }
+    Ok(worst.unwrap_or(Completeness::Unrecorded))
+}
+
 /// A JSON summary property of the latest snapshot that has it.
 fn carried<T: serde::de::DeserializeOwned + Default>(
     md: &TableMetadata,
@@ -247,7 +313,7 @@ fn carried<T: serde::de::DeserializeOwned + Default>(
     Ok(T::default())
 }
 
-/// Writes the carried JSON properties (offsets, generations) of `md`'s
+/// Writes the carried JSON properties (offsets, generations, watermarks) of `md`'s
 /// latest snapshots into `properties`, unchanged.
 fn carry_forward(
     md: &TableMetadata,
@@ -260,6 +326,10 @@ fn carry_forward(
     let generations = committed_generations(md)?;
     if !generations.is_empty() {
         properties.insert(GENERATIONS_PROP.into(), to_json(&generations)?);
+    }
+    let watermarks = committed_watermarks(md)?;
+    if !watermarks.is_empty() {
+        properties.insert(WATERMARKS_PROP.into(), to_json(&watermarks)?);
     }
     Ok(())
 }
@@ -321,32 +391,106 @@ pub async fn set_offset(
     p: i32,
     offset: i64,
 ) -> Result<(Option<i64>, i64), LakeError> {
+    let (from, id) = set_carried(lake, OFFSETS_PROP, "accept-gap", topic, p, offset).await?;
+    tracing::warn!(
+        topic,
+        partition = p,
+        ?from,
+        to = offset,
+        "next offset set by an operator"
+    );
+    Ok((from, id))
+}
+
+/// Sets the completeness watermark of `topic`'s partition `p` to `ms`
+/// (broker time) in a commit of its own: an operator declaring a
+/// partition that will receive nothing more complete (a topic being
+/// retired), so that billing does not wait for it; the watermark it had,
+/// and the new snapshot's id.
+pub async fn set_watermark(
+    lake: &Lake,
+    topic: &str,
+    p: i32,
+    ms: i64,
+) -> Result<(Option<i64>, i64), LakeError> {
+    let (from, id) = set_carried(lake, WATERMARKS_PROP, "set-watermark", topic, p, ms).await?;
+    tracing::warn!(
+        topic,
+        partition = p,
+        ?from,
+        to = ms,
+        "completeness watermark set by an operator"
+    );
+    Ok((from, id))
+}
+
+/// Sets one partition's value of the carried map `prop` in a commit of its
+/// own, carrying the rest; the value it had and the snapshot id.
+async fn set_carried(
+    lake: &Lake,
+    prop: &str,
+    operation: &str,
+    topic: &str,
+    p: i32,
+    value: i64,
+) -> Result<(Option<i64>, i64), LakeError> {
     loop {
         let table = lake.load().await?;
         let mut change = Change::default();
         carry_forward(table.metadata(), &mut change.properties)?;
-        let mut offsets = committed_offsets(table.metadata())?;
-        let from = offsets
-            .entry(topic.to_string())
-            .or_default()
-            .insert(p, offset);
+        let mut map: BTreeMap<String, BTreeMap<i32, i64>> = carried(table.metadata(), prop)?;
+        let from = map.entry(topic.to_string()).or_default().insert(p, value);
+        change.properties.insert(prop.into(), to_json(&map)?);
         change
             .properties
-            .insert(OFFSETS_PROP.into(), to_json(&offsets)?);
-        change
-            .properties
-            .insert("notiflow.operation".into(), "accept-gap".into());
+            .insert("notiflow.operation".into(), operation.into());
         let id = new_snapshot_id(table.metadata());
         let staged = stage(&table, id, &change).await?;
         if lake.swap(&table, staged).await? {
-            tracing::warn!(
-                topic,
-                partition = p,
-                ?from,
-                to = offset,
-                "next offset set by an operator"
-            );
             return Ok((from, id));
+        }
+    }
+}
+
+/// Tags `snapshot_id` as `name`, an Iceberg tag kept `max_ref_age_ms`
+/// after the snapshot was committed: expiry keeps a live tag's snapshot,
+/// and orphan removal its files (a billing run pins the snapshot it read
+/// for the dispute period, so that it can be reproduced exactly). Any
+/// Iceberg engine reads it as `VERSION AS OF '<name>'`.
+pub async fn tag_snapshot(
+    lake: &Lake,
+    name: &str,
+    snapshot_id: i64,
+    max_ref_age_ms: i64,
+) -> Result<(), LakeError> {
+    loop {
+        let table = lake.load().await?;
+        let md = table.metadata();
+        if md.snapshot_by_id(snapshot_id).is_none() {
+            return Err(LakeError::Table(format!(
+                "snapshot {snapshot_id} is not in the table (expired?): cannot tag it {name}"
+            )));
+        }
+        if md
+            .snapshot_for_ref(name)
+            .is_some_and(|s| s.snapshot_id() == snapshot_id)
+        {
+            return Ok(());
+        }
+        let reference = SnapshotReference {
+            snapshot_id,
+            retention: SnapshotRetention::Tag {
+                max_ref_age_ms: Some(max_ref_age_ms),
+            },
+        };
+        let next = md
+            .clone()
+            .into_builder(table.metadata_location().map(str::to_string))
+            .set_ref(name, reference)?
+            .build()?
+            .metadata;
+        if lake.swap(&table, next).await? {
+            return Ok(());
         }
     }
 }

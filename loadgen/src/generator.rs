@@ -217,15 +217,16 @@ impl Generator {
         let event_id = write_event_id(message_id, p.ev.status.index(), &mut event_id);
         let mut recipient = [0u8; 20];
         let recipient = write_recipient(m, &mut recipient);
+        let (category, country) = m.reported(p.ev.status);
         let ev = Event {
             event_id: event_id.into(),
             message_id: message_id.into(),
             client_id: self.pop.clients[m.client as usize].id.as_str().into(),
             recipient: recipient.into(),
             status: p.ev.status,
-            category: m.category,
+            category,
             billable: m.billable,
-            country: m.country,
+            country,
             template: m.template.map(Into::into),
             event_time: p.ev.event_time,
             error_code: p.ev.error_code,

@@ -7,7 +7,8 @@
 //! - `sent_by_category`: client × UTC minute × category → `sent` events;
 //! - `billable`: client × billing day × category × country → billable messages
 //!   (SPEC §5: a `delivered` or `read` with `billable = true`, category not
-//!   `service`, billed once on the billing day of the first such event);
+//!   `service`, billed once on the billing day and under the category and
+//!   country of the first such event, whatever later statuses report);
 //! - `dlq_by_reason`: malformed records sent, per expected reason.
 //!
 //! It is computed here, independently of the aggregator, lake and reports,
@@ -141,15 +142,19 @@ impl TruthBuilder {
         if status == Status::Sent {
             *self.sent.entry((m.client, minute, m.category)).or_default() += 1;
         }
+        // Each status reports its own category and country; the message's
+        // first billable event (earliest `event_time`: a message's statuses
+        // never share one) decides both.
+        let (category, country) = m.reported(status);
         if matches!(status, Status::Delivered | Status::Read)
             && m.billable
-            && m.category != Category::Service
+            && category != Category::Service
         {
-            let e = self
-                .first_billable
-                .entry(m.seq)
-                .or_insert((m.client, m.category, m.country, event_time));
-            e.3 = e.3.min(event_time);
+            let first = (m.client, category, country, event_time);
+            let e = self.first_billable.entry(m.seq).or_insert(first);
+            if event_time < e.3 {
+                *e = first;
+            }
         }
     }
 

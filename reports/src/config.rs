@@ -106,7 +106,10 @@ pub struct JobConfig {
     /// Unique name (the run ledger's key with the scheduled time).
     pub name: String,
     /// Cron expression with seconds: `sec min hour day month weekday`,
-    /// evaluated in the billing zone.
+    /// evaluated in the billing zone. A billing job's must fire once a day
+    /// (`sec min hour * * *`): its runs come from the calendar of billing
+    /// days, one per day whatever DST does, each due that long after its
+    /// day ended (`0 15 0 * * *`: 15 minutes after).
     pub cron: String,
     /// What it produces.
     pub kind: JobKind,
@@ -165,8 +168,9 @@ pub struct ReportsConfig {
     /// How DuckDB reads a lake on S3.
     pub duckdb_s3_input: DuckS3Input,
     /// The reports root: a folder, `file://` or `s3://bucket/prefix` (S3
-    /// settings are the lake's). Files land under `<output>/<kind>/<date>/`
-    /// (`billing/2026-11-21/…`, `detail/2026-11-21/…`).
+    /// settings are the lake's). Each run's files land in a folder of its
+    /// own, `<output>/<kind>/<date>/<run>/` (`billing/2026-11-21/<run>/…`),
+    /// its manifest written last.
     pub output: String,
     /// The rate card file (TOML); empty = the embedded demo card
     /// (`reports/rate-card.toml`), which no real invoice should use.
@@ -174,6 +178,15 @@ pub struct ReportsConfig {
     /// How many days before the billing day are read to find a message's
     /// first billable event (SPEC §5: at least 7).
     pub lookback_days: u32,
+    /// A billing day is billed only once every partition's completeness
+    /// watermark in the lake (broker time up to which everything is
+    /// committed) has passed the day's end plus this many minutes; until
+    /// then its slot waits (`waiting_for_data`).
+    pub completeness_grace_minutes: u32,
+    /// How long a billing run's lake snapshot stays readable (an Iceberg
+    /// tag that expiry keeps), days: the period within which an invoice
+    /// can be disputed and reproduced byte for byte.
+    pub dispute_days: u32,
     /// Memory an engine may use before it spills to disk, MiB: detail
     /// exports and other streaming work.
     pub memory_limit_mib: u64,
@@ -199,6 +212,8 @@ impl Default for ReportsConfig {
             output: "./data/reports".into(),
             rate_card: String::new(),
             lookback_days: 7,
+            completeness_grace_minutes: 10,
+            dispute_days: 400,
             memory_limit_mib: 512,
             billing_memory_limit_mib: 3072,
             threads: 0,
@@ -230,6 +245,18 @@ impl ReportsConfig {
             return Err(ReportError::config(
                 "reports.lookback_days",
                 "must be at least 7 (SPEC §5)",
+            ));
+        }
+        if self.completeness_grace_minutes > 24 * 60 {
+            return Err(ReportError::config(
+                "reports.completeness_grace_minutes",
+                "must be at most 1440 (a day)",
+            ));
+        }
+        if !(1..=3650).contains(&self.dispute_days) {
+            return Err(ReportError::config(
+                "reports.dispute_days",
+                "must be within 1..=3650",
             ));
         }
         if self.memory_limit_mib < 64 {
@@ -280,7 +307,7 @@ impl ReportsConfig {
             if !names.insert(j.name.as_str()) {
                 return Err(ReportError::config(&at("name"), "is not unique"));
             }
-            crate::schedule::parse_cron(&j.cron)
+            crate::schedule::Plan::of(j)
                 .map_err(|e| ReportError::config(&at("cron"), e.to_string()))?;
             if j.formats.is_empty() {
                 return Err(ReportError::config(&at("formats"), "must not be empty"));

@@ -49,6 +49,11 @@ pub enum ReportError {
     /// Local files (temporary copies, spill folders).
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// The lake is not complete up to what the report needs yet (billing:
+    /// a partition's watermark has not passed the day's end plus the
+    /// grace). Not a failure: the slot waits and is tried again.
+    #[error("waiting for data: {0}")]
+    WaitingForData(String),
     /// Anything else, with what was being done.
     #[error("{0}")]
     Other(String),
@@ -58,6 +63,11 @@ impl ReportError {
     /// A caller's mistake (answer 400, do not retry).
     pub fn is_input(&self) -> bool {
         matches!(self, ReportError::Input(_) | ReportError::RateCard(_))
+    }
+
+    /// The data the report needs is not complete in the lake yet.
+    pub fn is_waiting(&self) -> bool {
+        matches!(self, ReportError::WaitingForData(_))
     }
 
     pub(crate) fn input(msg: impl Into<String>) -> Self {

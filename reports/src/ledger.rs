@@ -20,6 +20,10 @@ pub enum Status {
     Running,
     /// Failed, another attempt is due.
     Retrying,
+    /// Billing: the lake is not complete up to the day's end plus the
+    /// grace yet; tried again on every tick (it uses no attempt).
+    #[serde(rename = "waiting_for_data")]
+    Waiting,
     /// Done; outputs recorded.
     Succeeded,
     /// Failed after its last attempt (or on bad input).
@@ -32,6 +36,7 @@ impl Status {
         match self {
             Status::Running => "running",
             Status::Retrying => "retrying",
+            Status::Waiting => "waiting_for_data",
             Status::Succeeded => "succeeded",
             Status::Failed => "failed",
         }
@@ -41,6 +46,7 @@ impl Status {
         match s {
             "running" => Status::Running,
             "retrying" => Status::Retrying,
+            "waiting_for_data" => Status::Waiting,
             "succeeded" => Status::Succeeded,
             _ => Status::Failed,
         }
@@ -162,9 +168,9 @@ impl Ledger {
             return Ok(Some(1));
         }
         let takeover = if retry_failed {
-            "status IN ('retrying', 'failed')"
+            "status IN ('retrying', 'waiting_for_data', 'failed')"
         } else {
-            "status = 'retrying'"
+            "status IN ('retrying', 'waiting_for_data')"
         };
         let updated = sqlx::query(&self.sql(&format!(
             "UPDATE {TABLE} SET status = 'running', attempts = attempts + 1, started_at = ?,
@@ -207,25 +213,31 @@ impl Ledger {
         Ok(())
     }
 
-    /// Records the end of an attempt.
+    /// Records the end of an attempt of a run `owner` holds. False when
+    /// it holds it no more (its lease ran out and another process took the
+    /// run over): nothing is recorded, and the caller must say so.
     pub async fn finish(
         &self,
         job: &str,
         slot: i64,
         owner: &str,
         end: End<'_>,
-    ) -> Result<(), ReportError> {
+    ) -> Result<bool, ReportError> {
         let End {
             status,
             at: now,
             outputs,
             error,
         } = end;
-        sqlx::query(&self.sql(&format!(
-            "UPDATE {TABLE} SET status = ?, finished_at = ?, outputs = ?, error = ?
-             WHERE job = ? AND scheduled_for = ? AND owner = ?"
+        // Waiting for data is no attempt: the claim's count is taken back.
+        let used = i64::from(status != Status::Waiting);
+        let updated = sqlx::query(&self.sql(&format!(
+            "UPDATE {TABLE} SET status = ?, attempts = attempts - 1 + ?, finished_at = ?,
+                    outputs = ?, error = ?
+             WHERE job = ? AND scheduled_for = ? AND owner = ? AND status = 'running'"
         )))
         .bind(status.as_str())
+        .bind(used)
         .bind(now)
         .bind(outputs)
         .bind(error)
@@ -233,8 +245,9 @@ impl Ledger {
         .bind(slot)
         .bind(owner)
         .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        Ok(updated == 1)
     }
 
     /// Runs `work` as a recorded on-demand run of `job` at `slot` (UTC
@@ -271,7 +284,14 @@ impl Ledger {
             outputs: outputs.as_deref(),
             error: error.as_deref(),
         };
-        self.finish(job, slot, owner, end).await?;
+        if !self.finish(job, slot, owner, end).await? {
+            tracing::error!(
+                job,
+                slot,
+                owner,
+                "the run was taken over by another process before it ended: its end is not recorded"
+            );
+        }
         out
     }
 

@@ -3,7 +3,9 @@
 //! succeeded. On-demand runs (CLI, API) and scheduled runs share them
 //! because both go through [`crate::Reports`].
 
-use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{
+    GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 
 /// Every series of the reports.
 #[derive(Clone)]
@@ -18,6 +20,13 @@ pub struct Metrics {
     pub job_last_success: GaugeVec,
     /// Scheduled slots that failed after all their attempts, by `report_job`.
     pub job_failures: IntCounterVec,
+    /// Slots of a scheduled job within the catch-up window left failed
+    /// after all their attempts (not run again until an operator re-runs
+    /// the day), by `report_job`.
+    pub job_failed_slots: IntGaugeVec,
+    /// Slots of a scheduled job waiting for the lake to be complete up to
+    /// their day's end (`waiting_for_data`), by `report_job`.
+    pub job_waiting_slots: IntGaugeVec,
 }
 
 impl Metrics {
@@ -56,11 +65,27 @@ impl Metrics {
                 ),
                 &["report_job"],
             )?,
+            job_failed_slots: IntGaugeVec::new(
+                Opts::new(
+                    "notiflow_reports_job_failed_slots",
+                    "Slots of a scheduled job in the catch-up window left failed after their last attempt.",
+                ),
+                &["report_job"],
+            )?,
+            job_waiting_slots: IntGaugeVec::new(
+                Opts::new(
+                    "notiflow_reports_job_waiting_slots",
+                    "Slots of a scheduled job waiting for the lake to be complete up to their day's end.",
+                ),
+                &["report_job"],
+            )?,
         };
         registry.register(Box::new(m.run_seconds.clone()))?;
         registry.register(Box::new(m.rows.clone()))?;
         registry.register(Box::new(m.job_last_success.clone()))?;
         registry.register(Box::new(m.job_failures.clone()))?;
+        registry.register(Box::new(m.job_failed_slots.clone()))?;
+        registry.register(Box::new(m.job_waiting_slots.clone()))?;
         Ok(m)
     }
 

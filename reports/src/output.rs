@@ -1,8 +1,15 @@
-//! Report files in object storage under `reports/<kind>/<date>/`, written
+//! Report files in object storage under `<kind>/<date>/<run>/`, written
 //! as the rows stream in (bounded memory), each with its row count and
 //! sha256, plus a manifest that says how to reproduce them (engine, lake
-//! snapshot, rate-card version). Encoders are deterministic (fixed
-//! `created_by`, no clock), so the same snapshot gives the same bytes.
+//! snapshot, rate card). Encoders are deterministic (fixed `created_by`, no
+//! clock), so the same snapshot gives the same bytes.
+//!
+//! **Publishing is atomic**: every run writes under a prefix of its own
+//! ([`run_dir`]), so no run ever truncates or overwrites another's files
+//! (a re-run, or an on-demand run racing a scheduled one), and the
+//! manifest is written last: a run folder without a manifest is an
+//! unfinished run (a crash), never a report. A failed run removes what it
+//! wrote.
 
 use std::sync::Arc;
 
@@ -18,6 +25,29 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Format;
 use crate::error::ReportError;
+
+/// A fresh folder for one run's files under `<kind>/<date>/`:
+/// `<kind>/<date>/<UTC time>-<unique>/`. Its name sorts by start time.
+pub fn run_dir(kind: &str, date: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let at = notiflow_schema::time::format_rfc3339(now.as_micros() as i64);
+    let stamp: String = at
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(15)
+        .collect();
+    let unique = Sha256::digest(format!(
+        "{}-{}-{}",
+        now.as_nanos(),
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    format!("{kind}/{date}/{stamp}Z-{}/", &hex::encode(unique)[..10])
+}
 
 /// The output store: a folder or bucket prefix.
 #[derive(Clone)]
@@ -101,6 +131,15 @@ impl Output {
         Ok((size, stream))
     }
 
+    /// Removes what a failed run wrote under `dir` (best effort: the
+    /// folder has no manifest, so nothing reads it either way).
+    pub async fn discard(&self, dir: &str) {
+        let path = format!("{}{dir}", self.prefix);
+        if let Err(e) = self.op.delete_with(&path).recursive(true).await {
+            tracing::warn!(dir, error = %e, "could not remove a failed run's files");
+        }
+    }
+
     /// Whether a file exists.
     pub async fn exists(&self, rel: &str) -> Result<bool, ReportError> {
         Ok(self.op.exists(&format!("{}{rel}", self.prefix)).await?)
@@ -163,6 +202,47 @@ fn utc_times_as_text(batch: &RecordBatch) -> Result<RecordBatch, ReportError> {
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
 }
 
+/// Characters that make a spreadsheet evaluate a CSV cell (`=1+1`,
+/// `@SUM(…)`, `-2+3`, `+A1`, and a tab or carriage return before them).
+const FORMULA_START: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// `batch` with every text cell a spreadsheet would evaluate as a formula
+/// prefixed with `'` (OWASP's CSV-injection advice): client-chosen text
+/// (template names, event and message ids, a client id starting with `-`)
+/// reaches finance's spreadsheets. `recipient` is left as it is: it is
+/// always `+` and digits (or masked `*`), a number, never a formula, and
+/// its bytes are the data. Parquet keeps the values as they are.
+fn formulas_neutralised(batch: &RecordBatch) -> Result<RecordBatch, ReportError> {
+    let risky = |v: &str| v.starts_with(FORMULA_START);
+    let schema = batch.schema();
+    let mut cols: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
+    let mut changed = false;
+    for (f, c) in schema.fields().iter().zip(batch.columns()) {
+        if f.data_type() != &DataType::Utf8 || f.name() == "recipient" {
+            cols.push(Arc::clone(c));
+            continue;
+        }
+        let text = c.as_string::<i32>();
+        if !text.iter().flatten().any(risky) {
+            cols.push(Arc::clone(c));
+            continue;
+        }
+        changed = true;
+        let mut b = StringBuilder::with_capacity(text.len(), text.value_data().len() + 64);
+        for v in text.iter() {
+            match v {
+                Some(v) if risky(v) => b.append_value(format!("'{v}")),
+                other => b.append_option(other),
+            }
+        }
+        cols.push(Arc::new(b.finish()));
+    }
+    if !changed {
+        return Ok(batch.clone());
+    }
+    Ok(RecordBatch::try_new(schema, cols)?)
+}
+
 impl FileSink {
     /// Encodes and writes one batch.
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), ReportError> {
@@ -175,7 +255,7 @@ impl FileSink {
                         .with_header(*header)
                         .with_timestamp_tz_format(TS_FORMAT.to_string())
                         .build(&mut buf);
-                    w.write(&utc_times_as_text(batch)?)?;
+                    w.write(&utc_times_as_text(&formulas_neutralised(batch)?)?)?;
                 }
                 *header = false;
                 buf
@@ -260,8 +340,15 @@ pub struct Manifest {
     pub engine: String,
     /// Lake snapshot read (None: the table was empty).
     pub lake_snapshot_id: Option<i64>,
+    /// The Iceberg tag that keeps the snapshot readable for the dispute
+    /// period (billing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lake_snapshot_tag: Option<String>,
     /// Rate card version (billing).
     pub rate_card_version: Option<String>,
+    /// sha256 of the rate card's file (billing): the prices, pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_card_sha256: Option<String>,
     /// Data rows (per file; every format holds the same rows).
     pub rows: u64,
     /// The files.
@@ -333,6 +420,49 @@ mod csv_tests {
         assert_eq!(fast, csv(&batch));
         assert!(fast.contains("2026-11-10T03:00:00.123456+00:00"), "{fast}");
         assert!(fast.contains("1969-12-31T23:59:59.999999+00:00"), "{fast}");
+    }
+
+    #[test]
+    fn cells_a_spreadsheet_would_evaluate_are_neutralised() {
+        let batch = RecordBatch::try_from_iter(vec![
+            (
+                "template",
+                Arc::new(StringArray::from(vec![
+                    Some("=HYPERLINK(\"http://x\")"),
+                    Some("+1"),
+                    Some("-2+3"),
+                    Some("@SUM(A1)"),
+                    Some("\t=1"),
+                    Some("promo_nov"),
+                    None,
+                ])) as ArrayRef,
+            ),
+            (
+                "recipient",
+                Arc::new(StringArray::from(vec!["+5511987654321"; 7])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let out = csv(&formulas_neutralised(&batch).unwrap());
+        let lines: Vec<&str> = out.lines().collect();
+        // Written out: each risky cell gains a leading `'`; the rest and
+        // every recipient are unchanged.
+        assert_eq!(
+            lines,
+            [
+                "template,recipient",
+                "\"'=HYPERLINK(\"\"http://x\"\")\",+5511987654321",
+                "'+1,+5511987654321",
+                "'-2+3,+5511987654321",
+                "'@SUM(A1),+5511987654321",
+                "'\t=1,+5511987654321",
+                "promo_nov,+5511987654321",
+                ",+5511987654321",
+            ]
+        );
+        // Nothing risky: the same batch back.
+        let plain = batch.slice(5, 2);
+        assert_eq!(formulas_neutralised(&plain).unwrap(), plain);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::path::Path;
 use chrono::NaiveDate;
 use notiflow_schema::{Category, Country};
 use serde::Deserialize;
+use sha2::Digest;
 
 use crate::error::ReportError;
 
@@ -53,6 +54,9 @@ struct File {
 pub struct RateCard {
     /// Version (recorded in every report's manifest).
     pub version: String,
+    /// sha256 of the card's text, hex: what a manifest pins (a version
+    /// string can be reused for other prices; the digest cannot).
+    pub sha256: String,
     /// ISO 4217 currency of every price.
     pub currency: String,
     /// Rates per (category, country), sorted by `from`, not overlapping.
@@ -146,9 +150,21 @@ impl RateCard {
                         w[0].from, w[1].from
                     )));
                 }
+                // A country with rows of its own never falls back to `*`:
+                // days between two of its rows would have no price.
+                if let Some(to) = w[0].to
+                    && to < w[1].from
+                {
+                    return Err(ReportError::RateCard(format!(
+                        "{category} × {country}: no rate from {to} to {} (a gap between its rows; \
+                         a country with rows of its own is never priced at the `*` row)",
+                        w[1].from
+                    )));
+                }
             }
         }
         Ok(RateCard {
+            sha256: hex::encode(sha2::Sha256::digest(text.as_bytes())),
             version: file.version,
             currency: file.currency,
             rates,
@@ -156,20 +172,38 @@ impl RateCard {
     }
 
     /// The price of one message of `category` to `country` billed on `day`:
-    /// the country's own rate, else the `*` rate; an error if neither is
-    /// effective that day.
+    /// the country's own rate when the card has rows for the country (and
+    /// the category), else the `*` rate; an error if the rows that apply
+    /// have none effective that day. A country's own rows that do not
+    /// cover the day are an error, never a fall back to `*` (which would
+    /// price a market with a rate of its own at the default).
     pub fn price(&self, category: &str, country: &str, day: NaiveDate) -> Result<i64, ReportError> {
-        for key in [country, "*"] {
-            if let Some(list) = self.rates.get(&(category.to_string(), key.to_string()))
-                && let Some(r) = list
-                    .iter()
-                    .find(|r| r.from <= day && r.to.is_none_or(|to| day < to))
-            {
-                return Ok(r.price_micros);
-            }
+        let own = self.rates.get(&(category.to_string(), country.to_string()));
+        let (list, which) = match own {
+            Some(list) => (Some(list), country),
+            None => (
+                self.rates.get(&(category.to_string(), "*".to_string())),
+                "*",
+            ),
+        };
+        if let Some(r) = list
+            .into_iter()
+            .flatten()
+            .find(|r| r.from <= day && r.to.is_none_or(|to| day < to))
+        {
+            return Ok(r.price_micros);
         }
+        let why = if own.is_some() {
+            format!(
+                "{category} × {country} has rows of its own, none effective that day, so `*` does not apply"
+            )
+        } else {
+            format!(
+                "{category} × {country} has no row of its own, nor an effective {category} × {which}"
+            )
+        };
         Err(ReportError::RateCard(format!(
-            "no price for {category} × {country} (nor {category} × *) effective on {day} in rate card {}",
+            "no price for {category} × {country} effective on {day} in rate card {}: {why}",
             self.version
         )))
     }
@@ -240,6 +274,59 @@ from = "2026-11-15"
         assert_eq!(
             c.price("marketing", "BR", day("2026-11-15")).unwrap(),
             70000
+        );
+    }
+
+    #[test]
+    fn a_country_with_rows_of_its_own_never_falls_back_to_star() {
+        // BR's own marketing rate ended on 2026-06-01; `*` is open-ended.
+        let card = r#"
+version = "gap"
+currency = "USD"
+[[rates]]
+category = "marketing"
+country = "*"
+price_micros = 25000
+from = "2020-01-01"
+[[rates]]
+category = "marketing"
+country = "BR"
+price_micros = 62500
+from = "2024-01-01"
+to = "2026-06-01"
+"#;
+        let c = RateCard::parse(card).unwrap();
+        assert_eq!(
+            c.price("marketing", "BR", day("2026-05-31")).unwrap(),
+            62500
+        );
+        // After its last row, and before its first: an error, not 25,000.
+        for d in ["2026-06-01", "2023-12-31"] {
+            let e = c.price("marketing", "BR", day(d)).unwrap_err().to_string();
+            assert!(
+                e.contains("no price for marketing × BR effective on"),
+                "{e}"
+            );
+            assert!(e.contains("rows of its own"), "{e}");
+        }
+        // A country without rows of its own still uses `*`.
+        assert_eq!(
+            c.price("marketing", "MX", day("2026-06-01")).unwrap(),
+            25000
+        );
+    }
+
+    #[test]
+    fn a_gap_between_a_countrys_rows_is_refused_when_the_card_loads() {
+        let gap = CARD.replace(
+            "price_micros = 70000\nfrom = \"2026-11-15\"",
+            "price_micros = 70000\nfrom = \"2026-11-20\"",
+        );
+        assert_ne!(gap, CARD);
+        let e = RateCard::parse(&gap).unwrap_err().to_string();
+        assert!(
+            e.contains("marketing × BR: no rate from 2026-11-15 to 2026-11-20"),
+            "{e}"
         );
     }
 

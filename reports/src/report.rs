@@ -5,6 +5,7 @@
 use arrow::compute::BatchCoalescer;
 use chrono::NaiveDate;
 use chrono_tz::Tz;
+use notiflow_lake::table::{Completeness, complete_until, tag_snapshot};
 use notiflow_lake::{Lake, LakeConfig};
 use notiflow_schema::Micros;
 use notiflow_schema::time::format_rfc3339;
@@ -18,7 +19,7 @@ use crate::detail::{self, DetailQuery};
 use crate::engine::{self, Limits, Source};
 use crate::error::ReportError;
 use crate::metrics::Metrics;
-use crate::output::{FileSink, Manifest, Output};
+use crate::output::{FileSink, Manifest, Output, run_dir};
 use crate::ratecard::RateCard;
 
 /// Rows per batch handed to the encoders.
@@ -159,34 +160,92 @@ impl Reports {
         w.check_complete(now)?;
         let engine = req.engine.unwrap_or(self.cfg.engine);
         let src = Source::pin(&self.lake, &self.lake_cfg.s3, req.snapshot_id).await?;
+        if req.snapshot_id.is_none() {
+            self.check_complete(&src, &w)?;
+        }
         let counts = engine::billing_counts(engine, &src, &w, self.billing_limits()).await?;
         let lines = billing::price(&counts, &self.card, req.day)?;
         let batch = billing::to_batch(req.day, &lines, &self.card.currency)?;
         let schema = billing::schema();
         let date = req.day.to_string();
-        let dir = format!("billing/{date}/");
+        let dir = run_dir("billing", &date);
         let name = format!("billing-{date}");
-        let mut files = Vec::new();
-        for f in sorted(&req.formats) {
-            let mut sink = self
-                .out
-                .create(&format!("{dir}{name}.{}", f.ext()), f, schema.clone())
-                .await?;
-            sink.write(&batch).await?;
-            files.push(sink.finish(&schema).await?);
-        }
+        let run = dir
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or_default();
+        let tag = src
+            .snapshot_id
+            .map(|_| format!("notiflow-billing-{date}-{run}"));
+        let files = self
+            .published(&dir, async {
+                let mut files = Vec::new();
+                for f in sorted(&req.formats) {
+                    let mut sink = self
+                        .out
+                        .create(&format!("{dir}{name}.{}", f.ext()), f, schema.clone())
+                        .await?;
+                    sink.write(&batch).await?;
+                    files.push(sink.finish(&schema).await?);
+                }
+                // The snapshot stays readable for the dispute period
+                // before the manifest that names it is published.
+                if let (Some(id), Some(tag)) = (src.snapshot_id, &tag) {
+                    let keep_ms = i64::from(self.cfg.dispute_days) * 86_400_000;
+                    tag_snapshot(&self.lake, tag, id, keep_ms).await?;
+                }
+                Ok(files)
+            })
+            .await?;
         let manifest = Manifest {
             kind: "billing".into(),
             date,
             params: json!({ "billing_day": req.day.to_string(), "timezone": self.cfg.timezone, "lookback_days": self.cfg.lookback_days }),
             engine: engine.as_str().into(),
             lake_snapshot_id: src.snapshot_id,
+            lake_snapshot_tag: tag,
             rate_card_version: Some(self.card.version.clone()),
+            rate_card_sha256: Some(self.card.sha256.clone()),
             rows: batch.num_rows() as u64,
             files,
         };
         self.write_manifest(&dir, &name, &manifest).await?;
         Ok(manifest)
+    }
+
+    /// The completeness gate: billing day `w` is billed only from a
+    /// snapshot in which every partition's watermark has passed the day's
+    /// end plus the grace (a reproduction of a pinned snapshot skips it:
+    /// it reads what was billed then).
+    fn check_complete(&self, src: &Source, w: &Window) -> Result<(), ReportError> {
+        let Completeness::Until {
+            until_ms,
+            topic,
+            partition,
+        } = complete_until(src.table.metadata())?
+        else {
+            return Ok(());
+        };
+        let grace_ms = i64::from(self.cfg.completeness_grace_minutes) * 60_000;
+        let needed_ms = w.end / 1000 + grace_ms;
+        if until_ms >= needed_ms {
+            return Ok(());
+        }
+        let have = if until_ms == i64::MIN {
+            "has no watermark yet".to_string()
+        } else {
+            format!(
+                "is committed up to {} (broker time)",
+                format_rfc3339(until_ms.saturating_mul(1000))
+            )
+        };
+        Err(ReportError::WaitingForData(format!(
+            "partition {partition} of {topic} {have}; billing day {} needs everything up to {} \
+             (its end plus reports.completeness_grace_minutes)",
+            w.day,
+            format_rfc3339(needed_ms * 1000)
+        )))
     }
 
     /// Runs a detailed report.
@@ -217,7 +276,7 @@ impl Reports {
         let limits = self.limits();
         let params = detail_params(q);
         let date = format_rfc3339(q.from)[..10].to_string();
-        let dir = format!("detail/{date}/");
+        let dir = run_dir("detail", &date);
         let digest = hex::encode(Sha256::digest(params.to_string().as_bytes()));
         let name = format!(
             "detail-{}-{}-{}",
@@ -231,17 +290,13 @@ impl Reports {
             let q = q.clone();
             tokio::spawn(async move { engine::detail(engine, &src, &q, limits, tx).await })
         };
-        let join = |h: tokio::task::JoinHandle<Result<(), ReportError>>| async move {
-            h.await
-                .map_err(|e| ReportError::Other(format!("engine task: {e}")))?
-        };
-        let mut next = rx.recv().await;
+        let next = rx.recv().await;
         let mut producer = Some(producer);
         if next.is_none() {
             // Nothing in the range: only now tell an unknown client from
             // an empty range, so a report with rows never pays for it.
             if let Some(h) = producer.take() {
-                join(h).await?;
+                join_engine(h).await?;
             }
             if let Some(c) = &q.client
                 && !engine::client_exists(engine, &src, c, limits).await?
@@ -251,6 +306,55 @@ impl Reports {
                 )));
             }
         }
+        let (files, rows) = self
+            .published(
+                &dir,
+                self.write_detail(&dir, &name, req, next, rx, producer, progress),
+            )
+            .await?;
+        let manifest = Manifest {
+            kind: "detail".into(),
+            date,
+            params,
+            engine: engine.as_str().into(),
+            lake_snapshot_id: src.snapshot_id,
+            lake_snapshot_tag: None,
+            rate_card_version: None,
+            rate_card_sha256: None,
+            rows,
+            files,
+        };
+        self.write_manifest(&dir, &name, &manifest).await?;
+        Ok(manifest)
+    }
+
+    /// Writes a run's files under `dir` with `write`; on failure removes
+    /// them (no manifest was written: nothing was published).
+    async fn published<T>(
+        &self,
+        dir: &str,
+        write: impl Future<Output = Result<T, ReportError>>,
+    ) -> Result<T, ReportError> {
+        let out = write.await;
+        if out.is_err() {
+            self.out.discard(dir).await;
+        }
+        out
+    }
+
+    /// Streams a detail run's rows into one file per format under `dir`.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_detail(
+        &self,
+        dir: &str,
+        name: &str,
+        req: &DetailRequest,
+        mut next: Option<arrow::array::RecordBatch>,
+        mut rx: mpsc::Receiver<arrow::array::RecordBatch>,
+        producer: Option<tokio::task::JoinHandle<Result<(), ReportError>>>,
+        progress: Option<Progress<'_>>,
+    ) -> Result<(Vec<crate::output::FileEntry>, u64), ReportError> {
+        let q = &req.query;
         let schema = detail::schema();
         let mut sinks: Vec<FileSink> = Vec::new();
         for f in sorted(&req.formats) {
@@ -294,7 +398,7 @@ impl Reports {
         .await;
         drop(rx);
         let produced = match producer {
-            Some(h) => join(h).await,
+            Some(h) => join_engine(h).await,
             None => Ok(()),
         };
         written?;
@@ -303,18 +407,7 @@ impl Reports {
         for s in sinks {
             files.push(s.finish(&schema).await?);
         }
-        let manifest = Manifest {
-            kind: "detail".into(),
-            date,
-            params,
-            engine: engine.as_str().into(),
-            lake_snapshot_id: src.snapshot_id,
-            rate_card_version: None,
-            rows,
-            files,
-        };
-        self.write_manifest(&dir, &name, &manifest).await?;
-        Ok(manifest)
+        Ok((files, rows))
     }
 
     async fn write_manifest(&self, dir: &str, name: &str, m: &Manifest) -> Result<(), ReportError> {
@@ -323,6 +416,14 @@ impl Reports {
         body.push(b'\n');
         self.out.put(&Manifest::path(dir, name), body).await
     }
+}
+
+/// Waits for the engine task that feeds a detail run.
+async fn join_engine(
+    h: tokio::task::JoinHandle<Result<(), ReportError>>,
+) -> Result<(), ReportError> {
+    h.await
+        .map_err(|e| ReportError::Other(format!("engine task: {e}")))?
 }
 
 fn sorted(formats: &[Format]) -> Vec<Format> {

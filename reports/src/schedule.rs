@@ -1,16 +1,24 @@
-//! The scheduler: cron expressions (with seconds, in the billing zone) per
-//! job; on start and on every tick, each job's due slots within the
-//! catch-up window that have not succeeded run in order, one run at a time;
-//! a failed attempt is recorded and retried with exponential back-off; bad
-//! input (a missing price, say) fails at once without retrying.
+//! The scheduler: on start and on every tick, each job's due slots within
+//! the catch-up window that have not ended (succeeded, or failed for good)
+//! run in order, one run at a time; a failed attempt is recorded and
+//! retried with exponential back-off up to `max_attempts`, then the slot is
+//! left failed (a metric and an alert tell it; ticks do not run it again);
+//! bad input (a missing price, say) fails at once without retrying.
+//!
+//! **Billing slots come from the calendar**, not from cron firings: one per
+//! billing day of the zone, due the cron's time of day *after the day
+//! ended* (its first instant of the next day plus that delay). A cron
+//! evaluated on the wall clock skips a day whose 00:15 does not exist
+//! (a DST change at midnight: America/Santiago, Havana, Cairo, Beirut) and
+//! fires twice on one that repeats; the calendar has each day once.
 
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
-use cron::Schedule;
+use cron::{Schedule, TimeUnitSpec};
 use notiflow_schema::Micros;
 use notiflow_schema::time::DAY_MICROS;
 use tokio::sync::watch;
@@ -56,21 +64,137 @@ pub fn due(schedule: &Schedule, tz: Tz, from: Micros, to: Micros, cap: usize) ->
     v
 }
 
-/// The billing day a run due at `slot` covers: the day before it.
-pub fn day_for(tz: Tz, slot: Micros) -> chrono::NaiveDate {
+/// The billing day a cron firing at `slot` covers: the day before it.
+pub fn day_for(tz: Tz, slot: Micros) -> NaiveDate {
     let local = at(tz, slot).date_naive();
     local.pred_opt().unwrap_or(local)
+}
+
+/// One due run of a job: when it was due (the run ledger's key with the
+/// job's name) and the billing day it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// Due time, UTC micros.
+    pub at: Micros,
+    /// The billing day it covers.
+    pub day: NaiveDate,
+}
+
+/// When a job's runs are due.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    /// Billing: one slot per billing day of the zone, `delay` micros after
+    /// the day ends (see the module doc).
+    Calendar {
+        /// The cron's time of day, as micros after the day's end.
+        delay: Micros,
+    },
+    /// Other jobs: the cron's firings in the zone, each covering the day
+    /// before it.
+    Cron(Schedule),
+}
+
+impl Plan {
+    /// The plan of `job`. A billing job's cron must fire once a day
+    /// (`sec min hour * * *`): its time of day is the delay after the day.
+    pub fn of(job: &JobConfig) -> Result<Plan, ReportError> {
+        let schedule = parse_cron(&job.cron)?;
+        if job.kind != JobKind::Billing {
+            return Ok(Plan::Cron(schedule));
+        }
+        let once = |n: u32| n == 1;
+        let daily = schedule.days_of_month().is_all()
+            && schedule.months().is_all()
+            && schedule.days_of_week().is_all()
+            && schedule.years().is_all();
+        let (Some(s), Some(m), Some(h)) = (
+            schedule.seconds().iter().next(),
+            schedule.minutes().iter().next(),
+            schedule.hours().iter().next(),
+        ) else {
+            return Err(ReportError::input(format!("'{}' never fires", job.cron)));
+        };
+        if !daily
+            || !once(schedule.seconds().count())
+            || !once(schedule.minutes().count())
+            || !once(schedule.hours().count())
+        {
+            return Err(ReportError::input(format!(
+                "'{}': a billing job runs once per billing day; give its time of day after \
+                 the day ends as `sec min hour * * *` (e.g. `0 15 0 * * *`)",
+                job.cron
+            )));
+        }
+        let secs = i64::from(h) * 3600 + i64::from(m) * 60 + i64::from(s);
+        Ok(Plan::Calendar {
+            delay: secs * 1_000_000,
+        })
+    }
+
+    /// Slots due in `(from, to]`, oldest first, at most `cap` (the newest).
+    pub fn due(
+        &self,
+        tz: Tz,
+        from: Micros,
+        to: Micros,
+        cap: usize,
+    ) -> Result<Vec<Slot>, ReportError> {
+        let mut v = match self {
+            Plan::Cron(schedule) => due(schedule, tz, from, to, usize::MAX)
+                .into_iter()
+                .map(|at| Slot {
+                    at,
+                    day: day_for(tz, at),
+                })
+                .collect(),
+            Plan::Calendar { delay } => {
+                // From a day early (a slot is due after its day): every day
+                // whose slot may fall in the range, each once.
+                let mut day = at(tz, from - delay).date_naive();
+                day = day.pred_opt().unwrap_or(day);
+                let last = at(tz, to).date_naive();
+                let mut v = Vec::new();
+                while day <= last {
+                    let next = day
+                        .succ_opt()
+                        .ok_or_else(|| ReportError::input(format!("bad day {day}")))?;
+                    let due_at = day_start(tz, next)? + delay;
+                    if due_at > from && due_at <= to {
+                        v.push(Slot { at: due_at, day });
+                    }
+                    day = next;
+                }
+                v
+            }
+        };
+        if v.len() > cap {
+            v.drain(..v.len() - cap);
+        }
+        Ok(v)
+    }
+
+    /// The first slot due after `now`.
+    fn next_after(&self, tz: Tz, now: Micros) -> Option<Micros> {
+        match self {
+            Plan::Cron(s) => s.after(&at(tz, now)).next().map(|t| t.timestamp_micros()),
+            Plan::Calendar { .. } => self
+                .due(tz, now, now + 3 * DAY_MICROS, usize::MAX)
+                .ok()?
+                .first()
+                .map(|s| s.at),
+        }
+    }
 }
 
 /// Runs `job`'s report for `slot`.
 pub async fn run_job(
     reports: &Reports,
     job: &JobConfig,
-    slot: Micros,
+    slot: Slot,
     now: Micros,
 ) -> Result<Manifest, ReportError> {
     let tz = reports.tz();
-    let day = day_for(tz, slot);
+    let day = slot.day;
     match job.kind {
         JobKind::Billing => {
             reports
@@ -121,6 +245,8 @@ pub enum SlotOutcome {
     Succeeded(i64),
     /// Failed after its attempts; the error.
     Failed(String),
+    /// The lake is not complete enough yet; why. Tried again next tick.
+    Waiting(String),
     /// Already done, or held by another process.
     Skipped,
 }
@@ -129,7 +255,7 @@ pub enum SlotOutcome {
 pub struct Scheduler {
     reports: Arc<Reports>,
     ledger: Ledger,
-    jobs: Vec<(JobConfig, Schedule)>,
+    jobs: Vec<(JobConfig, Plan)>,
     owner: String,
 }
 
@@ -142,7 +268,7 @@ impl Scheduler {
     ) -> Result<Scheduler, ReportError> {
         let mut jobs = Vec::new();
         for j in &reports.config().jobs {
-            jobs.push((j.clone(), parse_cron(&j.cron)?));
+            jobs.push((j.clone(), Plan::of(j)?));
         }
         Ok(Scheduler {
             reports,
@@ -156,9 +282,10 @@ impl Scheduler {
     pub async fn run_slot(
         &self,
         job: &JobConfig,
-        slot: Micros,
+        due: Slot,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<SlotOutcome, ReportError> {
+        let slot = due.at;
         let s = &self.reports.config().scheduler;
         let lease = (s.lease_seconds as i64) * 1_000_000;
         let mut retry_failed = true;
@@ -188,7 +315,7 @@ impl Scheduler {
                     }
                 })
             };
-            let result = run_job(&self.reports, job, slot, now_micros()).await;
+            let result = run_job(&self.reports, job, due, now_micros()).await;
             renewer.abort();
             let end = now_micros();
             match result {
@@ -200,9 +327,9 @@ impl Scheduler {
                         outputs: Some(&out),
                         error: None,
                     };
-                    self.ledger
-                        .finish(&job.name, slot, &self.owner, ending)
-                        .await?;
+                    if !self.record_end(job, slot, attempt, ending).await? {
+                        return Ok(SlotOutcome::Skipped);
+                    }
                     tracing::info!(job = %job.name, attempt, rows = m.rows, "report run succeeded");
                     if let Some(metrics) = self.reports.metrics() {
                         metrics
@@ -211,6 +338,20 @@ impl Scheduler {
                             .set(end as f64 / 1e6);
                     }
                     return Ok(SlotOutcome::Succeeded(attempt));
+                }
+                Err(e) if e.is_waiting() => {
+                    let msg = e.to_string();
+                    let ending = End {
+                        status: Status::Waiting,
+                        at: end,
+                        outputs: None,
+                        error: Some(&msg),
+                    };
+                    if !self.record_end(job, slot, attempt, ending).await? {
+                        return Ok(SlotOutcome::Skipped);
+                    }
+                    tracing::info!(job = %job.name, day = %due.day, reason = %msg, "report run waits for data");
+                    return Ok(SlotOutcome::Waiting(msg));
                 }
                 Err(e) => {
                     let msg = e.to_string();
@@ -226,9 +367,9 @@ impl Scheduler {
                         outputs: None,
                         error: Some(&msg),
                     };
-                    self.ledger
-                        .finish(&job.name, slot, &self.owner, ending)
-                        .await?;
+                    if !self.record_end(job, slot, attempt, ending).await? {
+                        return Ok(SlotOutcome::Skipped);
+                    }
                     if last {
                         tracing::error!(job = %job.name, attempt, error = %msg, "report run failed");
                         if let Some(metrics) = self.reports.metrics() {
@@ -252,6 +393,29 @@ impl Scheduler {
         }
     }
 
+    /// Records how an attempt ended. False when this process's lease ran
+    /// out and another took the run over: the other's attempt is the one
+    /// recorded (this one's outputs, if any, sit unreferenced under their
+    /// own run folder), and the error is logged.
+    async fn record_end(
+        &self,
+        job: &JobConfig,
+        slot: Micros,
+        attempt: i64,
+        end: End<'_>,
+    ) -> Result<bool, ReportError> {
+        let recorded = self
+            .ledger
+            .finish(&job.name, slot, &self.owner, end)
+            .await?;
+        if !recorded {
+            tracing::error!(job = %job.name, attempt,
+                "lost the run's lease to another process before it ended (a stall longer than \
+                 reports.scheduler.lease_seconds?): its end is not recorded");
+        }
+        Ok(recorded)
+    }
+
     /// Shows every job's failure count (0) and its last success from the
     /// ledger (runs by earlier processes count) before anything runs.
     async fn seed_metrics(&self) -> Result<(), ReportError> {
@@ -260,6 +424,8 @@ impl Scheduler {
         };
         for (job, _) in &self.jobs {
             m.job_failures.with_label_values(&[job.name.as_str()]);
+            m.job_failed_slots.with_label_values(&[job.name.as_str()]);
+            m.job_waiting_slots.with_label_values(&[job.name.as_str()]);
             let runs = self.ledger.list(Some(&job.name), 100).await?;
             if let Some(at) = runs
                 .iter()
@@ -276,7 +442,9 @@ impl Scheduler {
     }
 
     /// One pass: every job's due slots within the catch-up window, oldest
-    /// first. How many slots it ran (succeeded or failed).
+    /// first, but those that succeeded or failed for good (a failed slot
+    /// is not scanned again every tick: it waits for an operator, and the
+    /// `job_failed_slots` gauge says so). How many slots it ran.
     pub async fn tick(
         &self,
         now: Micros,
@@ -286,19 +454,37 @@ impl Scheduler {
         let from = now - i64::from(s.catch_up_days) * DAY_MICROS;
         let tz = self.reports.tz();
         let mut ran = 0;
-        for (job, schedule) in &self.jobs {
-            for slot in due(schedule, tz, from, now, 1000) {
+        for (job, plan) in &self.jobs {
+            let (mut failed, mut waiting) = (0, 0);
+            for slot in plan.due(tz, from, now, 1000)? {
                 if *stop.borrow() {
                     return Ok(ran);
                 }
-                if let Some(r) = self.ledger.get(&job.name, slot).await?
-                    && r.status == Status::Succeeded
-                {
-                    continue;
+                match self.ledger.get(&job.name, slot.at).await? {
+                    Some(r) if r.status == Status::Succeeded => continue,
+                    Some(r) if r.status == Status::Failed => {
+                        failed += 1;
+                        continue;
+                    }
+                    _ => {}
                 }
-                if self.run_slot(job, slot, stop).await? != SlotOutcome::Skipped {
-                    ran += 1;
+                match self.run_slot(job, slot, stop).await? {
+                    SlotOutcome::Skipped => {}
+                    SlotOutcome::Waiting(_) => waiting += 1,
+                    SlotOutcome::Failed(_) => {
+                        failed += 1;
+                        ran += 1;
+                    }
+                    SlotOutcome::Succeeded(_) => ran += 1,
                 }
+            }
+            if let Some(m) = self.reports.metrics() {
+                m.job_failed_slots
+                    .with_label_values(&[job.name.as_str()])
+                    .set(failed);
+                m.job_waiting_slots
+                    .with_label_values(&[job.name.as_str()])
+                    .set(waiting);
             }
         }
         Ok(ran)
@@ -318,8 +504,7 @@ impl Scheduler {
             let next = self
                 .jobs
                 .iter()
-                .filter_map(|(_, s)| s.after(&at(tz, now_micros())).next())
-                .map(|t| t.timestamp_micros())
+                .filter_map(|(_, p)| p.next_after(tz, now_micros()))
                 .min()
                 .unwrap_or(now + 60_000_000);
             let wait = (next - now_micros()).clamp(0, 60_000_000) as u64;
@@ -368,5 +553,104 @@ mod tests {
             want[1..]
         );
         assert!(parse_cron("every day").is_err());
+    }
+
+    fn billing_job(cron: &str) -> JobConfig {
+        JobConfig {
+            name: "daily-billing".into(),
+            cron: cron.into(),
+            kind: JobKind::Billing,
+            formats: vec![crate::Format::Csv],
+            engine: None,
+            client: None,
+            pii: false,
+        }
+    }
+
+    /// Zones whose DST changes happen at midnight (the day before a change
+    /// has no 00:15 after it, or one that repeats) and two that do not.
+    const ZONES: [&str; 6] = [
+        "America/Santiago",
+        "America/Havana",
+        "Africa/Cairo",
+        "Asia/Beirut",
+        "Europe/Berlin",
+        "America/Sao_Paulo",
+    ];
+
+    #[test]
+    fn every_billing_day_of_a_year_has_exactly_one_slot_in_any_zone() {
+        let t = |x: &str| notiflow_schema::time::parse_rfc3339(x).unwrap();
+        let plan = Plan::of(&billing_job("0 15 0 * * *")).unwrap();
+        for zone in ZONES {
+            let tz: Tz = zone.parse().unwrap();
+            let slots = plan
+                .due(
+                    tz,
+                    t("2026-01-01T12:00:00Z"),
+                    t("2027-01-01T12:00:00Z"),
+                    10_000,
+                )
+                .unwrap();
+            // Written out: the days from 2026-01-01 (its slot is early on the
+            // 2nd) to 2026-12-31 (its slot early on 2027-01-01), each once.
+            let mut want = Vec::new();
+            let mut d: NaiveDate = "2026-01-01".parse().unwrap();
+            while d.to_string() != "2027-01-01" {
+                want.push(d);
+                d = d.succ_opt().unwrap();
+            }
+            let days: Vec<NaiveDate> = slots.iter().map(|s| s.day).collect();
+            assert_eq!(days.len(), 365, "{zone}");
+            assert_eq!(days, want, "{zone}");
+            for s in &slots {
+                // Due 15 minutes after the day's last instant, never before.
+                let end = crate::billing::day_start(tz, s.day.succ_opt().unwrap()).unwrap();
+                assert_eq!(s.at, end + 15 * 60 * 1_000_000, "{zone} {}", s.day);
+            }
+        }
+    }
+
+    #[test]
+    fn cron_firings_would_skip_and_repeat_billing_days() {
+        // Why billing does not follow the cron: in 2026 the wall-clock 00:15
+        // skips a day in Santiago (DST from 00:00 on 6 September) and
+        // Havana (8 March), and repeats one in Havana (1 November, 01:00
+        // back to 00:00) — each such day unbilled or billed twice.
+        let t = |x: &str| notiflow_schema::time::parse_rfc3339(x).unwrap();
+        let cron = parse_cron("0 15 0 * * *").unwrap();
+        for zone in ["America/Santiago", "America/Havana"] {
+            let tz: Tz = zone.parse().unwrap();
+            let days: Vec<NaiveDate> = due(
+                &cron,
+                tz,
+                t("2026-01-01T12:00:00Z"),
+                t("2027-01-01T12:00:00Z"),
+                10_000,
+            )
+            .into_iter()
+            .map(|s| day_for(tz, s))
+            .collect();
+            let mut distinct = days.clone();
+            distinct.dedup();
+            assert!(
+                distinct.len() < 365 || distinct.len() < days.len(),
+                "{zone}: {} firings, {} distinct days",
+                days.len(),
+                distinct.len()
+            );
+        }
+    }
+
+    #[test]
+    fn a_billing_job_must_fire_once_a_day() {
+        for cron in ["0 15 0 * * MON", "0 */15 * * * *", "0 0 0,12 * * *"] {
+            let e = Plan::of(&billing_job(cron)).unwrap_err().to_string();
+            assert!(e.contains("once per billing day"), "{cron}: {e}");
+        }
+        let Plan::Calendar { delay } = Plan::of(&billing_job("30 5 1 * * *")).unwrap() else {
+            panic!("a calendar plan");
+        };
+        assert_eq!(delay, (3600 + 5 * 60 + 30) * 1_000_000);
     }
 }

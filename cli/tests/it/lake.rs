@@ -65,12 +65,16 @@ impl Setup {
             String::from_utf8_lossy(&run.stderr)
         );
         assert!(stdout.contains(&format!("{valid_events} rows")), "{stdout}");
-        let dir = std::fs::read_dir(out.join("detail"))
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+        // <output>/detail/<date>/<run>/: the one run's own folder.
+        let only = |dir: &std::path::Path| {
+            let entries: Vec<_> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            assert_eq!(entries.len(), 1, "{entries:?}");
+            entries[0].clone()
+        };
+        let dir = only(&only(&out.join("detail")));
         let csv = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())

@@ -13,8 +13,8 @@ use notiflow_lake::maintenance::{self, live_files};
 use notiflow_lake::round::{Outcome, Owned, PartState, Round};
 use notiflow_lake::rows::arrow_schema;
 use notiflow_lake::table::{
-    Change, GENERATIONS_PROP, OFFSETS_PROP, committed_generations, committed_offsets,
-    new_snapshot_id, stage, stage_at, to_json, topic_offsets,
+    Change, Completeness, GENERATIONS_PROP, OFFSETS_PROP, committed_generations, committed_offsets,
+    committed_watermarks, complete_until, new_snapshot_id, stage, stage_at, to_json, topic_offsets,
 };
 use notiflow_lake::{Lake, LakeConfig};
 use notiflow_loadgen::fixture::{OwnedRecord, RecordStream};
@@ -550,4 +550,97 @@ async fn data_files_roll_over_at_the_target_size() {
     assert!(sizes.iter().all(|&s| s < 2 << 20), "{sizes:?}");
     let s = stats(&lake.load().await.unwrap()).await.unwrap();
     assert_eq!(s.rows, rows);
+}
+
+/// The newest broker time of each partition's records in `recs`, ms: the
+/// watermark a round over them must record (every record counts, whatever
+/// it holds).
+fn newest_ms(recs: &[OwnedRecord], p: i32) -> i64 {
+    recs.iter()
+        .filter(|r| r.partition == p)
+        .map(|r| r.timestamp / 1000)
+        .max()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn each_commit_records_how_far_every_partition_is_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cfg(dir.path());
+    let lake = Lake::open(&cfg).await.unwrap();
+    let recs = records(4000, 6);
+    let mut w = Writer::new();
+    w.commit(&lake, &cfg, &recs[..2000]).await;
+    let marks = |md: &iceberg::spec::TableMetadata| committed_watermarks(md).unwrap()["t"].clone();
+    let table = lake.load().await.unwrap();
+    for p in 0..PARTITIONS {
+        assert_eq!(
+            marks(table.metadata())[&p],
+            newest_ms(&recs[..2000], p),
+            "p{p}"
+        );
+    }
+    // The table is complete up to the partition furthest behind.
+    let behind = (0..PARTITIONS)
+        .min_by_key(|&p| newest_ms(&recs[..2000], p))
+        .unwrap();
+    assert_eq!(
+        complete_until(table.metadata()).unwrap(),
+        Completeness::Until {
+            until_ms: newest_ms(&recs[..2000], behind),
+            topic: "t".into(),
+            partition: behind,
+        }
+    );
+    // A record stamped a year ahead (a CreateTime) moves its partition's
+    // watermark one generation (hour) at most, not a year.
+    let mut hostile = recs[2000..2001].to_vec();
+    let p = hostile[0].partition;
+    let hour = 3_600_000_000;
+    hostile[0].timestamp += 365 * 86_400_000_000;
+    let gen_end_ms = ((hostile[0].timestamp - 365 * 86_400_000_000) / hour + 2) * hour / 1000 - 1;
+    w.commit(&lake, &cfg, &hostile).await;
+    let m = marks(lake.load().await.unwrap().metadata())[&p];
+    assert!(m <= gen_end_ms, "{m} > {gen_end_ms}");
+    // A heartbeat of a caught-up partition moves its watermark alone.
+    let table = lake.load().await.unwrap();
+    let before = marks(table.metadata());
+    let q = (p + 1) % PARTITIONS;
+    let committed = w.owned[&q].committed.unwrap();
+    let mut beat = Round::new(
+        arrow_schema(table.metadata().current_schema()).unwrap(),
+        &cfg,
+    );
+    let now_ms = notiflow_ingest::source::now_micros() / 1000;
+    beat.heartbeat(q, committed, now_ms);
+    let out = beat
+        .commit(&lake, "t", &table, Vec::new(), || {})
+        .await
+        .unwrap();
+    assert!(matches!(out, Outcome::Committed { .. }), "{out:?}");
+    let after = marks(lake.load().await.unwrap().metadata());
+    assert_eq!(after[&q], now_ms);
+    for r in (0..PARTITIONS).filter(|&r| r != q) {
+        assert_eq!(after[&r], before[&r], "p{r}");
+    }
+    assert_eq!(
+        topic_offsets(lake.load().await.unwrap().metadata(), "t").unwrap()[&q],
+        committed,
+        "a heartbeat leaves the offsets"
+    );
+    // A heartbeat is fenced like a round: a zombie's moves nothing.
+    let table = lake.load().await.unwrap();
+    let mut zombie = Round::new(
+        arrow_schema(table.metadata().current_schema()).unwrap(),
+        &cfg,
+    );
+    zombie.heartbeat(q, committed - 1, now_ms + 60_000);
+    let out = zombie
+        .commit(&lake, "t", &table, Vec::new(), || {})
+        .await
+        .unwrap();
+    assert!(matches!(out, Outcome::Fenced { .. }), "{out:?}");
+    // Compaction carries them forward unchanged.
+    maintenance::compact(&lake, &cfg).await.unwrap();
+    assert_eq!(marks(lake.load().await.unwrap().metadata()), after);
 }

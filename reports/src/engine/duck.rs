@@ -26,7 +26,8 @@ use crate::detail::DetailQuery;
 use crate::error::ReportError;
 
 /// Columns the billing query reads.
-const BILLING_COLUMNS: [&str; 7] = [
+const BILLING_COLUMNS: [&str; 8] = [
+    "event_id",
     "message_id",
     "client_id",
     "category",
@@ -277,18 +278,24 @@ pub(super) async fn billing_counts(
     let (lb, end, start) = (ts(w.lookback_start), ts(w.end), ts(w.start));
     // Billed on the day = a billable event in the day and none in the
     // look-back before it (an anti-join, measured faster than taking each
-    // message's first event: BENCHMARKS.md); one line per message, counted.
+    // message's first event over the whole window: BENCHMARKS.md). The
+    // message's first billable event of the day (earliest `event_time`,
+    // ties by `event_id`) names its category and country, whatever its
+    // later events say; a message is (client, message id): two clients may
+    // use the same id.
     let sql = move |rel: &str| {
         let billable = "status IN ('delivered', 'read') AND billable AND category <> 'service'";
         format!(
-            "SELECT client_id, category, country, count(*)::BIGINT AS messages FROM (
-               SELECT b.client_id, b.category, b.country, b.message_id
-               FROM (SELECT client_id, category, country, message_id FROM {rel}
+            "SELECT client_id, f.category, f.country, count(*)::BIGINT AS messages FROM (
+               SELECT b.client_id, b.message_id,
+                      arg_min({{'category': b.category, 'country': b.country}},
+                              {{'t': b.event_time, 'id': b.event_id}}) AS f
+               FROM (SELECT client_id, category, country, message_id, event_time, event_id FROM {rel}
                      WHERE {billable} AND event_time >= {start} AND event_time < {end}) b
                ANTI JOIN (SELECT client_id, message_id FROM {rel}
                           WHERE {billable} AND event_time >= {lb} AND event_time < {start}) e
                  ON b.client_id = e.client_id AND b.message_id = e.message_id
-               GROUP BY ALL
+               GROUP BY b.client_id, b.message_id
              ) GROUP BY ALL"
         )
     };

@@ -4,9 +4,11 @@
 use std::collections::BTreeMap;
 
 use notiflow_reports::detail::DetailQuery;
+use notiflow_reports::output::FileEntry;
 use notiflow_reports::ratecard::RateCard;
 use notiflow_reports::{DetailRequest, DuckS3Input, EngineKind, Format, Manifest};
 use notiflow_schema::{Category as C, Status as S};
+use sha2::Digest;
 
 use crate::common::*;
 
@@ -45,6 +47,37 @@ fn parse(
         }
     }
     (items, totals)
+}
+
+/// What a report's files hold (format, rows, bytes, sha256), without
+/// their paths: every run writes under a folder of its own.
+fn contents(files: &[FileEntry]) -> Vec<(Format, u64, u64, String)> {
+    files
+        .iter()
+        .map(|f| (f.format, f.rows, f.bytes, f.sha256.clone()))
+        .collect()
+}
+
+/// Reads every file of `m` back and checks it against the manifest's sha256.
+async fn assert_intact(r: &notiflow_reports::Reports, m: &Manifest) {
+    for f in &m.files {
+        let bytes = r.output().get(&f.path).await.unwrap();
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            f.sha256,
+            "{} no longer matches its manifest",
+            f.path
+        );
+    }
+    let stem = m.files[0].path.rsplit_once('.').unwrap().0;
+    let stored: Manifest = serde_json::from_slice(
+        &r.output()
+            .get(&format!("{stem}.manifest.json"))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(&stored, m);
 }
 
 fn sha(m: &Manifest, ext: &str) -> String {
@@ -116,6 +149,9 @@ async fn billing_equals_the_ground_truth_times_the_rate_card_with_both_engines()
         assert_eq!(items, want, "billing of {d}");
         assert_eq!(totals, want_totals, "totals of {d}");
         assert_eq!(duck.rate_card_version.as_deref(), Some("test-1"));
+        // The card's bytes, pinned: sha256 of CARD, computed here.
+        let digest = hex::encode(sha2::Sha256::digest(CARD.as_bytes()));
+        assert_eq!(duck.rate_card_sha256.as_deref(), Some(digest.as_str()));
     }
     assert!(
         billed > 1000,
@@ -399,8 +435,96 @@ async fn a_rerun_on_the_same_snapshot_gives_the_same_bytes() {
     req.snapshot_id = a.lake_snapshot_id;
     assert_eq!(a.lake_snapshot_id, Some(first));
     let c = r.billing(&req, now()).await.unwrap();
-    assert_eq!(a, c, "manifest of the rerun");
+    assert_eq!(contents(&a.files), contents(&c.files), "files of the rerun");
+    assert_eq!(
+        (
+            &a.params,
+            &a.engine,
+            a.lake_snapshot_id,
+            &a.rate_card_sha256,
+            a.rows
+        ),
+        (
+            &c.params,
+            &c.engine,
+            c.lake_snapshot_id,
+            &c.rate_card_sha256,
+            c.rows
+        ),
+        "manifest of the rerun"
+    );
     assert_eq!(bytes_a, r.output().get(&c.files[1].path).await.unwrap());
+    // No run rewrote another's files: each under its own folder, each
+    // still matching its own manifest (b's run used to truncate a's files
+    // in place, leaving a's manifest wrong).
+    let dirs: std::collections::BTreeSet<&str> = [&a, &b, &c]
+        .iter()
+        .map(|m| m.files[0].path.rsplit_once('/').unwrap().0)
+        .collect();
+    assert_eq!(dirs.len(), 3, "{dirs:?}");
+    for m in [&a, &b, &c] {
+        assert_intact(&r, m).await;
+    }
+}
+
+/// The snapshot a billing run read stays readable for the dispute period
+/// (an Iceberg tag that the lake's expiry keeps): after maintenance expired
+/// every other old snapshot and removed their files, the invoice still
+/// reproduces byte for byte (it expired with the 7-day snapshot expiry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_billing_snapshot_outlives_expiry_for_the_dispute_period() {
+    use std::time::{Duration, SystemTime};
+    let s = Setup::new(Store::Folder, "tag");
+    let first = s.append(&crafted()).await;
+    let r = s.reports().await;
+    let a = r
+        .billing(&billing("2026-11-21", EngineKind::DuckDb), now())
+        .await
+        .unwrap();
+    assert_eq!(a.lake_snapshot_id, Some(first));
+    let tag = a.lake_snapshot_tag.clone().unwrap();
+    assert!(tag.starts_with("notiflow-billing-2026-11-21-"), "{tag}");
+    for (i, when) in ["2026-11-21T20:00:00Z", "2026-11-21T21:00:00Z"]
+        .iter()
+        .enumerate()
+    {
+        let id = format!("late{i}");
+        let msg = format!("m-late{i}");
+        s.append(&[ev(
+            &id,
+            &msg,
+            "acme",
+            S::Delivered,
+            C::Utility,
+            true,
+            "BR",
+            when,
+        )])
+        .await;
+    }
+    // Ten days on, the lake's maintenance expires snapshots older than 7
+    // days (all but the current one and the tagged one) and their files.
+    let lake = s.lake().await;
+    let later = SystemTime::now() + Duration::from_secs(10 * 86_400);
+    let expired = notiflow_lake::maintenance::expire(&lake, &s.lake_cfg, later)
+        .await
+        .unwrap();
+    assert_eq!(expired, 1, "the middle snapshot goes");
+    notiflow_lake::maintenance::remove_orphans(&lake, &s.lake_cfg, later)
+        .await
+        .unwrap();
+    let table = lake.load().await.unwrap();
+    assert_eq!(
+        table
+            .metadata()
+            .snapshot_for_ref(&tag)
+            .map(|s| s.snapshot_id()),
+        Some(first)
+    );
+    let mut req = billing("2026-11-21", EngineKind::DuckDb);
+    req.snapshot_id = Some(first);
+    let c = r.billing(&req, now()).await.unwrap();
+    assert_eq!(contents(&a.files), contents(&c.files));
 }
 
 /// Billing and detail from a lake on S3: DataFusion, and DuckDB with both
@@ -449,7 +573,194 @@ async fn both_engines_report_from_a_lake_on_s3() {
         runs.push((engine, input, bill.files, detail.files));
     }
     for (engine, input, bill, detail) in &runs[1..] {
-        assert_eq!(bill, &runs[0].2, "billing of {engine:?} {input:?}");
-        assert_eq!(detail, &runs[0].3, "detail of {engine:?} {input:?}");
+        assert_eq!(
+            contents(bill),
+            contents(&runs[0].2),
+            "billing of {engine:?} {input:?}"
+        );
+        assert_eq!(
+            contents(detail),
+            contents(&runs[0].3),
+            "detail of {engine:?} {input:?}"
+        );
     }
+}
+
+/// Messages whose events change category or country (Meta re-categorises;
+/// every status carries the category), ties on `event_time`, a `service`
+/// first event, and one message id used by two clients. The rule (SPEC §5):
+/// a message is billed once, on the day and under the category and country
+/// of its first billable event (a `delivered`/`read` with `billable` and a
+/// category other than `service`; earliest `event_time`, ties by `event_id`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_is_billed_once_under_its_first_billable_event() {
+    let s = Setup::new(Store::Folder, "drift");
+    s.append(&[
+        // m10: delivered as utility to BR, read as marketing to MX the same
+        // day: one utility × BR message.
+        ev(
+            "a1",
+            "m10",
+            "acme",
+            S::Delivered,
+            C::Utility,
+            true,
+            "BR",
+            "2026-11-21T12:00:00Z",
+        ),
+        ev(
+            "a2",
+            "m10",
+            "acme",
+            S::Read,
+            C::Marketing,
+            true,
+            "MX",
+            "2026-11-21T13:00:00Z",
+        ),
+        // m11: two billable events at the same instant: `k1` < `k2` decides,
+        // authentication × AR.
+        ev(
+            "k2",
+            "m11",
+            "acme",
+            S::Delivered,
+            C::Marketing,
+            true,
+            "BR",
+            "2026-11-21T14:00:00Z",
+        ),
+        ev(
+            "k1",
+            "m11",
+            "acme",
+            S::Read,
+            C::Authentication,
+            true,
+            "AR",
+            "2026-11-21T14:00:00Z",
+        ),
+        // m12: delivered as service (free), read as marketing: the read is
+        // its first billable event, marketing × BR.
+        ev(
+            "s1",
+            "m12",
+            "acme",
+            S::Delivered,
+            C::Service,
+            true,
+            "BR",
+            "2026-11-21T09:00:00Z",
+        ),
+        ev(
+            "s2",
+            "m12",
+            "acme",
+            S::Read,
+            C::Marketing,
+            true,
+            "BR",
+            "2026-11-21T10:00:00Z",
+        ),
+        // m13: a non-billable delivered, then a billable read: utility × AR.
+        ev(
+            "n1",
+            "m13",
+            "acme",
+            S::Delivered,
+            C::Marketing,
+            false,
+            "BR",
+            "2026-11-21T08:00:00Z",
+        ),
+        ev(
+            "n2",
+            "m13",
+            "acme",
+            S::Read,
+            C::Utility,
+            true,
+            "AR",
+            "2026-11-21T09:00:00Z",
+        ),
+        // m14: delivered as marketing to BR on the 20th, read as utility to
+        // MX on the 21st: billed on the 20th only.
+        ev(
+            "d1",
+            "m14",
+            "acme",
+            S::Delivered,
+            C::Marketing,
+            true,
+            "BR",
+            "2026-11-20T12:00:00Z",
+        ),
+        ev(
+            "d2",
+            "m14",
+            "acme",
+            S::Read,
+            C::Utility,
+            true,
+            "MX",
+            "2026-11-21T12:00:00Z",
+        ),
+        // beta reuses the id m10: its own message, marketing × MX.
+        ev(
+            "b1",
+            "m10",
+            "beta",
+            S::Delivered,
+            C::Marketing,
+            true,
+            "MX",
+            "2026-11-21T15:00:00Z",
+        ),
+        ev(
+            "b2",
+            "m10",
+            "beta",
+            S::Read,
+            C::Utility,
+            true,
+            "BR",
+            "2026-11-21T16:00:00Z",
+        ),
+    ])
+    .await;
+    let r = s.reports().await;
+    let k = |c: &str, cat: &str, co: &str| (c.to_string(), cat.to_string(), co.to_string());
+    // The card's prices written out: utility * 4,000; authentication *
+    // 13,500; marketing BR 70,000 (from the 15th); marketing * 25,000.
+    let want_21 = BTreeMap::from([
+        (k("acme", "authentication", "AR"), (1, 13_500, 13_500)),
+        (k("acme", "marketing", "BR"), (1, 70_000, 70_000)),
+        (k("acme", "utility", "AR"), (1, 4_000, 4_000)),
+        (k("acme", "utility", "BR"), (1, 4_000, 4_000)),
+        (k("beta", "marketing", "MX"), (1, 25_000, 25_000)),
+    ]);
+    let want_totals_21 = BTreeMap::from([
+        ("acme".to_string(), (4, 91_500)),
+        ("beta".to_string(), (1, 25_000)),
+    ]);
+    let want_20 = BTreeMap::from([(k("acme", "marketing", "BR"), (1, 70_000, 70_000))]);
+    let mut files = Vec::new();
+    for engine in [EngineKind::DuckDb, EngineKind::DataFusion] {
+        let m = r
+            .billing(&billing("2026-11-21", engine), now())
+            .await
+            .unwrap();
+        let csv = read(&r, &m.files[0].path).await;
+        let (items, totals) = parse(&csv);
+        assert_eq!(items, want_21, "{engine:?}");
+        assert_eq!(totals, want_totals_21, "{engine:?}");
+        files.push(csv);
+        let m = r
+            .billing(&billing("2026-11-20", engine), now())
+            .await
+            .unwrap();
+        let (items, _) = parse(&read(&r, &m.files[0].path).await);
+        assert_eq!(items, want_20, "{engine:?}");
+    }
+    assert_eq!(files[0], files[1], "the engines' files differ");
 }

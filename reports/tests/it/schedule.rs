@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use notiflow_reports::ledger::{Ledger, Status};
-use notiflow_reports::schedule::{Scheduler, SlotOutcome, due, parse_cron};
+use notiflow_lake::table::{set_offset, set_watermark};
+use notiflow_reports::ledger::{End, Ledger, Status};
+use notiflow_reports::schedule::{Plan, Scheduler, Slot, SlotOutcome};
 use notiflow_reports::{Format, JobConfig, JobKind};
 use notiflow_schema::time::DAY_MICROS;
 use notiflow_schema::{Category as C, Status as S};
@@ -56,13 +57,10 @@ async fn missed_runs_are_caught_up_once_even_with_two_schedulers() {
     let n = now();
     let (x, y) = tokio::join!(a.tick(n, &mut ra), b.tick(n, &mut rb));
     let (x, y) = (x.unwrap(), y.unwrap());
-    let slots = due(
-        &parse_cron("0 15 0 * * *").unwrap(),
-        reports.tz(),
-        n - 3 * DAY_MICROS,
-        n,
-        100,
-    );
+    let slots = Plan::of(&job("daily-billing"))
+        .unwrap()
+        .due(reports.tz(), n - 3 * DAY_MICROS, n, 100)
+        .unwrap();
     assert_eq!(slots.len(), 3);
     assert_eq!(x + y, 3, "each missed slot ran once ({x} + {y})");
     let runs = ledger.list(Some("daily-billing"), 10).await.unwrap();
@@ -89,15 +87,13 @@ async fn a_failed_run_is_recorded_and_retried_with_backoff() {
     s.cfg.scheduler.catch_up_days = 1;
     let reports = Arc::new(s.reports().await);
     let sched = Scheduler::new(reports.clone(), ledger.clone(), "me".into()).unwrap();
-    let slot = *due(
-        &parse_cron("0 15 0 * * *").unwrap(),
-        reports.tz(),
-        now() - DAY_MICROS,
-        now(),
-        1,
-    )
-    .last()
-    .unwrap();
+    let due = *Plan::of(&job("daily-billing"))
+        .unwrap()
+        .due(reports.tz(), now() - DAY_MICROS, now(), 1)
+        .unwrap()
+        .last()
+        .unwrap();
+    let slot = due.at;
     let (_tx, mut rx) = watch::channel(false);
     let fixer = {
         let ledger = ledger.clone();
@@ -116,7 +112,7 @@ async fn a_failed_run_is_recorded_and_retried_with_backoff() {
         })
     };
     let out = sched
-        .run_slot(&job("daily-billing"), slot, &mut rx)
+        .run_slot(&job("daily-billing"), due, &mut rx)
         .await
         .unwrap();
     let failed = fixer.await.unwrap();
@@ -145,8 +141,12 @@ async fn bad_input_fails_at_once_and_is_recorded() {
     // The slot that bills the 21st (the crafted event's day).
     let slot = t("2026-11-22T03:15:00Z");
     let (_tx, mut rx) = watch::channel(false);
+    let due = Slot {
+        at: slot,
+        day: day("2026-11-21"),
+    };
     let out = sched
-        .run_slot(&job("daily-billing"), slot, &mut rx)
+        .run_slot(&job("daily-billing"), due, &mut rx)
         .await
         .unwrap();
     assert!(
@@ -155,4 +155,156 @@ async fn bad_input_fails_at_once_and_is_recorded() {
     );
     let r = ledger.get("daily-billing", slot).await.unwrap().unwrap();
     assert_eq!((r.status, r.attempts), (Status::Failed, 1));
+}
+
+/// A slot that failed after all its attempts stays failed: later ticks do
+/// not scan the lake for it again every minute (they did, for the whole
+/// catch-up week), and the failed-slots gauge tells an operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_that_failed_for_good_is_not_run_again_by_later_ticks() {
+    let (mut s, ledger) = setup("failed").await;
+    // The output folder is a file: every attempt fails (not bad input).
+    let blocked = s.path("blocked");
+    std::fs::write(&blocked, b"not a folder").unwrap();
+    s.cfg.output = blocked.display().to_string();
+    s.cfg.scheduler.catch_up_days = 1;
+    s.cfg.scheduler.max_attempts = 2;
+    let registry = prometheus::Registry::new();
+    let metrics = notiflow_reports::Metrics::new(&registry).unwrap();
+    let reports = Arc::new(s.reports().await.with_metrics(metrics.clone()));
+    let sched = Scheduler::new(reports.clone(), ledger.clone(), "me".into()).unwrap();
+    let (_tx, mut rx) = watch::channel(false);
+    assert_eq!(sched.tick(now(), &mut rx).await.unwrap(), 1);
+    let runs = ledger.list(Some("daily-billing"), 10).await.unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!((runs[0].status, runs[0].attempts), (Status::Failed, 2));
+    let gauge = metrics
+        .job_failed_slots
+        .with_label_values(&["daily-billing"]);
+    assert_eq!(gauge.get(), 1);
+    // Later ticks: nothing runs, the attempts stay, the gauge stays up.
+    for _ in 0..3 {
+        assert_eq!(sched.tick(now(), &mut rx).await.unwrap(), 0);
+    }
+    let r = ledger
+        .get("daily-billing", runs[0].scheduled_for)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((r.status, r.attempts), (Status::Failed, 2));
+    assert_eq!(gauge.get(), 1);
+}
+
+/// A process whose lease ran out learns it when it ends its attempt: the
+/// ledger keeps the run of the process that took it over (before, the end
+/// was silently dropped and the caller believed it recorded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ending_a_run_after_losing_its_lease_is_told_not_recorded() {
+    let (_s, ledger) = setup("lease").await;
+    let slot = t("2026-11-22T03:15:00Z");
+    let t0 = t("2026-11-22T03:15:01Z");
+    let lease = 10_000_000;
+    assert_eq!(
+        ledger
+            .claim("job", slot, "a", t0, lease, false)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    // a stalls past its lease; b takes the run over.
+    let later = t0 + 2 * lease;
+    assert_eq!(
+        ledger
+            .claim("job", slot, "b", later, lease, false)
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    let end = |status| End {
+        status,
+        at: later + 1,
+        outputs: Some("[]"),
+        error: None,
+    };
+    assert!(
+        !ledger
+            .finish("job", slot, "a", end(Status::Succeeded))
+            .await
+            .unwrap()
+    );
+    let r = ledger.get("job", slot).await.unwrap().unwrap();
+    assert_eq!((r.status, r.owner.as_str()), (Status::Running, "b"));
+    assert!(
+        ledger
+            .finish("job", slot, "b", end(Status::Succeeded))
+            .await
+            .unwrap()
+    );
+    let r = ledger.get("job", slot).await.unwrap().unwrap();
+    assert_eq!((r.status, r.owner.as_str()), (Status::Succeeded, "b"));
+}
+
+/// The completeness gate: a billing day is billed only from a lake whose
+/// every partition is committed past the day's end plus the grace (10
+/// minutes by default); until then the slot waits, using no attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_billing_day_waits_until_every_partition_is_complete_past_its_end() {
+    let (s, ledger) = setup("gate").await;
+    let lake = s.lake().await;
+    // A writer has committed two partitions of topic `t`; partition 0 up
+    // to 03:05 UTC on the 22nd, 5 minutes past the 21st's end in São
+    // Paulo (03:00 UTC), partition 1 with no watermark yet.
+    let ms = |x: &str| t(x) / 1000;
+    set_offset(&lake, "t", 0, 10).await.unwrap();
+    set_offset(&lake, "t", 1, 10).await.unwrap();
+    set_watermark(&lake, "t", 0, ms("2026-11-22T03:05:00Z"))
+        .await
+        .unwrap();
+    let reports = Arc::new(s.reports().await);
+    let sched = Scheduler::new(reports.clone(), ledger.clone(), "me".into()).unwrap();
+    let (_tx, mut rx) = watch::channel(false);
+    let due = Slot {
+        at: t("2026-11-22T03:15:00Z"),
+        day: day("2026-11-21"),
+    };
+    let waits = |out: SlotOutcome, want: &str| match out {
+        SlotOutcome::Waiting(why) => assert!(why.contains(want), "{why}"),
+        other => panic!("not waiting ({want}): {other:?}"),
+    };
+    let out = sched
+        .run_slot(&job("daily-billing"), due, &mut rx)
+        .await
+        .unwrap();
+    waits(out, "partition 1 of t has no watermark yet");
+    let r = ledger.get("daily-billing", due.at).await.unwrap().unwrap();
+    assert_eq!((r.status, r.attempts), (Status::Waiting, 0));
+    assert_eq!(r.status.as_str(), "waiting_for_data");
+    // Partition 1 passes; partition 0 is still short of 03:10.
+    set_watermark(&lake, "t", 1, ms("2026-11-22T04:00:00Z"))
+        .await
+        .unwrap();
+    let out = sched
+        .run_slot(&job("daily-billing"), due, &mut rx)
+        .await
+        .unwrap();
+    waits(
+        out,
+        "partition 0 of t is committed up to 2026-11-22T03:05:00.000000Z (broker time); billing day 2026-11-21 needs everything up to 2026-11-22T03:10:00.000000Z",
+    );
+    assert!(
+        ledger.list(Some("daily-billing"), 10).await.unwrap()[0]
+            .outputs
+            .is_none()
+    );
+    // Both past 03:10: billed, in its first attempt.
+    set_watermark(&lake, "t", 0, ms("2026-11-22T03:10:00Z"))
+        .await
+        .unwrap();
+    let out = sched
+        .run_slot(&job("daily-billing"), due, &mut rx)
+        .await
+        .unwrap();
+    assert_eq!(out, SlotOutcome::Succeeded(1));
+    let r = ledger.get("daily-billing", due.at).await.unwrap().unwrap();
+    assert_eq!((r.status, r.attempts), (Status::Succeeded, 1));
 }
