@@ -148,7 +148,8 @@ fn instant(name: &str, v: &Option<String>) -> Result<Option<Micros>, ApiError> {
         .map(|s| {
             parse_rfc3339(s).map_err(|_| {
                 ApiError::bad(format!(
-                    "`{name}` must be an RFC 3339 time like 2026-11-24T10:00:00Z, not {s:?}"
+                    "`{name}` must be an RFC 3339 time like 2026-11-24T10:00:00Z in the years \
+                     0000–9999 (UTC), not {s:?}"
                 ))
             })
         })

@@ -126,6 +126,9 @@ pub struct ReportRun {
     pub files: Vec<RunFile>,
     /// Why it failed.
     pub error: Option<String>,
+    /// Recipients unmasked: only keys with the `pii` permission see, list
+    /// or download this run.
+    pub pii: bool,
 }
 
 struct Entry {
@@ -142,7 +145,8 @@ pub struct ScheduledRun {
     pub scheduled_for: String,
     /// The slot as UTC micros (for the download path).
     pub slot: i64,
-    /// `running`, `retrying`, `succeeded` or `failed`.
+    /// `running`, `retrying`, `waiting_for_data` (billing: the lake is not
+    /// complete up to the day's end yet), `succeeded` or `failed`.
     pub status: String,
     /// Attempts so far.
     pub attempts: i64,
@@ -288,12 +292,25 @@ impl ReportRuns {
     }
 }
 
+/// Whether `who` may read a run (status, list, download): what it could
+/// have started itself. Billing is finance's and admin's; a detail of one
+/// client is its viewer's, finance's and admin's, of all clients admin's
+/// only; unmasked recipients need the `pii` permission, whoever started it.
 fn may_see(who: &Principal, run: &ReportRun) -> bool {
-    match who.role {
-        Role::Admin | Role::Finance => true,
-        Role::Viewer => {
-            run.kind == ReportKind::Detail && run.client.is_some() && run.client == who.client
-        }
+    may_read(who, run.kind, run.client.as_deref(), run.pii)
+}
+
+/// [`may_see`] on a run's kind, client (None: all clients) and masking.
+fn may_read(who: &Principal, kind: ReportKind, client: Option<&str>, pii: bool) -> bool {
+    if pii && !who.pii {
+        return false;
+    }
+    match (who.role, kind) {
+        (Role::Admin, _) => true,
+        (Role::Finance, ReportKind::Billing) => true,
+        (Role::Finance, ReportKind::Detail) => client.is_some(),
+        (Role::Viewer, ReportKind::Detail) => client.is_some() && client == who.client.as_deref(),
+        (Role::Viewer, ReportKind::Billing) => false,
     }
 }
 
@@ -348,6 +365,7 @@ pub async fn start(
                 .map_err(|e| ApiError::bad(format!("engine: {e}")))
         })
         .transpose()?;
+    let pii = req.kind == ReportKind::Detail && req.pii;
     let (job, client) = match req.kind {
         ReportKind::Detail => {
             let client = match (who.role, req.client.as_deref()) {
@@ -431,6 +449,7 @@ pub async fn start(
         engine: None,
         files: vec![],
         error: None,
+        pii,
     };
     runs.insert(view.clone());
     let id = view.id.clone();
@@ -578,6 +597,43 @@ pub async fn download(
     stream_file(&app, &file.path).await
 }
 
+/// The read check of a recorded run (scheduled, CLI or API): its
+/// manifest says what it holds (kind, client, masking), and the caller
+/// must be allowed to read that, as for the API's own runs.
+async fn check_recorded(app: &App, who: &Principal, outs: &[String]) -> Result<(), ApiError> {
+    let refused = || {
+        ApiError::Forbidden("this run's files are not readable with this key (another client, all clients, or unmasked recipients without the pii permission)".into())
+    };
+    let Some(path) = outs.iter().find(|o| kind_of(o) == "manifest") else {
+        // No manifest to tell what it holds: only a key that may read anything.
+        return if who.role == Role::Admin && who.pii {
+            Ok(())
+        } else {
+            Err(refused())
+        };
+    };
+    let reports = app.runs.reports().await?;
+    let body = reports.output().get(path).await?;
+    let m: Manifest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::Internal(format!("manifest {path}: {e}")))?;
+    let kind = if m.kind == "billing" {
+        ReportKind::Billing
+    } else {
+        ReportKind::Detail
+    };
+    let client = m.params.get("client").and_then(|c| c.as_str());
+    let pii = m
+        .params
+        .get("pii")
+        .and_then(|p| p.as_bool())
+        .unwrap_or(false);
+    if may_read(who, kind, client, pii) {
+        Ok(())
+    } else {
+        Err(refused())
+    }
+}
+
 /// Streams an output file as an attachment.
 async fn stream_file(app: &App, rel: &str) -> Result<Response, ApiError> {
     let reports = app.runs.reports().await?;
@@ -716,6 +772,7 @@ pub async fn scheduled_download(
             "this run has no outputs (it has not succeeded)".into(),
         ));
     }
+    check_recorded(&app, &who, &outs).await?;
     let path = outs
         .iter()
         .find(|o| kind_of(o) == want)

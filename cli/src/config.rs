@@ -16,6 +16,54 @@ use notiflow_loadgen::GenConfig;
 use notiflow_reports::ReportsConfig;
 use serde::{Deserialize, Serialize};
 
+/// The config as `notiflow config` prints it, every secret redacted so
+/// the output can go into a ticket or a chat: values of keys that name a
+/// secret, password or token (the S3 secret key, librdkafka's
+/// `sasl.password` and `ssl.key.password`, …) and the password of any URL
+/// (`redis://:pw@host`, `postgres://user:pw@host/db`, a registry's
+/// `https://user:pw@host`).
+pub fn redacted(cfg: &Config) -> Result<toml::Value, toml::ser::Error> {
+    let mut v = toml::Value::try_from(cfg)?;
+    redact(&mut v, "");
+    Ok(v)
+}
+
+/// What a redacted value reads as.
+const REDACTED: &str = "<redacted>";
+
+fn redact(v: &mut toml::Value, key: &str) {
+    match v {
+        toml::Value::Table(t) => t.iter_mut().for_each(|(k, x)| redact(x, k)),
+        toml::Value::Array(a) => a.iter_mut().for_each(|x| redact(x, key)),
+        toml::Value::String(s) => {
+            let k = key.to_ascii_lowercase();
+            let secret = ["secret", "password", "passwd", "token"]
+                .iter()
+                .any(|w| k.contains(w));
+            if secret && !s.is_empty() {
+                *s = REDACTED.to_string();
+            } else if let Some(url) = without_password(s) {
+                *s = url;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `scheme://user:password@host…` with the password redacted; None when
+/// `s` is no URL with a password.
+fn without_password(s: &str) -> Option<String> {
+    let (scheme, rest) = s.split_once("://")?;
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let (user, password) = userinfo.split_once(':')?;
+    if password.is_empty() {
+        return None;
+    }
+    let host_and_path = &rest[userinfo.len()..];
+    Some(format!("{scheme}://{user}:{REDACTED}{host_and_path}"))
+}
+
 /// The embedded defaults (`cli/config/default.toml`).
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
@@ -254,5 +302,31 @@ mod tests {
             assert!(err.contains("gen.rate"), "{err}");
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::*;
+
+    #[test]
+    fn url_passwords_are_redacted_and_the_rest_kept() {
+        for (url, want) in [
+            (
+                "redis://:hunter2@127.0.0.1:6379/0",
+                Some("redis://:<redacted>@127.0.0.1:6379/0"),
+            ),
+            (
+                "postgres://lake:pg@db:5432/cat",
+                Some("postgres://lake:<redacted>@db:5432/cat"),
+            ),
+            ("https://u:p@reg/x@y", Some("https://u:<redacted>@reg/x@y")),
+            ("redis://127.0.0.1:6379", None),
+            ("https://user@reg", None),
+            ("sqlite://data/catalog.db", None),
+            ("plain text", None),
+        ] {
+            assert_eq!(without_password(url).as_deref(), want, "{url}");
+        }
     }
 }

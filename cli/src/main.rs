@@ -249,9 +249,10 @@ async fn wait_for_signal() {
 async fn dispatch(command: Command, mut cfg: Config) -> anyhow::Result<()> {
     match command {
         Command::Config => {
+            let shown = config::redacted(&cfg).context("rendering config")?;
             println!(
                 "{}",
-                toml::to_string_pretty(&cfg).context("rendering config")?
+                toml::to_string_pretty(&shown).context("rendering config")?
             );
             Ok(())
         }

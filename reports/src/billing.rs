@@ -51,10 +51,25 @@ pub fn instant(tz: Tz, text: &str) -> Result<Micros, ReportError> {
     if let Ok(t) = notiflow_schema::time::parse_rfc3339(text) {
         return Ok(t);
     }
-    let day: NaiveDate = text
-        .parse()
-        .map_err(|_| ReportError::input(format!("'{text}' is neither RFC 3339 nor YYYY-MM-DD")))?;
-    day_start(tz, day)
+    let day: NaiveDate = text.parse().map_err(|_| {
+        ReportError::input(format!(
+            "'{text}' is neither RFC 3339 nor YYYY-MM-DD (years 0000–9999)"
+        ))
+    })?;
+    in_years(day_start(tz, day)?, text)
+}
+
+/// `t` if it lies in the years 0000–9999 (UTC), which every time notiflow
+/// writes has (a date of the year 0 or 10000 in another zone may not).
+fn in_years(t: Micros, what: &str) -> Result<Micros, ReportError> {
+    use notiflow_schema::time::{EARLIEST, LATEST};
+    if (EARLIEST..=LATEST).contains(&t) {
+        Ok(t)
+    } else {
+        Err(ReportError::input(format!(
+            "'{what}' lies outside the years 0000–9999 (UTC)"
+        )))
+    }
 }
 
 impl Window {
@@ -66,11 +81,12 @@ impl Window {
         let back = day
             .checked_sub_days(chrono::Days::new(u64::from(lookback_days)))
             .ok_or_else(|| ReportError::input(format!("bad day {day}")))?;
+        let what = day.to_string();
         Ok(Window {
             day,
-            start: day_start(tz, day)?,
-            end: day_start(tz, next)?,
-            lookback_start: day_start(tz, back)?,
+            start: in_years(day_start(tz, day)?, &what)?,
+            end: in_years(day_start(tz, next)?, &what)?,
+            lookback_start: in_years(day_start(tz, back)?, &what)?,
         })
     }
 
@@ -242,6 +258,30 @@ mod tests {
         assert!(w.start <= late && late < w.end);
         assert!(w.check_complete(t("2026-11-23T02:59:59Z")).is_err());
         assert!(w.check_complete(t("2026-11-23T03:00:00Z")).is_ok());
+    }
+
+    #[test]
+    fn times_outside_the_years_0000_to_9999_are_refused() {
+        // São Paulo is behind UTC: its 9999-12-31 ends in UTC year 10000;
+        // Tokyo is ahead: its 0000-01-01 starts in UTC year -1.
+        let tokyo: Tz = "Asia/Tokyo".parse().unwrap();
+        for (tz, text) in [
+            (sp(), "9999-12-31"),
+            (tz_utc(), "+10000-01-01"),
+            (tokyo, "0000-01-01"),
+            (tz_utc(), "0000-01-01T00:00:00+00:01"),
+        ] {
+            let e = instant(tz, text)
+                .and_then(|_| Window::of(tz, text.parse().map_err(|_| ReportError::input("x"))?, 7))
+                .unwrap_err();
+            assert!(e.is_input(), "{text}: {e}");
+        }
+        assert!(instant(tz_utc(), "0000-01-01").is_ok());
+        assert!(instant(sp(), "9999-12-30").is_ok());
+    }
+
+    fn tz_utc() -> Tz {
+        "UTC".parse().unwrap()
     }
 
     #[test]

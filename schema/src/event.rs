@@ -30,10 +30,9 @@ pub mod limits {
     /// Earliest `event_time`: 0000-01-01T00:00:00Z, the first instant RFC 3339
     /// can write (an Avro long can hold any i64; nothing downstream has to
     /// do arithmetic near its limits).
-    pub const EVENT_TIME_MIN: i64 = crate::time::days_from_civil(0, 1, 1) * crate::time::DAY_MICROS;
+    pub const EVENT_TIME_MIN: i64 = crate::time::EARLIEST;
     /// First `event_time` past the range: 10000-01-01T00:00:00Z.
-    pub const EVENT_TIME_END: i64 =
-        crate::time::days_from_civil(10_000, 1, 1) * crate::time::DAY_MICROS;
+    pub const EVENT_TIME_END: i64 = crate::time::LATEST + 1;
 }
 
 /// One status change of one WhatsApp message.

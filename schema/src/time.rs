@@ -28,9 +28,19 @@ pub const fn minute_of(t: Micros) -> i64 {
 pub enum TimestampError {
     /// Not of the shape `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`.
     Syntax,
-    /// A field is out of range (month 13, 31 April, hour 24, offset 25:00, …).
+    /// A field is out of range (month 13, 31 April, hour 24, offset 25:00, …),
+    /// or the instant lies outside [`EARLIEST`]..=[`LATEST`].
     Range,
 }
+
+/// The first instant notiflow takes, `0000-01-01T00:00:00Z`, and the last,
+/// `9999-12-31T23:59:59.999999Z`: every instant in between has a UTC year
+/// of four digits, which [`format_rfc3339`] writes (an offset can push a
+/// written `0000` or `9999` past them). Events, API times and report
+/// ranges are all held to it.
+pub const EARLIEST: Micros = days_from_civil(0, 1, 1) * DAY_MICROS;
+/// See [`EARLIEST`].
+pub const LATEST: Micros = days_from_civil(10_000, 1, 1) * DAY_MICROS - 1;
 
 /// Parses an RFC 3339 timestamp with a mandatory offset into UTC microseconds.
 ///
@@ -99,7 +109,11 @@ pub fn parse_rfc3339(s: &str) -> Result<Micros, TimestampError> {
     }
     let days = days_from_civil(year, month, day);
     let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
-    Ok(secs * 1_000_000 + micros)
+    let t = secs * 1_000_000 + micros;
+    if !(EARLIEST..=LATEST).contains(&t) {
+        return Err(TimestampError::Range);
+    }
+    Ok(t)
 }
 
 /// Formats UTC microseconds as RFC 3339 with microseconds and `Z`
@@ -244,10 +258,21 @@ mod tests {
             ("2026-01-01T24:00:00Z", Range),
             ("2026-01-01T23:59:60Z", Range),
             ("2026-01-01T00:00:00+24:00", Range),
+            // UTC years outside 0000–9999: an offset pushes them out.
+            ("0000-01-01T00:30:00+01:00", Range),
+            ("9999-12-31T23:30:00-01:00", Range),
         ] {
             assert_eq!(parse_rfc3339(s), Err(why), "{s}");
         }
         assert!(parse_rfc3339("2024-02-29T00:00:00Z").is_ok());
+        // The bounds, worked out by hand: 719,528 days before 1970-01-01,
+        // and 2,932,897 days after it less a microsecond.
+        assert_eq!(EARLIEST, -719_528 * 86_400_000_000);
+        assert_eq!(LATEST, 2_932_897 * 86_400_000_000 - 1);
+        assert_eq!(parse_rfc3339("0000-01-01T00:00:00Z"), Ok(EARLIEST));
+        assert_eq!(parse_rfc3339("9999-12-31T23:59:59.999999Z"), Ok(LATEST));
+        assert_eq!(format_rfc3339(EARLIEST), "0000-01-01T00:00:00.000000Z");
+        assert_eq!(format_rfc3339(LATEST), "9999-12-31T23:59:59.999999Z");
     }
 
     #[test]

@@ -497,6 +497,11 @@ fn auth_matrix_and_bad_input(addr: &str) {
         "/v1/top?limit=0".to_string(),
         "/v1/top?limit=ten".to_string(),
         "/v1/runs?limit=100000".to_string(),
+        // UTC years outside 0000–9999 (an offset pushes a written 0000 or
+        // 9999 past them).
+        format!("{series}?from=0000-01-01T00:30:00%2B01:00&to=0000-01-01T02:00:00Z"),
+        format!("{series}?step=day&from=9999-12-01T00:00:00Z&to=9999-12-31T23:30:00-01:00"),
+        "/v1/top?minute=0000-01-01T00:00:00%2B00:01".to_string(),
     ] {
         let r = get(addr, &path, Some(ADMIN));
         assert_eq!(r.status, 400, "{path}: {}", r.text());
@@ -507,6 +512,7 @@ fn auth_matrix_and_bad_input(addr: &str) {
         serde_json::json!({"kind": "billing", "date": "2999-01-01"}),
         serde_json::json!({"kind": "weekly"}),
         serde_json::json!({"kind": "detail", "client": CLIENT, "from": "2026-11-01", "to": "2026-11-02", "formats": ["xls"]}),
+        serde_json::json!({"kind": "detail", "client": CLIENT, "from": "0000-01-01T00:00:00+01:00", "to": "0000-01-02T00:00:00Z"}),
     ] {
         let r = post(addr, "/v1/reports", Some(ADMIN), &body);
         assert_eq!(r.status, 400, "{body}: {}", r.text());
@@ -651,6 +657,82 @@ fn reports_through_the_api(addr: &str, truth: &GroundTruth) {
     assert_eq!(file.status, 200);
     assert!(file.text().starts_with("billing_day,"), "{}", file.text());
     assert_eq!(get(addr, link.as_str().unwrap(), Some(VIEWER)).status, 403);
+
+    // PII and tenancy at every read, not only at the start: the admin's
+    // unmasked export of the viewer's own client is invisible to that
+    // viewer and to finance (neither holds `pii`), in the run list, its
+    // status and its download, and so is its ledger record's download;
+    // the admin's all-clients export is invisible to finance.
+    let start = |body: serde_json::Value| {
+        let r = post(addr, "/v1/reports", Some(ADMIN), &body);
+        assert_eq!(r.status, 202, "{}", r.text());
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        let run = wait_run(addr, ADMIN, &id);
+        assert_eq!(run["status"], "succeeded", "{run}");
+        id
+    };
+    let unmasked = start(
+        serde_json::json!({"kind": "detail", "client": CLIENT, "from": from, "to": to, "pii": true, "formats": ["csv"]}),
+    );
+    let everyone =
+        start(serde_json::json!({"kind": "detail", "from": from, "to": to, "formats": ["csv"]}));
+    let hidden = |id: &str, key: &str| {
+        assert_eq!(
+            get(addr, &format!("/v1/reports/{id}"), Some(key)).status,
+            404,
+            "{id} {key}"
+        );
+        let d = format!("/v1/reports/{id}/download?format=csv");
+        assert_eq!(get(addr, &d, Some(key)).status, 404, "{id} {key}");
+        let listed = get(addr, "/v1/reports", Some(key)).json();
+        assert!(
+            !listed.as_array().unwrap().iter().any(|r| r["id"] == id),
+            "{id} listed for {key}"
+        );
+    };
+    hidden(&unmasked, VIEWER);
+    hidden(&unmasked, FINANCE);
+    hidden(&everyone, FINANCE);
+    let own = get(addr, &format!("/v1/reports/{unmasked}"), Some(ADMIN)).json();
+    assert_eq!(own["pii"], true, "{own}");
+    let file = get(
+        addr,
+        &format!("/v1/reports/{unmasked}/download?format=csv"),
+        Some(ADMIN),
+    );
+    assert_eq!(file.status, 200);
+    assert!(
+        !file.text().contains("*****"),
+        "the admin's export is unmasked"
+    );
+    // The ledger's record of the same run: the newest on-demand detail.
+    let runs = get(addr, "/v1/runs?limit=50", Some(ADMIN)).json();
+    let recorded: Vec<&serde_json::Value> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["job"] == "on-demand")
+        .filter(|r| {
+            r["outputs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| o.as_str().unwrap().contains(&format!("detail-{CLIENT}-")))
+        })
+        .collect();
+    let link = recorded[0]["downloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d.as_str().unwrap().ends_with("format=csv"))
+        .unwrap()
+        .as_str()
+        .unwrap();
+    let r = get(addr, link, Some(FINANCE));
+    assert_eq!(r.status, 403, "finance without pii: {}", r.text());
+    let r = get(addr, link, Some(ADMIN));
+    assert_eq!(r.status, 200);
+    assert!(!r.text().contains("*****"));
 }
 
 /// A TCP proxy to Redis that the test can cut and restore.

@@ -74,3 +74,49 @@ fn good_config_prints_the_effective_values() {
     assert!(text.contains("topic = \"custom.topic\""), "{text}");
     assert!(text.contains("[gen]"), "{text}");
 }
+
+/// `notiflow config` shows the effective values but never a secret: the
+/// S3 secret key, librdkafka passwords, and the passwords of URLs.
+#[test]
+fn the_printed_config_holds_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secrets.toml");
+    std::fs::write(
+        &file,
+        "[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.password\" = \"kafka-pass-1\"\n",
+    )
+    .unwrap();
+    let out = notiflow()
+        .arg("--config")
+        .arg(&file)
+        .arg("config")
+        .env("NOTIFLOW__LAKE__S3__SECRET_ACCESS_KEY", "s3-secret-2")
+        .env(
+            "NOTIFLOW__REDIS__URL",
+            "redis://:redis-pass-3@127.0.0.1:6379/0",
+        )
+        .env(
+            "NOTIFLOW__LAKE__CATALOG_URI",
+            "postgres://lake:pg-pass-4@db.internal:5432/catalog",
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for secret in ["kafka-pass-1", "s3-secret-2", "redis-pass-3", "pg-pass-4"] {
+        assert!(!text.contains(secret), "{secret} printed:\n{text}");
+    }
+    // What is not secret still shows.
+    for kept in [
+        "SASL_SSL",
+        "redis://:<redacted>@127.0.0.1:6379/0",
+        "postgres://lake:<redacted>@db.internal:5432/catalog",
+        "secret_access_key = \"<redacted>\"",
+    ] {
+        assert!(text.contains(kept), "{kept} missing:\n{text}");
+    }
+}
