@@ -107,6 +107,12 @@ pub enum Outcome {
     },
 }
 
+/// Raises partition `p`'s watermark in `marks` to `ms` (never lowers it).
+fn note_mark(marks: &mut BTreeMap<i32, i64>, p: i32, ms: i64) {
+    let w = marks.entry(p).or_insert(ms);
+    *w = (*w).max(ms);
+}
+
 impl Round {
     /// An empty round writing rows of `schema` as `cfg` says (file size,
     /// row groups, zstd level, flush size, sorting).
@@ -154,6 +160,7 @@ impl Round {
         // Partitions taken from, in runs: their newest generations are
         // noted once at the end, not per record.
         let mut touched: Vec<i32> = Vec::new();
+        let mut run_mark: Option<(i32, i64)> = None;
         for rec in records {
             let p = rec.partition;
             let Some(st) = owned.get_mut(&p) else {
@@ -181,11 +188,18 @@ impl Round {
             self.started.get_or_insert_with(Instant::now);
             // Every record taken (rejected ones too) moves the watermark,
             // on the partition's bounded clock: a CreateTime far ahead
-            // moves it one generation at most, never a year.
+            // moves it one generation at most, never a year. Kept per run
+            // of one partition, written to the map once per run.
             let g = st.dedup.generation_of(rec.view.timestamp);
             let mark = bounded_time(rec.view.timestamp, g) / 1000;
-            let w = self.watermarks.entry(p).or_insert(mark);
-            *w = (*w).max(mark);
+            match &mut run_mark {
+                Some((q, m)) if *q == p => *m = (*m).max(mark),
+                other => {
+                    if let Some((q, m)) = other.replace((p, mark)) {
+                        note_mark(&mut self.watermarks, q, m);
+                    }
+                }
+            }
             let event = match decoder.decode(&rec.view) {
                 Ok(e) => e,
                 Err(_) => {
@@ -212,6 +226,9 @@ impl Round {
             );
             s.written += 1;
         }
+        if let Some((q, m)) = run_mark {
+            note_mark(&mut self.watermarks, q, m);
+        }
         for p in touched {
             if let Some(st) = owned.get(&p) {
                 self.generations.insert(p, st.dedup.newest());
@@ -228,8 +245,7 @@ impl Round {
     pub fn heartbeat(&mut self, p: i32, committed: i64, watermark_ms: i64) {
         self.expected.entry(p).or_insert(Some(committed));
         self.next.entry(p).or_insert(committed);
-        let w = self.watermarks.entry(p).or_insert(watermark_ms);
-        *w = (*w).max(watermark_ms);
+        note_mark(&mut self.watermarks, p, watermark_ms);
     }
 
     /// Encodes the buffered rows into the round's open data files.

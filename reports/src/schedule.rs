@@ -91,7 +91,7 @@ pub enum Plan {
     },
     /// Other jobs: the cron's firings in the zone, each covering the day
     /// before it.
-    Cron(Schedule),
+    Cron(Box<Schedule>),
 }
 
 impl Plan {
@@ -100,7 +100,7 @@ impl Plan {
     pub fn of(job: &JobConfig) -> Result<Plan, ReportError> {
         let schedule = parse_cron(&job.cron)?;
         if job.kind != JobKind::Billing {
-            return Ok(Plan::Cron(schedule));
+            return Ok(Plan::Cron(Box::new(schedule)));
         }
         let once = |n: u32| n == 1;
         let daily = schedule.days_of_month().is_all()
