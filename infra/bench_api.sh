@@ -22,9 +22,10 @@ set -a
 # shellcheck disable=SC1090
 source <(infra/up.sh)
 set +a
+use_build_cache
 
 log "release build of notiflow and the sse_load bench"
-cargo build --release --workspace --locked --bin notiflow --bench sse_load >&2
+cargo build --release --workspace --locked "${CARGO_FEATURE_ARGS[@]}" --bin notiflow --bench sse_load >&2
 bin=$CARGO_TARGET_DIR/release/notiflow
 sse=$(find "$CARGO_TARGET_DIR/release/deps" -maxdepth 1 -type f -executable -name 'sse_load-*' -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2)
 

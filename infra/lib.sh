@@ -74,11 +74,49 @@ EST_TANSU_BUILD="about 12 min on a new 2-core machine, once; cached afterwards"
 EST_CLIPPY="about 10 min the first time (every dependency is checked once), a minute once cached"
 EST_VENV="about 1 min (downloads from PyPI the first time)"
 
+# DuckDB (SPEC §7): notiflow links DuckDB's official prebuilt libduckdb.so,
+# the one DuckDB's own Node.js bindings ship in the npm registry, instead of
+# compiling its C++ (10+ min on 2 cores, a 730 MB debug binary). up.sh
+# fetches it with npm, checks the package's and the library's digests and
+# keeps it here; where it cannot be had, the build compiles DuckDB instead
+# (feature notiflow-reports/duckdb-bundled), said on one line.
+DUCKDB_VERSION=1.5.6
+DUCKDB_NPM_PACKAGE=@duckdb/node-bindings-linux-x64@1.5.6-r.1
+# The npm tarball's integrity (sha512-IXcrZJE6…mN1Q==) in hex, and the library's sha256.
+DUCKDB_TGZ_SHA512=21772b64913a904a8cd19e30c1d5671811d7fdface4b7dd53cd0300d743f43e16cf386f4e7c41ef78721ac208870d2651bc6375072145387817824315b998dd5
+DUCKDB_LIB_SHA256=3f4962cdd266eab2b479a5b5a4a6d063d279b2954ae814ed00385d553b747633
+DUCKDB_DIR=${NOTIFLOW_DUCKDB_DIR:-$CACHE_DIR/duckdb/$DUCKDB_VERSION}
+
+# True when the verified prebuilt library is in the cache (up.sh writes the
+# marker only after both digests matched) and the bundled build is not asked
+# for (NOTIFLOW_DUCKDB=bundled).
+duckdb_prebuilt() {
+  [[ ${NOTIFLOW_DUCKDB:-} != bundled && -f $DUCKDB_DIR/libduckdb.so &&
+    $(cat "$DUCKDB_DIR/.verified" 2>/dev/null) == "$DUCKDB_LIB_SHA256" ]]
+}
+
 # The Rust toolchain and the build cache outside the clone, shared by every
-# run (tests, demo, CI) so only notiflow's own crates rebuild.
+# run (tests, demo, CI) so only notiflow's own crates rebuild; and how this
+# machine gets DuckDB: the prebuilt library (found at build time through
+# DUCKDB_LIB_DIR, at run time through LD_LIBRARY_PATH and the binaries'
+# rpath) or, failing that, the bundled build's cargo features in
+# CARGO_FEATURE_ARGS (every cargo command of the scripts passes them, so the
+# demo, clippy and the tests share one build).
+CARGO_FEATURE_ARGS=()
 use_build_cache() {
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE_DIR/target}
   command -v cargo >/dev/null || export PATH=$HOME/.cargo/bin:$PATH
+  if duckdb_prebuilt; then
+    export DUCKDB_LIB_DIR=$DUCKDB_DIR
+    case ":${LD_LIBRARY_PATH:-}:" in
+      *":$DUCKDB_DIR:"*) ;;
+      *) export LD_LIBRARY_PATH=$DUCKDB_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} ;;
+    esac
+    CARGO_FEATURE_ARGS=()
+  else
+    unset DUCKDB_LIB_DIR
+    CARGO_FEATURE_ARGS=(--features notiflow-reports/duckdb-bundled)
+  fi
 }
 
 # The test tools' virtual environment first on PATH: `python3`, `hadolint`,
@@ -121,6 +159,10 @@ elapsed() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
 # The build of every notiflow binary and test binary: the demo and the
 # tests run the same command, so whichever runs first builds for both.
 build_notiflow() {
+  use_build_cache
+  if ((${#CARGO_FEATURE_ARGS[@]})); then
+    log "DuckDB: no verified prebuilt libduckdb in $DUCKDB_DIR; compiling DuckDB's C++ (${CARGO_FEATURE_ARGS[*]}), about 10 min more on 2 cores"
+  fi
   run_step "building notiflow (cargo test --workspace --no-run)" "$EST_NOTIFLOW_BUILD" \
-    cargo test --locked --workspace --no-run
+    cargo test --locked --workspace "${CARGO_FEATURE_ARGS[@]}" --no-run
 }

@@ -119,6 +119,41 @@ install_tansu() {
   [[ -x $TANSU_BIN ]] || die "cargo install finished but $TANSU_BIN is missing"
 }
 
+# Fetches DuckDB's prebuilt library (lib.sh says why) with npm into the
+# cache, checks the tarball's sha512 and the library's sha256, and marks it
+# verified. Never fatal: without npm, the registry or matching digests it
+# says so on one line and the build compiles DuckDB instead.
+install_duckdb() {
+  local tmp why=
+  tmp=$(mktemp -d)
+  if ! command -v npm >/dev/null; then
+    why="npm is not installed"
+  elif ! (cd "$tmp" && timeout 300 npm pack --silent "$DUCKDB_NPM_PACKAGE" >pack.out 2>pack.err); then
+    why="npm pack $DUCKDB_NPM_PACKAGE failed: $(tail -n 1 "$tmp/pack.err" 2>/dev/null)"
+  elif [[ $(sha512sum "$tmp"/*.tgz | cut -d' ' -f1) != "$DUCKDB_TGZ_SHA512" ]]; then
+    why="the npm package's sha512 is not the pinned one"
+  elif ! tar -xzf "$tmp"/*.tgz -C "$tmp" package/libduckdb.so; then
+    why="the npm package has no package/libduckdb.so"
+  elif [[ $(sha256sum "$tmp/package/libduckdb.so" | cut -d' ' -f1) != "$DUCKDB_LIB_SHA256" ]]; then
+    why="libduckdb.so's sha256 is not the pinned one"
+  else
+    mkdir -p "$DUCKDB_DIR"
+    rm -f "$DUCKDB_DIR/.verified"
+    mv "$tmp/package/libduckdb.so" "$DUCKDB_DIR/libduckdb.so"
+    echo "$DUCKDB_LIB_SHA256" >"$DUCKDB_DIR/.verified"
+    log "DuckDB: the official prebuilt libduckdb $DUCKDB_VERSION ($DUCKDB_NPM_PACKAGE, digests checked) is in $DUCKDB_DIR"
+  fi
+  rm -rf "$tmp"
+  [[ -z $why ]] || log "DuckDB: prebuilt library not available ($why); notiflow compiles DuckDB's C++ instead (feature notiflow-reports/duckdb-bundled, about 10 min more on 2 cores)"
+}
+
+install_nextest() {
+  command -v cargo >/dev/null || die "cargo not found: cargo-nextest is built from crates.io"
+  mkdir -p "$CACHE_DIR/nextest-target"
+  CARGO_TARGET_DIR=$CACHE_DIR/nextest-target run_step "building cargo-nextest into ~/.cargo/bin" \
+    "about 5 min on a new 2-core machine, once" cargo install cargo-nextest --locked
+}
+
 # ---------------------------------------------------------------- the plan
 
 # One line per item: kind, name, why; built by want().
@@ -132,6 +167,7 @@ collect_plan() {
   for pkg in cmake libcurl4-openssl-dev libssl-dev pkg-config g++; do
     want apt "$pkg" "building notiflow (librdkafka is built from source)"
   done
+  want duckdb "libduckdb@$DUCKDB_VERSION" "DuckDB's official prebuilt library from npm (else DuckDB is compiled)"
   if [[ $profile == tests ]]; then
     want apt protobuf-compiler "building tansu"
     want tansu "tansu@$TANSU_VERSION" "the Kafka-protocol broker (the tests also start their own)"
@@ -143,6 +179,7 @@ collect_plan() {
     want apt prometheus "the demo test's real scrape; promtool"
     want apt shellcheck "infra/check_deploy.sh"
     want apt faketime "tests that run a process hours ahead (libfaketime)"
+    want nextest cargo-nextest "runs the tests, each bounded in time (.config/nextest.toml)"
   else
     want apt protobuf-compiler "building tansu, if:no-broker"
     want tansu "tansu@$TANSU_VERSION" "the Kafka-protocol broker, if:no-broker"
@@ -155,6 +192,8 @@ item_present() {
     apt) apt_installed "$2" ;;
     tansu) [[ -x $TANSU_BIN ]] ;;
     venv) venv_current ;;
+    duckdb) duckdb_prebuilt ;;
+    nextest) command -v cargo-nextest >/dev/null ;;
   esac
 }
 
@@ -163,6 +202,8 @@ item_present() {
 MISSING_APT=()
 NEED_TANSU=0
 NEED_VENV=0
+NEED_DUCKDB=0
+NEED_NEXTEST=0
 make_plan() {
   local item kind name why state cond broker_up=0 redis_up=0
   kafka_ready && broker_up=1
@@ -175,6 +216,8 @@ make_plan() {
       state="not needed (a broker answers on $NOTIFLOW_HOST:$KAFKA_PORT)"
     elif [[ $cond == no-redis ]] && ((redis_up)); then
       state="not needed (Redis answers on $NOTIFLOW_HOST:$REDIS_PORT)"
+    elif [[ $kind == duckdb && ${NOTIFLOW_DUCKDB:-} == bundled ]]; then
+      state="not wanted (NOTIFLOW_DUCKDB=bundled: DuckDB is compiled)"
     elif item_present "$kind" "$name"; then
       state=present
     else
@@ -183,9 +226,11 @@ make_plan() {
         apt) MISSING_APT+=("$name") ;;
         tansu) NEED_TANSU=1 ;;
         venv) NEED_VENV=1 ;;
+        duckdb) NEED_DUCKDB=1 ;;
+        nextest) NEED_NEXTEST=1 ;;
       esac
     fi
-    printf 'plan(%s): %-5s %-28s %s (%s)\n' "$profile" "$kind" "$name" "$state" "$why"
+    printf 'plan(%s): %-7s %-28s %s (%s)\n' "$profile" "$kind" "$name" "$state" "$why"
   done
 }
 
@@ -323,6 +368,17 @@ REDIS_URL=redis://$NOTIFLOW_HOST:$REDIS_PORT"
   [[ $profile == tests ]] && env+="
 S3_ENDPOINT=http://$NOTIFLOW_HOST:$S3_PORT
 PYTHON=$PYTHON"
+  # How builds and binaries find DuckDB (lib.sh), so a hand-run cargo after
+  # sourcing this file builds and runs as the scripts do.
+  use_build_cache
+  if duckdb_prebuilt; then
+    env+="
+DUCKDB_LIB_DIR=$DUCKDB_LIB_DIR
+LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+  else
+    env+="
+NOTIFLOW_DUCKDB=bundled"
+  fi
   printf '%s\n' "$env" >"$STATE_DIR/env"
   printf '%s\n' "$env"
 }
@@ -339,6 +395,8 @@ main() {
   apt_install "${MISSING_APT[@]}"
   ((NEED_TANSU == 0)) || install_tansu
   ((NEED_VENV == 0)) || install_venv
+  ((NEED_DUCKDB == 0)) || install_duckdb
+  ((NEED_NEXTEST == 0)) || install_nextest
   ensure_service tansu "$KAFKA_PORT" kafka_ready start_tansu
   ensure_service redis "$REDIS_PORT" redis_ready start_redis
   [[ $profile == demo ]] || ensure_service moto "$S3_PORT" s3_ready start_moto

@@ -89,13 +89,15 @@ pub(crate) fn wait_metrics(
     }
 }
 
-/// What the demo may install: the build tools, the broker and Redis.
+/// What the demo may install: the build tools, DuckDB's prebuilt library,
+/// the broker and Redis.
 const DEMO_ITEMS: &[&str] = &[
     "cmake",
     "libcurl4-openssl-dev",
     "libssl-dev",
     "pkg-config",
     "g++",
+    "libduckdb@1.5.6",
     "protobuf-compiler",
     "tansu@0.6.0",
     "redis-server",
@@ -111,6 +113,7 @@ const TEST_ONLY_ITEMS: &[&str] = &[
     "prometheus",
     "shellcheck",
     "faketime",
+    "cargo-nextest",
 ];
 
 /// `PATH` as on a newcomer's Debian machine: no pyenv, conda or venv

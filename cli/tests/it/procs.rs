@@ -38,7 +38,10 @@ pub fn sigterm_and_wait(child: &mut Child) -> std::process::ExitStatus {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    wait_timeout(child, Duration::from_secs(60))
+    // A clean stop applies and commits the batch in hand first, which on a
+    // busy shared broker has taken over a minute; the bound only turns a
+    // hang into a failure.
+    wait_timeout(child, Duration::from_secs(180))
 }
 
 pub fn wait_timeout(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {

@@ -211,6 +211,19 @@ fn connect(limits: Limits, spill: &std::path::Path) -> Result<Connection, Report
         limits.threads.max(1),
         quote(&spill.display().to_string()),
     ))?;
+    // The official prebuilt library has ICU built in, and with it a
+    // `TimeZone` setting that defaults to the process's zone: TIMESTAMPTZ
+    // results (and the files made of them) would then depend on the host's
+    // TZ. Pinned to UTC where the setting exists; without ICU (the bundled
+    // build) DuckDB's timestamps are UTC already.
+    let has_zone: i64 = conn.query_row(
+        "SELECT count(*) FROM duckdb_settings() WHERE name = 'TimeZone'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_zone > 0 {
+        conn.execute_batch("SET TimeZone = 'UTC';")?;
+    }
     Ok(conn)
 }
 

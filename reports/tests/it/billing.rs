@@ -764,3 +764,87 @@ async fn a_message_is_billed_once_under_its_first_billable_event() {
     }
     assert_eq!(files[0], files[1], "the engines' files differ");
 }
+
+/// A DuckDB billing day and detail export of one snapshot: what their files
+/// hold. The test below runs it here and in child processes.
+async fn tz_reports(
+    lake_cfg: &notiflow_lake::LakeConfig,
+    cfg: &notiflow_reports::ReportsConfig,
+    snapshot: i64,
+) -> Vec<(Format, u64, u64, String)> {
+    let r = notiflow_reports::Reports::open(cfg, lake_cfg)
+        .await
+        .unwrap();
+    let mut bill = billing("2026-11-21", EngineKind::DuckDb);
+    bill.snapshot_id = Some(snapshot);
+    let mut out = contents(&r.billing(&bill, now()).await.unwrap().files);
+    let detail = DetailRequest {
+        query: DetailQuery {
+            client: Some("acme".into()),
+            from: t("2026-11-20T00:00:00Z"),
+            to: t("2026-11-23T00:00:00Z"),
+            ..Default::default()
+        },
+        engine: Some(EngineKind::DuckDb),
+        formats: vec![Format::Csv, Format::Parquet],
+        snapshot_id: Some(snapshot),
+    };
+    out.extend(contents(
+        &r.detail(&detail, now(), None).await.unwrap().files,
+    ));
+    out
+}
+
+/// DuckDB's official library has ICU built in, so its TIMESTAMPTZ values
+/// follow the process's time zone unless the session pins one (issue 33;
+/// every connection sets `TimeZone = 'UTC'`). A billing day and a detail
+/// export run in a child process under `TZ=America/New_York` (and one under
+/// `TZ=Asia/Kolkata`) must give the same bytes as here (UTC). Today's
+/// queries compare instants only, so they pass without the pin too; this
+/// keeps any later day bucketing honest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duckdb_reports_are_the_same_bytes_whatever_the_process_time_zone() {
+    if let Ok(dir) = std::env::var("NOTIFLOW_TZ_CHILD") {
+        // The zone reached this process (not a child run under UTC again).
+        let offset = chrono::Local::now().offset().local_minus_utc();
+        assert_ne!(offset, 0, "TZ={:?} did not apply", std::env::var("TZ"));
+        let (lake_cfg, cfg) = folder_configs(std::path::Path::new(&dir));
+        let snapshot: i64 = std::env::var("NOTIFLOW_TZ_SNAPSHOT")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let files = tz_reports(&lake_cfg, &cfg, snapshot).await;
+        let out = std::env::var("NOTIFLOW_TZ_OUT").unwrap();
+        std::fs::write(out, serde_json::to_vec(&files).unwrap()).unwrap();
+        return;
+    }
+    let s = Setup::new(Store::Folder, "tz");
+    let snapshot = s.append(&crafted()).await;
+    let here = tz_reports(&s.lake_cfg, &s.cfg, snapshot).await;
+    assert_eq!(here.len(), 4, "{here:?}");
+    for tz in ["America/New_York", "Asia/Kolkata"] {
+        let file = s.path(&format!("tz-{}.json", tz.replace('/', "-")));
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "billing::duckdb_reports_are_the_same_bytes_whatever_the_process_time_zone",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("TZ", tz)
+            .env("NOTIFLOW_TZ_CHILD", s.dir.path())
+            .env("NOTIFLOW_TZ_SNAPSHOT", snapshot.to_string())
+            .env("NOTIFLOW_TZ_OUT", &file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && file.exists(),
+            "child under TZ={tz} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let there: Vec<(Format, u64, u64, String)> =
+            serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(here, there, "reports under TZ={tz} differ from UTC's");
+    }
+}

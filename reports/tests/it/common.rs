@@ -91,22 +91,28 @@ fn uuid_like() -> String {
     format!("{:x}{:x}", n, std::process::id())
 }
 
+/// The configs of a lake, outputs and rate card in the folder `dir`.
+pub fn folder_configs(dir: &std::path::Path) -> (LakeConfig, ReportsConfig) {
+    let card = dir.join("rate-card.toml");
+    std::fs::write(&card, CARD).unwrap();
+    let lake_cfg = LakeConfig {
+        warehouse: dir.join("warehouse").display().to_string(),
+        catalog_uri: format!("sqlite://{}", dir.join("catalog.db").display()),
+        flush_rows: 5000,
+        ..LakeConfig::default()
+    };
+    let cfg = ReportsConfig {
+        output: dir.join("out").display().to_string(),
+        rate_card: card.display().to_string(),
+        ..ReportsConfig::default()
+    };
+    (lake_cfg, cfg)
+}
+
 impl Setup {
     pub fn new(store: Store, tag: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let card = dir.path().join("rate-card.toml");
-        std::fs::write(&card, CARD).unwrap();
-        let mut lake_cfg = LakeConfig {
-            warehouse: dir.path().join("warehouse").display().to_string(),
-            catalog_uri: format!("sqlite://{}", dir.path().join("catalog.db").display()),
-            flush_rows: 5000,
-            ..LakeConfig::default()
-        };
-        let mut cfg = ReportsConfig {
-            output: dir.path().join("out").display().to_string(),
-            rate_card: card.display().to_string(),
-            ..ReportsConfig::default()
-        };
+        let (mut lake_cfg, mut cfg) = folder_configs(dir.path());
         if store == Store::S3 {
             let (endpoint, bucket) = bucket(tag);
             lake_cfg.warehouse = format!("s3://{bucket}/warehouse");
