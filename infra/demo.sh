@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's first command. On a fresh machine it installs and starts
 # what the demo needs and nothing more (infra/up.sh --for demo: the build
-# tools, the tansu broker, Redis; it lists them first), builds notiflow
-# (the same build infra/test.sh uses), then runs
+# tools, DuckDB's prebuilt library, the tansu broker, Redis; it lists them
+# first), builds notiflow (the same build infra/test.sh uses, while up.sh
+# builds the broker), then runs
 # `notiflow demo`: generator, ingest, aggregator, lake writer, report
 # scheduler and API with the dashboard, with embedded defaults (local
 # folder lake, SQLite catalog), until Ctrl-C. It prints the dashboard URL
@@ -31,6 +32,14 @@ declare -A before
 for s in "${SERVICES[@]}"; do before[$s]=$(live_pid "$s"); done
 
 use_build_cache
+bin=${NOTIFLOW_BIN:-}
+if [[ -z $bin ]]; then
+  # The same command and features as infra/test.sh's build, so the demo and
+  # the tests share one build of the dependencies (DataFusion, librdkafka);
+  # it runs while up.sh installs the broker.
+  build_in_background demo
+  trap stop_build EXIT
+fi
 # Captured first: a failing up.sh must stop the demo here.
 env_lines=$(infra/up.sh --for demo)
 set -a
@@ -45,6 +54,7 @@ done
 
 # shellcheck disable=SC2317  # called by the EXIT trap
 stop_started() {
+  stop_build
   if ((keep == 0 && ${#started[@]})); then
     log "stopping the servers this demo started: ${started[*]}"
     infra/down.sh "${started[@]}" || true
@@ -56,11 +66,8 @@ trap stop_started EXIT
 export NOTIFLOW__KAFKA__BROKERS=${NOTIFLOW__KAFKA__BROKERS:-$KAFKA_BROKERS}
 export NOTIFLOW__REDIS__URL=${NOTIFLOW__REDIS__URL:-$REDIS_URL}
 
-bin=${NOTIFLOW_BIN:-}
 if [[ -z $bin ]]; then
-  # The same command and features as infra/test.sh's build, so the demo and
-  # the tests share one build of the dependencies (DuckDB, DataFusion).
-  build_notiflow
+  wait_build
   bin=$CARGO_TARGET_DIR/debug/notiflow
 fi
 

@@ -156,6 +156,28 @@ run_step() {
 
 elapsed() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
 
+# build_in_background PROFILE: installs what the build needs (up.sh
+# --build-deps: seconds), then starts build_notiflow in the background,
+# its pid in BUILD_PID, so it overlaps the rest of up.sh (tansu's build
+# above all: two builds on two cores finish sooner together than one after
+# the other). wait_build waits for it and stops the script if it failed.
+BUILD_PID=
+build_in_background() {
+  infra/up.sh --for "$1" --build-deps
+  build_notiflow &
+  BUILD_PID=$!
+}
+wait_build() {
+  [[ -n $BUILD_PID ]] || return 0
+  local pid=$BUILD_PID
+  BUILD_PID=
+  wait "$pid" || die "building notiflow failed (its output is above)"
+  use_build_cache
+}
+stop_build() {
+  [[ -z $BUILD_PID ]] || kill "$BUILD_PID" 2>/dev/null || true
+}
+
 # The build of every notiflow binary and test binary: the demo and the
 # tests run the same command, so whichever runs first builds for both.
 build_notiflow() {

@@ -24,6 +24,9 @@ rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup compon
 if [[ ${NOTIFLOW_KEEP_BROKER:-0} != 1 ]]; then
   infra/down.sh --purge >&2 || true
 fi
+# notiflow builds while up.sh installs the rest (tansu's build above all).
+build_in_background tests
+trap stop_build EXIT
 # Captured first: a failing up.sh must stop the run here (a process
 # substitution's exit status would be lost).
 env_lines=$(infra/up.sh --for tests)
@@ -32,24 +35,21 @@ set -a
 source <(printf '%s\n' "$env_lines")
 set +a
 use_venv
-# Again now that up.sh fetched DuckDB (or said it could not): the features
-# every cargo command below shares.
-use_build_cache
+wait_build
 
 infra/check_deploy.sh
 log "cargo fmt --check"
 cargo fmt --all -- --check
 run_step "cargo clippy --all-targets -D warnings" "$EST_CLIPPY" \
   cargo clippy --workspace --all-targets --locked "${CARGO_FEATURE_ARGS[@]}" -- -D warnings
-build_notiflow
 log "cargo test (real broker at $KAFKA_BROKERS)"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 status=0
-# shellcheck disable=SC2016  # $1 is the inner shell's
 # cargo-nextest (installed by up.sh) bounds every test's time:
 # .config/nextest.toml. The workspace has no doctests (every code block in
 # the docs is `text`), so nextest runs every test there is.
+# shellcheck disable=SC2016  # $1 is the inner shell's
 run_step "cargo nextest run --workspace" "about 8 min on 2 cores" \
   bash -c 'out=$1; shift; set -o pipefail; cargo nextest run --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$out"' _ "$out" "${CARGO_FEATURE_ARGS[@]}" || status=$?
 log "wall time of this run's steps (also in $TIMINGS_FILE):"

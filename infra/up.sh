@@ -6,7 +6,7 @@
 # only the services that are not already answering. It is idempotent: with
 # everything up it changes nothing and exits 0 in about a second.
 #
-# Usage: infra/up.sh [--for demo|tests] [--plan]
+# Usage: infra/up.sh [--for demo|tests] [--plan] [--build-deps]
 #   --for demo    what infra/demo.sh needs: the build tools, the broker
 #                 (tansu, built from crates.io) and Redis (Debian). Nothing else.
 #   --for tests   (the default) also what the test suite needs: the S3 server
@@ -15,6 +15,11 @@
 #                 its driver, Prometheus, shellcheck.
 #   --plan        print the install plan (every item, present or missing, and
 #                 why it is needed) and exit: installs and starts nothing.
+#   --build-deps  only what building notiflow needs (the build tools and
+#                 DuckDB's library), in seconds: demo.sh and test.sh run
+#                 it first, then build notiflow while the rest installs
+#                 (tansu's build), since each build leaves a core idle
+#                 much of the time. Starts nothing, prints no env lines.
 # The plan is printed on every run, so what it installs is always listed.
 #
 # Stdout is only the env lines tests use (KAFKA_BROKERS=..., REDIS_URL=...,
@@ -42,12 +47,14 @@ APT_UPDATED=0
 
 profile=tests
 plan_only=0
+build_deps=0
 while (($#)); do
   case $1 in
     --for) profile=${2:-}; shift 2 || shift ;;
     --for=*) profile=${1#--for=}; shift ;;
     --plan) plan_only=1; shift ;;
-    *) die "unknown argument '$1' (usage: infra/up.sh [--for demo|tests] [--plan])" ;;
+    --build-deps) build_deps=1; shift ;;
+    *) die "unknown argument '$1' (usage: infra/up.sh [--for demo|tests] [--plan] [--build-deps])" ;;
   esac
 done
 [[ $profile == demo || $profile == tests ]] || die "--for takes 'demo' or 'tests', not '$profile'"
@@ -113,7 +120,10 @@ install_tansu() {
   command -v cargo >/dev/null || die "cargo not found: tansu must be built from crates.io"
   mkdir -p "$TOOLS_DIR" "$TANSU_TARGET_DIR"
   # flock: two up.sh runs at once share one build instead of racing.
-  CARGO_TARGET_DIR=$TANSU_TARGET_DIR run_step "building tansu $TANSU_VERSION (the local Kafka-protocol broker) into $TOOLS_DIR" \
+  # opt-level 1 instead of release's 3: most of a cold tansu build is LLVM
+  # optimising (issue 33; build time and the suite's wall time against it
+  # are in BENCHMARKS.md). TANSU_OPT_LEVEL=3 builds it as crates.io ships.
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=${TANSU_OPT_LEVEL:-1} CARGO_TARGET_DIR=$TANSU_TARGET_DIR run_step "building tansu $TANSU_VERSION (the local Kafka-protocol broker) into $TOOLS_DIR" \
     "$EST_TANSU_BUILD" flock "$TOOLS_DIR/.install.lock" \
     cargo install "tansu@$TANSU_VERSION" --locked --features libsql --root "$TOOLS_DIR"
   [[ -x $TANSU_BIN ]] || die "cargo install finished but $TANSU_BIN is missing"
@@ -168,6 +178,7 @@ collect_plan() {
     want apt "$pkg" "building notiflow (librdkafka is built from source)"
   done
   want duckdb "libduckdb@$DUCKDB_VERSION" "DuckDB's official prebuilt library from npm (else DuckDB is compiled)"
+  ((build_deps == 0)) || return 0
   if [[ $profile == tests ]]; then
     want apt protobuf-compiler "building tansu"
     want tansu "tansu@$TANSU_VERSION" "the Kafka-protocol broker (the tests also start their own)"
@@ -397,6 +408,10 @@ main() {
   ((NEED_VENV == 0)) || install_venv
   ((NEED_DUCKDB == 0)) || install_duckdb
   ((NEED_NEXTEST == 0)) || install_nextest
+  if ((build_deps)); then
+    log "what building notiflow needs is here"
+    return 0
+  fi
   ensure_service tansu "$KAFKA_PORT" kafka_ready start_tansu
   ensure_service redis "$REDIS_PORT" redis_ready start_redis
   [[ $profile == demo ]] || ensure_service moto "$S3_PORT" s3_ready start_moto
