@@ -69,9 +69,9 @@ TIMINGS_FILE=${NOTIFLOW_TIMINGS_FILE:-$CACHE_DIR/timings.log}
 
 # How long the slow first-run steps took on a fresh 2-core machine
 # (BENCHMARKS.md "First run on a new machine"); said before each starts.
-EST_NOTIFLOW_BUILD="about 35 min on a new 2-core machine (librdkafka, DataFusion, DuckDB's C++), a minute or two once cached"
-EST_TANSU_BUILD="about 12 min on a new 2-core machine, once; cached afterwards"
-EST_CLIPPY="about 10 min the first time (every dependency is checked once), a minute once cached"
+EST_NOTIFLOW_BUILD="about 22 min on a new 2-core machine alongside tansu's build (librdkafka, DataFusion, arrow), a minute or two once cached"
+EST_TANSU_BUILD="about 14 min on a new 2-core machine alongside notiflow's build, once; cached afterwards"
+EST_CLIPPY="about 2.5 min the first time (every dependency checked once; no C compiled again), seconds once cached"
 EST_VENV="about 1 min (downloads from PyPI the first time)"
 
 # DuckDB (SPEC §7): notiflow links DuckDB's official prebuilt libduckdb.so,

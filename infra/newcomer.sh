@@ -16,7 +16,7 @@
 #      installs the test tools there and must pass.
 #
 # The build cache and the tansu binary in ~/.cache/notiflow are reused;
-# NOTIFLOW_CACHE_DIR=<empty folder> makes it a true first run (about an
+# NOTIFLOW_CACHE_DIR=<empty folder> makes it a true first run (about half an
 # hour on 2 cores: BENCHMARKS.md "First run on a new machine").
 # Usage: infra/newcomer.sh [--demo-only]
 set -euo pipefail
