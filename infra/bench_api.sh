@@ -33,6 +33,7 @@ key=bench-admin-key
 hash=$(printf '%s' "$key" | sha256sum | cut -d' ' -f1)
 prefix=bench$$
 port=18080
+mport=19464
 config() { # config FRESH_CACHE_MS
   cat >"$work/notiflow.toml" <<TOML
 [redis]
@@ -48,6 +49,9 @@ group_id = "bench-api-$$"
 listen = "127.0.0.1:$port"
 fresh_cache_ms = $1
 max_streams = 100000
+# One key drives every stream of the bench.
+max_streams_per_key = 100000
+max_connections = 110000
 [[api.keys]]
 name = "bench"
 sha256 = "$hash"
@@ -56,7 +60,7 @@ role = "admin"
 warehouse = "$work/warehouse"
 catalog_uri = "sqlite://$work/catalog.db"
 [metrics]
-listen = ""
+listen = "127.0.0.1:$mport"
 TOML
 }
 
@@ -69,7 +73,7 @@ start_api() {
 
 # p99 of the in-server latency histogram of one route, from /metrics.
 server_p99() {
-  curl -s "http://127.0.0.1:$port/metrics" | python3 -c '
+  curl -s "http://127.0.0.1:$mport/metrics" | python3 -c '
 import sys, re
 route = sys.argv[1]
 b = []
@@ -123,7 +127,7 @@ streams)
   log "$n streams for ${secs}s"
   (ulimit -n "$(ulimit -Hn)"; "$sse" "127.0.0.1:$port" "$n" "$key" 2500 4 "$secs" "$api_pid")
   echo "API metrics:"
-  curl -s "http://127.0.0.1:$port/metrics" | grep -E '^notiflow_api_(streams|deltas_total|streams_dropped_total|delta_lag_seconds_(sum|count))'
+  curl -s "http://127.0.0.1:$mport/metrics" | grep -E '^notiflow_api_(streams|deltas_total|streams_dropped_total|delta_lag_seconds_(sum|count))'
   ;;
 *) die "usage: infra/bench_api.sh reads [SECS] | streams [N] [SECS]" ;;
 esac

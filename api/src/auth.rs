@@ -33,6 +33,9 @@ pub enum Role {
 pub struct Principal {
     /// Key holder's name.
     pub name: String,
+    /// Which key (the first 16 hex digits of its sha256): what per-key
+    /// quotas count by, since names need not be unique.
+    pub key_id: String,
     /// Role.
     pub role: Role,
     /// The viewer's client.
@@ -135,6 +138,7 @@ impl KeyStore {
                     h,
                     Arc::new(Principal {
                         name: k.name.clone(),
+                        key_id: k.sha256[..16].to_string(),
                         role: k.role,
                         client: k.client.clone(),
                         pii: k.pii,
@@ -158,9 +162,15 @@ impl KeyStore {
             let v = v
                 .to_str()
                 .map_err(|_| ApiError::Unauthorized("malformed Authorization header".into()))?;
-            v.strip_prefix("Bearer ")
-                .ok_or_else(|| ApiError::Unauthorized("use `Authorization: Bearer <key>`".into()))?
-                .trim()
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            match v.trim().split_once(char::is_whitespace) {
+                Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") => key.trim(),
+                _ => {
+                    return Err(ApiError::Unauthorized(
+                        "use `Authorization: Bearer <key>`".into(),
+                    ));
+                }
+            }
         } else if let Some(v) = h.get("x-api-key") {
             v.to_str()
                 .map_err(|_| ApiError::Unauthorized("malformed X-API-Key header".into()))?
@@ -196,6 +206,7 @@ mod tests {
     fn p(role: Role, client: Option<&str>) -> Principal {
         Principal {
             name: "t".into(),
+            key_id: "0123456789abcdef".into(),
             role,
             client: client.map(String::from),
             pii: false,
@@ -239,6 +250,12 @@ mod tests {
             .unwrap();
         assert_eq!(who.client.as_deref(), Some("acme"));
         assert!(store.authenticate(&parts("x-api-key", "s3cret")).is_ok());
+        for scheme in ["bearer", "BEARER", "BeArEr"] {
+            let who = store
+                .authenticate(&parts("authorization", &format!("{scheme}  s3cret ")))
+                .unwrap();
+            assert_eq!(who.key_id, &key_hash("s3cret")[..16]);
+        }
         for (n, v) in [
             ("authorization", "Bearer nope"),
             ("authorization", "Basic s3cret"),

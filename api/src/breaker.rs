@@ -4,6 +4,11 @@
 //! marked stale. Then one probe read is let through (half-open); its
 //! success closes the breaker, its failure opens it again. It recovers by
 //! itself, and a dead Redis costs a caller nothing but a stale answer.
+//!
+//! A read holds a [`Permit`]. A permit dropped without an outcome (the
+//! caller hung up and its request future was dropped mid-read) releases
+//! the probe, so one impatient client can never wedge the breaker open for
+//! every tenant; [`Breaker::wedged`] tells readiness if that ever failed.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -15,7 +20,7 @@ pub enum State {
     Closed,
     /// Reads are refused until the cooldown ends.
     Open,
-    /// One probe read is in flight.
+    /// The cooldown is over: the next read (or the one in flight) probes.
     HalfOpen,
 }
 
@@ -23,7 +28,8 @@ pub enum State {
 struct Inner {
     failures: u32,
     open_until: Option<Instant>,
-    probing: bool,
+    /// Since when the one probe read has been in flight.
+    probing: Option<Instant>,
 }
 
 /// The breaker.
@@ -32,6 +38,47 @@ pub struct Breaker {
     threshold: u32,
     cooldown: Duration,
     inner: Mutex<Inner>,
+}
+
+/// Leave to send one read to Redis. Report its outcome with
+/// [`Permit::success`] or [`Permit::failure`]; dropping it says nothing
+/// about Redis and only frees the probe slot.
+#[derive(Debug)]
+#[must_use]
+pub struct Permit<'a> {
+    breaker: &'a Breaker,
+    probe: bool,
+}
+
+impl Permit<'_> {
+    /// Redis answered.
+    pub fn success(self) {
+        let mut s = self.breaker.lock();
+        s.failures = 0;
+        s.open_until = None;
+        s.probing = None;
+    }
+
+    /// Redis failed or was too slow.
+    pub fn failure(self, now: Instant) {
+        let b = self.breaker;
+        let mut s = b.lock();
+        s.failures = s.failures.saturating_add(1);
+        s.probing = None;
+        if s.failures >= b.threshold {
+            s.open_until = Some(now + b.cooldown);
+        }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.probe {
+            // After success/failure this is already None; otherwise the
+            // probe was abandoned: the next read probes instead.
+            self.breaker.lock().probing = None;
+        }
+    }
 }
 
 impl Breaker {
@@ -43,7 +90,7 @@ impl Breaker {
             inner: Mutex::new(Inner {
                 failures: 0,
                 open_until: None,
-                probing: false,
+                probing: None,
             }),
         }
     }
@@ -52,36 +99,22 @@ impl Breaker {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether a read may go to Redis now.
-    pub fn allow(&self, now: Instant) -> bool {
+    /// A permit if a read may go to Redis now.
+    pub fn allow(&self, now: Instant) -> Option<Permit<'_>> {
         let mut s = self.lock();
-        match s.open_until {
-            None => true,
-            Some(t) if now < t => false,
-            Some(_) if s.probing => false,
+        let probe = match s.open_until {
+            None => false,
+            Some(t) if now < t => return None,
+            Some(_) if s.probing.is_some() => return None,
             Some(_) => {
-                s.probing = true;
+                s.probing = Some(now);
                 true
             }
-        }
-    }
-
-    /// A read succeeded.
-    pub fn success(&self) {
-        let mut s = self.lock();
-        s.failures = 0;
-        s.open_until = None;
-        s.probing = false;
-    }
-
-    /// A read failed or was too slow.
-    pub fn failure(&self, now: Instant) {
-        let mut s = self.lock();
-        s.failures = s.failures.saturating_add(1);
-        s.probing = false;
-        if s.failures >= self.threshold {
-            s.open_until = Some(now + self.cooldown);
-        }
+        };
+        Some(Permit {
+            breaker: self,
+            probe,
+        })
     }
 
     /// The state now.
@@ -93,6 +126,14 @@ impl Breaker {
             Some(_) => State::HalfOpen,
         }
     }
+
+    /// Whether a probe has been in flight longer than `limit` (a read is
+    /// bounded by its timeout, so this means the breaker is stuck).
+    pub fn wedged(&self, now: Instant, limit: Duration) -> bool {
+        self.lock()
+            .probing
+            .is_some_and(|since| now.saturating_duration_since(since) > limit)
+    }
 }
 
 #[cfg(test)]
@@ -103,31 +144,53 @@ mod tests {
     fn opens_after_the_threshold_probes_once_and_recovers() {
         let b = Breaker::new(3, Duration::from_secs(2));
         let t0 = Instant::now();
-        b.failure(t0);
-        b.failure(t0);
-        assert!(b.allow(t0), "two failures keep it closed");
-        b.failure(t0);
+        for _ in 0..2 {
+            b.allow(t0).unwrap().failure(t0);
+        }
+        assert!(b.allow(t0).is_some(), "two failures keep it closed");
+        b.allow(t0).unwrap().failure(t0);
         assert_eq!(b.state(t0), State::Open);
-        assert!(!b.allow(t0 + Duration::from_secs(1)));
+        assert!(b.allow(t0 + Duration::from_secs(1)).is_none());
         let later = t0 + Duration::from_secs(3);
-        assert!(b.allow(later), "one probe after the cooldown");
-        assert!(!b.allow(later), "only one");
-        b.failure(later);
+        let probe = b.allow(later).expect("one probe after the cooldown");
+        assert!(b.allow(later).is_none(), "only one");
+        probe.failure(later);
         assert_eq!(b.state(later), State::Open, "a failed probe opens it again");
         let much_later = later + Duration::from_secs(3);
-        assert!(b.allow(much_later));
-        b.success();
+        b.allow(much_later).unwrap().success();
         assert_eq!(b.state(much_later), State::Closed);
-        assert!(b.allow(much_later) && b.allow(much_later));
+        assert!(b.allow(much_later).is_some() && b.allow(much_later).is_some());
     }
 
     #[test]
     fn a_success_resets_the_count() {
         let b = Breaker::new(2, Duration::from_secs(2));
         let t0 = Instant::now();
-        b.failure(t0);
-        b.success();
-        b.failure(t0);
+        b.allow(t0).unwrap().failure(t0);
+        b.allow(t0).unwrap().success();
+        b.allow(t0).unwrap().failure(t0);
         assert_eq!(b.state(t0), State::Closed);
+    }
+
+    /// The review's defect: a probe whose request was dropped (the caller
+    /// hung up) left `probing` set, so every later read was refused until
+    /// restart. Now the dropped permit frees the probe slot.
+    #[test]
+    fn an_abandoned_probe_does_not_wedge_the_breaker() {
+        let b = Breaker::new(1, Duration::from_millis(10));
+        let t0 = Instant::now();
+        b.allow(t0).unwrap().failure(t0);
+        let later = t0 + Duration::from_secs(1);
+        let probe = b.allow(later).expect("probe");
+        assert!(!b.wedged(later, Duration::from_millis(500)));
+        assert!(
+            b.wedged(later + Duration::from_secs(1), Duration::from_millis(500)),
+            "a probe held past the limit is reported"
+        );
+        drop(probe); // the request future was dropped mid-read
+        assert!(!b.wedged(later + Duration::from_secs(1), Duration::from_millis(500)));
+        let next = b.allow(later).expect("the next read probes");
+        next.success();
+        assert_eq!(b.state(later), State::Closed);
     }
 }

@@ -26,8 +26,11 @@ pub struct ApiConfig {
     pub breaker_failures: u32,
     /// How long the breaker stays open before one probe read, milliseconds.
     pub breaker_cooldown_ms: u64,
-    /// Last known answers kept for stale reads while Redis is down.
-    pub stale_cache_entries: usize,
+    /// Memory for last known answers (stale reads while Redis is down),
+    /// MiB; each answer is weighed by its size.
+    pub stale_cache_mib: u64,
+    /// A last known answer older than this is forgotten, seconds.
+    pub stale_cache_ttl_secs: u64,
     /// An answer this young (milliseconds) is reused for the same request
     /// without asking Redis; 0 turns it off. At most 1000 (counters must be
     /// fresh within a second).
@@ -38,6 +41,15 @@ pub struct ApiConfig {
     pub heartbeat_secs: u64,
     /// Most live streams at once; more get 503.
     pub max_streams: usize,
+    /// Most live streams of one API key; more get 429.
+    pub max_streams_per_key: usize,
+    /// Most open connections; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// A connection must send a request's headers within this long, ms.
+    pub header_read_timeout_ms: u64,
+    /// A connection that moves no byte either way for this long is closed,
+    /// seconds (live streams send heartbeats, so they stay open).
+    pub idle_timeout_secs: u64,
     /// Minutes of counters in a live stream's snapshot.
     pub snapshot_minutes: u32,
     /// Widest range of an hourly series, days.
@@ -46,6 +58,10 @@ pub struct ApiConfig {
     pub max_day_range_days: u32,
     /// On-demand report runs remembered for polling and download.
     pub report_runs_kept: usize,
+    /// Report runs one key may have queued or running at once; more get 429.
+    pub report_runs_per_key: usize,
+    /// A report run taking longer than this fails, seconds.
+    pub report_timeout_secs: u64,
 }
 
 /// One API key: its sha256 (never the key itself), role and client.
@@ -121,7 +137,14 @@ impl ApiConfig {
             ("api.counter_timeout_ms", self.counter_timeout_ms),
             ("api.breaker_failures", u64::from(self.breaker_failures)),
             ("api.breaker_cooldown_ms", self.breaker_cooldown_ms),
-            ("api.stale_cache_entries", self.stale_cache_entries as u64),
+            ("api.stale_cache_mib", self.stale_cache_mib),
+            ("api.stale_cache_ttl_secs", self.stale_cache_ttl_secs),
+            ("api.max_streams_per_key", self.max_streams_per_key as u64),
+            ("api.max_connections", self.max_connections as u64),
+            ("api.header_read_timeout_ms", self.header_read_timeout_ms),
+            ("api.idle_timeout_secs", self.idle_timeout_secs),
+            ("api.report_runs_per_key", self.report_runs_per_key as u64),
+            ("api.report_timeout_secs", self.report_timeout_secs),
             ("api.stream_queue", self.stream_queue as u64),
             ("api.heartbeat_secs", self.heartbeat_secs),
             ("api.max_streams", self.max_streams as u64),
@@ -142,6 +165,22 @@ impl ApiConfig {
             return Err(bad(
                 "api.fresh_cache_ms",
                 "at most 1000 (counters must be fresh within a second)",
+            ));
+        }
+        if self.idle_timeout_secs <= 2 * self.heartbeat_secs {
+            return Err(bad(
+                "api.idle_timeout_secs",
+                format!(
+                    "must be more than twice api.heartbeat_secs ({}), or live streams are cut \
+                     between heartbeats",
+                    self.heartbeat_secs
+                ),
+            ));
+        }
+        if self.max_streams_per_key > self.max_streams {
+            return Err(bad(
+                "api.max_streams_per_key",
+                format!("at most api.max_streams ({})", self.max_streams),
             ));
         }
         if self.snapshot_minutes > 24 * 60 {
@@ -192,15 +231,22 @@ mod tests {
             counter_timeout_ms: 250,
             breaker_failures: 3,
             breaker_cooldown_ms: 2000,
-            stale_cache_entries: 100,
+            stale_cache_mib: 16,
+            stale_cache_ttl_secs: 900,
             fresh_cache_ms: 0,
             stream_queue: 64,
             heartbeat_secs: 15,
             max_streams: 10,
+            max_streams_per_key: 5,
+            max_connections: 100,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_secs: 60,
             snapshot_minutes: 60,
             max_hour_range_days: 31,
             max_day_range_days: 400,
             report_runs_kept: 10,
+            report_runs_per_key: 2,
+            report_timeout_secs: 600,
         }
     }
 
@@ -232,6 +278,19 @@ mod tests {
         c.validate().unwrap();
         c.listen = "nowhere".into();
         assert_eq!(c.validate().unwrap_err().field, "api.listen");
+    }
+
+    #[test]
+    fn limits_that_would_cut_streams_or_be_unreachable_are_refused() {
+        let mut c = cfg();
+        c.idle_timeout_secs = 30; // heartbeats every 15 s
+        assert_eq!(c.validate().unwrap_err().field, "api.idle_timeout_secs");
+        let mut c = cfg();
+        c.max_streams_per_key = 11;
+        assert_eq!(c.validate().unwrap_err().field, "api.max_streams_per_key");
+        let mut c = cfg();
+        c.report_runs_per_key = 0;
+        assert_eq!(c.validate().unwrap_err().field, "api.report_runs_per_key");
     }
 
     #[test]

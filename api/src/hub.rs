@@ -24,6 +24,9 @@ use crate::auth::Scope;
 use crate::error::ApiError;
 use crate::metrics::ApiMetrics;
 
+/// What a refused stream is told to wait before it retries, seconds.
+const RETRY_AFTER_SECS: u64 = 5;
+
 /// A deltas-stream entry id (`<ms>-<seq>`), ordered.
 pub type EntryId = (u64, u64);
 
@@ -51,6 +54,7 @@ pub fn delta_frame(id: &str, delta: &Delta) -> Bytes {
 struct Sub {
     tx: mpsc::Sender<Frame>,
     kill: CancellationToken,
+    key: Arc<str>,
 }
 
 #[derive(Default)]
@@ -58,6 +62,20 @@ struct Subs {
     all: HashMap<u64, Sub>,
     by_client: HashMap<String, HashMap<u64, Sub>>,
     count: usize,
+    /// Streams open per API key.
+    per_key: HashMap<Arc<str>, usize>,
+}
+
+impl Subs {
+    fn forget(&mut self, sub: &Sub) {
+        self.count -= 1;
+        if let Some(n) = self.per_key.get_mut(&sub.key) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_key.remove(&sub.key);
+            }
+        }
+    }
 }
 
 /// The fan-out.
@@ -66,6 +84,7 @@ pub struct Hub {
     next: AtomicU64,
     queue: usize,
     max: usize,
+    max_per_key: usize,
     metrics: ApiMetrics,
 }
 
@@ -85,13 +104,15 @@ impl Drop for Subscription {
 }
 
 impl Hub {
-    /// A hub whose streams queue at most `queue` frames, at most `max` streams.
-    pub fn new(queue: usize, max: usize, metrics: ApiMetrics) -> Arc<Hub> {
+    /// A hub whose streams queue at most `queue` frames, at most `max`
+    /// streams in all and `max_per_key` per API key.
+    pub fn new(queue: usize, max: usize, max_per_key: usize, metrics: ApiMetrics) -> Arc<Hub> {
         Arc::new(Hub {
             subs: Mutex::new(Subs::default()),
             next: AtomicU64::new(1),
             queue,
             max,
+            max_per_key,
             metrics,
         })
     }
@@ -110,31 +131,47 @@ impl Hub {
         self.len() == 0
     }
 
-    /// Subscribes a stream of `scope`; `kill` is cancelled if it is dropped as slow.
+    /// Subscribes a stream of `scope` for the key `key_id`; `kill` is
+    /// cancelled if it is dropped as slow. A key holding `max_per_key`
+    /// streams gets a 429 (one key cannot take the server's streams from
+    /// the others); a full server a 503.
     pub fn subscribe(
         self: &Arc<Self>,
         scope: &Scope,
+        key_id: &str,
         kill: CancellationToken,
     ) -> Result<Subscription, ApiError> {
         let (tx, rx) = mpsc::channel(self.queue);
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let mut subs = self.lock();
-        if subs.count >= self.max {
-            return Err(ApiError::Unavailable(format!(
-                "this server holds its maximum of {} live streams; retry later",
-                self.max
-            )));
+        if subs.per_key.get(key_id).copied().unwrap_or(0) >= self.max_per_key {
+            return Err(ApiError::TooMany {
+                message: format!(
+                    "this key holds its maximum of {} live streams; close one first",
+                    self.max_per_key
+                ),
+                retry_after_secs: RETRY_AFTER_SECS,
+            });
         }
+        if subs.count >= self.max {
+            return Err(ApiError::Busy {
+                message: format!(
+                    "this server holds its maximum of {} live streams; retry later",
+                    self.max
+                ),
+                retry_after_secs: RETRY_AFTER_SECS,
+            });
+        }
+        let key: Arc<str> = Arc::from(key_id);
+        *subs.per_key.entry(key.clone()).or_default() += 1;
+        let sub = Sub { tx, kill, key };
         let client = match scope {
             Scope::All => {
-                subs.all.insert(id, Sub { tx, kill });
+                subs.all.insert(id, sub);
                 None
             }
             Scope::Client(c) => {
-                subs.by_client
-                    .entry(c.clone())
-                    .or_default()
-                    .insert(id, Sub { tx, kill });
+                subs.by_client.entry(c.clone()).or_default().insert(id, sub);
                 Some(c.clone())
             }
         };
@@ -151,11 +188,14 @@ impl Hub {
     fn remove(&self, id: u64, client: Option<&str>) {
         let mut subs = self.lock();
         let removed = match client {
-            None => subs.all.remove(&id).is_some(),
+            None => subs.all.remove(&id),
             Some(c) => {
                 let (removed, empty) = match subs.by_client.get_mut(c) {
-                    Some(m) => (m.remove(&id).is_some(), m.is_empty()),
-                    None => (false, false),
+                    Some(m) => {
+                        let r = m.remove(&id);
+                        (r, m.is_empty())
+                    }
+                    None => (None, false),
                 };
                 if empty {
                     subs.by_client.remove(c);
@@ -163,8 +203,8 @@ impl Hub {
                 removed
             }
         };
-        if removed {
-            subs.count -= 1;
+        if let Some(sub) = removed {
+            subs.forget(&sub);
             self.metrics.streams.set(subs.count as i64);
         }
     }
@@ -231,7 +271,7 @@ impl Hub {
             };
             if let Some(sub) = sub {
                 sub.kill.cancel();
-                subs.count -= 1;
+                subs.forget(&sub);
                 self.metrics.streams_dropped.inc();
             }
             if let Some(c) = client
@@ -362,7 +402,7 @@ mod tests {
 
     fn hub(queue: usize) -> Arc<Hub> {
         let m = ApiMetrics::new(&prometheus::Registry::new()).unwrap();
-        Hub::new(queue, 10, m)
+        Hub::new(queue, 10, 3, m)
     }
 
     fn delta() -> Delta {
@@ -379,9 +419,15 @@ mod tests {
     fn a_client_stream_sees_only_its_cells() {
         let h = hub(4);
         let mut acme = h
-            .subscribe(&Scope::Client("acme".into()), CancellationToken::new())
+            .subscribe(
+                &Scope::Client("acme".into()),
+                "k1",
+                CancellationToken::new(),
+            )
             .unwrap();
-        let mut all = h.subscribe(&Scope::All, CancellationToken::new()).unwrap();
+        let mut all = h
+            .subscribe(&Scope::All, "k2", CancellationToken::new())
+            .unwrap();
         h.publish("5-1", &delta());
         let f = acme.rx.try_recv().unwrap();
         let text = std::str::from_utf8(&f.bytes).unwrap();
@@ -399,7 +445,7 @@ mod tests {
     fn a_full_queue_drops_the_stream_and_cuts_it() {
         let h = hub(2);
         let kill = CancellationToken::new();
-        let sub = h.subscribe(&Scope::All, kill.clone()).unwrap();
+        let sub = h.subscribe(&Scope::All, "k1", kill.clone()).unwrap();
         h.publish("1-0", &delta());
         h.heartbeat();
         assert!(!kill.is_cancelled());
@@ -411,16 +457,27 @@ mod tests {
     }
 
     #[test]
-    fn the_stream_limit_is_enforced_and_ids_parse() {
+    fn the_stream_limits_are_enforced_and_ids_parse() {
         let h = hub(2);
-        let subs: Vec<_> = (0..10)
-            .map(|_| h.subscribe(&Scope::All, CancellationToken::new()).unwrap())
-            .collect();
-        assert!(matches!(
-            h.subscribe(&Scope::All, CancellationToken::new()),
-            Err(ApiError::Unavailable(_))
-        ));
-        drop(subs);
+        let sub = |key: &str| h.subscribe(&Scope::All, key, CancellationToken::new());
+        let mut mine: Vec<_> = (0..3).map(|_| sub("greedy").unwrap()).collect();
+        assert!(
+            matches!(sub("greedy"), Err(ApiError::TooMany { .. })),
+            "a fourth stream of one key"
+        );
+        let others: Vec<_> = (0..7).map(|i| sub(&format!("k{i}")).unwrap()).collect();
+        assert_eq!(h.len(), 10);
+        assert!(
+            matches!(sub("k-new"), Err(ApiError::Busy { .. })),
+            "server full"
+        );
+        drop(mine.pop());
+        assert!(
+            sub("greedy").is_ok(),
+            "a closed stream frees its key's slot"
+        );
+        drop(others);
+        drop(mine);
         assert_eq!(parse_id("1732-7"), Some((1732, 7)));
         assert_eq!(parse_id("nope"), None);
     }

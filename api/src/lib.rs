@@ -3,21 +3,29 @@
 //! metrics and the web dashboard.
 //!
 //! - [`config`]: the `[api]` section; [`auth`]: keys, roles, scopes;
+//! - [`state`]: what the handlers share; [`extract`]: our 400s for bad input;
 //! - [`counters`] (+ [`breaker`]): Redis reads, stale answers when it is down;
+//! - [`handlers`]: health, readiness, whoami, series, top;
 //! - [`hub`] and [`stream`]: the deltas fan-out and `GET /v1/stream`;
 //! - [`runs`]: reports through the API; [`web`]: the dashboard;
-//! - [`server`]: state, router, accept loop; [`openapi`]: `/openapi.json`.
+//! - [`server`]: router, security headers, accept loop; [`openapi`]: `/openapi.json`.
+//!
+//! Dependencies run one way: `server` → handlers, `runs`, `stream`,
+//! `openapi` → `state`, `extract`, `counters`, `auth`.
 
 pub mod auth;
 pub mod breaker;
 pub mod config;
 pub mod counters;
 pub mod error;
+pub mod extract;
+pub mod handlers;
 pub mod hub;
 pub mod metrics;
 pub mod openapi;
 pub mod runs;
 pub mod server;
+pub mod state;
 pub mod stream;
 pub mod web;
 

@@ -1,6 +1,7 @@
 //! The API's Prometheus series: requests by route and status with their
 //! in-server latency, counter reads by outcome (fresh, stale, failed), the
-//! breaker, live streams (open, dropped as slow, delta lag) and report runs.
+//! breaker, live streams (open, dropped as slow, delta lag), report runs,
+//! connections and per-key quota refusals.
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -28,6 +29,12 @@ pub struct ApiMetrics {
     pub delta_lag: Histogram,
     /// Report runs started through the API, by kind and outcome.
     pub report_runs: IntCounterVec,
+    /// Connections open now.
+    pub connections: IntGauge,
+    /// Connections answered 503 and closed because `max_connections` were open.
+    pub connections_refused: IntCounter,
+    /// Requests refused by a per-key quota (429), by what.
+    pub quota_refusals: IntCounterVec,
 }
 
 impl ApiMetrics {
@@ -84,8 +91,23 @@ impl ApiMetrics {
                 ),
                 &["kind", "outcome"],
             )?,
+            connections: IntGauge::new("notiflow_api_connections", "Open connections")?,
+            connections_refused: IntCounter::new(
+                "notiflow_api_connections_refused_total",
+                "Connections refused (503) at api.max_connections",
+            )?,
+            quota_refusals: IntCounterVec::new(
+                Opts::new(
+                    "notiflow_api_quota_refusals_total",
+                    "Requests refused with 429 by a per-key quota, by quota",
+                ),
+                &["quota"],
+            )?,
         };
         reg.register(Box::new(m.requests.clone()))?;
+        reg.register(Box::new(m.connections.clone()))?;
+        reg.register(Box::new(m.connections_refused.clone()))?;
+        reg.register(Box::new(m.quota_refusals.clone()))?;
         reg.register(Box::new(m.latency.clone()))?;
         reg.register(Box::new(m.counter_reads.clone()))?;
         reg.register(Box::new(m.breaker_open.clone()))?;

@@ -1,173 +1,36 @@
-//! The HTTP server: shared state, the router, request metrics, health, and
-//! the accept loop. The loop is ours (hyper directly, not `axum::serve`)
-//! for one reason: a live stream dropped as slow must have its connection
-//! cut even though it is blocked writing to a client that does not read,
-//! so every connection carries a [`ConnKill`] token its stream can fire.
+//! The HTTP server: the router, request ids, metrics and security headers
+//! on every answer, and the accept loop. The loop is ours (hyper directly,
+//! not `axum::serve`) because it bounds what a connection may cost: a live
+//! stream dropped as slow must have its connection cut even though it is
+//! blocked writing to a client that does not read (every connection carries
+//! a [`ConnKill`] token its stream can fire); a connection must send its
+//! headers within `header_read_timeout_ms` and is closed after
+//! `idle_timeout_secs` without a byte either way; past `max_connections`
+//! new connections are answered 503 and closed.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request, State};
-use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{Redirect, Response};
 use axum::routing::{get, post};
-use hyper_util::rt::TokioIo;
-use notiflow_schema::counters::Keys;
-use prometheus::{Encoder, Registry, TextEncoder};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
-use utoipa::ToSchema;
 
-use crate::auth::{Caller, KeyStore, Role};
-use crate::breaker::{Breaker, State as BreakerState};
-use crate::config::ApiConfig;
-use crate::counters::{Counters, Limits, Series, SeriesParams, Top, TopParams};
-use crate::error::ApiError;
-use crate::hub::Hub;
-use crate::metrics::ApiMetrics;
-use crate::runs::ReportRuns;
-use crate::{openapi, runs, stream, web};
-
-/// Everything the handlers share.
-pub struct App {
-    /// The `[api]` section.
-    pub cfg: ApiConfig,
-    /// Who may call.
-    pub keys: KeyStore,
-    /// Counter reads.
-    pub counters: Counters,
-    /// The live fan-out.
-    pub hub: Arc<Hub>,
-    /// Report runs started here, the ledger, downloads.
-    pub runs: ReportRuns,
-    /// Prometheus registry served at `/metrics`.
-    pub registry: Registry,
-    /// The API's own series.
-    pub metrics: ApiMetrics,
-}
-
-impl AsRef<KeyStore> for Arc<App> {
-    fn as_ref(&self) -> &KeyStore {
-        &self.keys
-    }
-}
-
-/// What the API needs from the rest of the config.
-pub struct Wiring {
-    /// Redis URL.
-    pub redis_url: String,
-    /// Redis key prefix.
-    pub key_prefix: String,
-    /// Minute buckets are kept this long (hours; `aggregator.minute_retention_hours`).
-    pub minute_retention_hours: u32,
-    /// Reports and the lake, for report runs and downloads.
-    pub reports: notiflow_reports::ReportsConfig,
-    /// The lake (catalog, warehouse).
-    pub lake: notiflow_lake::LakeConfig,
-    /// Where report runs started here record their durations (shared with
-    /// a scheduler in the same process).
-    pub report_metrics: notiflow_reports::Metrics,
-}
-
-impl App {
-    /// Builds the state; `registry` gets the API's series (and may hold others').
-    pub fn new(cfg: ApiConfig, w: Wiring, registry: Registry) -> Result<Arc<App>, StartError> {
-        let keys = KeyStore::new(&cfg.valid_keys()?);
-        let metrics = ApiMetrics::new(&registry)?;
-        let counters = Counters::new(
-            &w.redis_url,
-            Keys::new(w.key_prefix.clone()),
-            Duration::from_millis(cfg.counter_timeout_ms),
-            Breaker::new(
-                cfg.breaker_failures,
-                Duration::from_millis(cfg.breaker_cooldown_ms),
-            ),
-            cfg.stale_cache_entries,
-            Duration::from_millis(cfg.fresh_cache_ms),
-            Limits {
-                minute_retention: i64::from(w.minute_retention_hours) * 60,
-                max_hour_days: i64::from(cfg.max_hour_range_days),
-                max_day_days: i64::from(cfg.max_day_range_days),
-            },
-            metrics.clone(),
-        );
-        let hub = Hub::new(cfg.stream_queue, cfg.max_streams, metrics.clone());
-        let runs = ReportRuns::new(
-            w.reports,
-            w.lake,
-            cfg.report_runs_kept,
-            metrics.clone(),
-            w.report_metrics,
-        );
-        Ok(Arc::new(App {
-            cfg,
-            keys,
-            counters,
-            hub,
-            runs,
-            registry,
-            metrics,
-        }))
-    }
-}
-
-/// Why the API cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// A config field is wrong.
-    #[error(transparent)]
-    Config(#[from] crate::config::FieldError),
-    /// Metrics could not be registered.
-    #[error("metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
-}
-
-/// The connection-kill token of the request's connection.
-#[derive(Clone)]
-pub struct ConnKill(pub CancellationToken);
-
-/// `Query` whose rejection is our 400 JSON.
-pub struct ApiQuery<T>(pub T);
-
-impl<T, S> FromRequestParts<S> for ApiQuery<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| ApiQuery(q.0))
-            .map_err(|e| ApiError::bad(e.body_text()))
-    }
-}
-
-/// `Json` whose rejection is our 400 JSON.
-pub struct ApiJson<T>(pub T);
-
-impl<T, S> FromRequest<S> for ApiJson<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        axum::Json::<T>::from_request(req, state)
-            .await
-            .map(|j| ApiJson(j.0))
-            .map_err(|e| ApiError::bad(e.body_text()))
-    }
-}
+use crate::error::{ApiError, REQUEST_ID};
+pub use crate::state::{App, ConnKill, StartError, Wiring};
+use crate::{handlers, openapi, runs, stream, web};
 
 /// The router.
 pub fn router(app: Arc<App>) -> Router {
@@ -179,13 +42,12 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/dashboard/", get(web::index))
         .route("/dashboard/app.js", get(web::script))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
         .route("/openapi.json", get(openapi::document))
-        .route("/v1/whoami", get(whoami))
-        .route("/v1/clients/{client}/series", get(series))
-        .route("/v1/top", get(top))
+        .route("/v1/whoami", get(handlers::whoami))
+        .route("/v1/clients/{client}/series", get(handlers::series))
+        .route("/v1/top", get(handlers::top))
         .route("/v1/stream", get(stream::stream))
         .route("/v1/reports", post(runs::start).get(runs::list))
         .route("/v1/reports/{id}", get(runs::status))
@@ -196,18 +58,57 @@ pub fn router(app: Arc<App>) -> Router {
             get(runs::scheduled_download),
         )
         .fallback(|| async { ApiError::NotFound("no such endpoint; see /openapi.json".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(app.clone(), track))
         .with_state(app)
 }
 
+/// What the browser may do with our pages: scripts and styles from this
+/// origin only (the dashboard's page has inline styles, no inline script),
+/// no framing, no plugins.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+     connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; \
+     frame-ancestors 'none'";
+
+/// Request ids: unique within the process, told apart across pods by the pid.
+fn next_request_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    (u64::from(std::process::id()) << 32) | (NEXT.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff)
+}
+
+/// Every request: a request id (in the task for error logs, and in the
+/// `x-request-id` answer header), a span, metrics by route, and the
+/// security headers; data and downloads are never cached.
 async fn track(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let data = req.uri().path().starts_with("/v1/");
+    let id = next_request_id();
     let t0 = Instant::now();
-    let span = tracing::info_span!("http.request", method = %req.method(), route = %route);
-    let resp = tracing::Instrument::instrument(next.run(req), span).await;
+    let span = tracing::info_span!("http.request", method = %req.method(), route = %route, request_id = id);
+    let mut resp = REQUEST_ID
+        .scope(id, tracing::Instrument::instrument(next.run(req), span))
+        .await;
+    let h = resp.headers_mut();
+    h.insert("x-request-id", HeaderValue::from(id));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    if data {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     app.metrics
         .latency
         .with_label_values(&[&route])
@@ -224,6 +125,12 @@ const WRITE_BUFFER: usize = 64 * 1024;
 
 /// Serves `app` on `listener` until `shutdown`.
 pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) {
+    let limits = ConnLimits {
+        slots: Arc::new(Semaphore::new(app.cfg.max_connections)),
+        header_read: Duration::from_millis(app.cfg.header_read_timeout_ms),
+        idle: Duration::from_secs(app.cfg.idle_timeout_secs),
+    };
+    let metrics = app.metrics.clone();
     let router = router(app);
     loop {
         let (tcp, _peer) = tokio::select! {
@@ -238,6 +145,11 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: CancellationT
             },
             _ = shutdown.cancelled() => return,
         };
+        let Ok(slot) = limits.slots.clone().try_acquire_owned() else {
+            metrics.connections_refused.inc();
+            tokio::spawn(refuse(tcp));
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let kill = shutdown.child_token();
         let router = router.clone();
@@ -248,19 +160,149 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: CancellationT
                 let mut router = router.clone();
                 async move { router.call(req.map(Body::new)).await }
             });
+        let (header_read, idle) = (limits.header_read, limits.idle);
+        let open = metrics.connections.clone();
         tokio::spawn(async move {
+            open.inc();
+            let activity = Activity::new();
+            let io = Watched {
+                inner: tcp,
+                activity: activity.clone(),
+            };
             // Hyper queues at most WRITE_BUFFER bytes of a response before it
             // stops pulling frames, so a stalled client costs that, its queue
             // of frames and its socket buffers, and then it is dropped.
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read)
                 .keep_alive(true)
                 .max_buf_size(WRITE_BUFFER)
-                .serve_connection(TokioIo::new(tcp), svc);
+                .serve_connection(TokioIo::new(io), svc);
             tokio::select! {
                 _ = conn => {}
                 _ = kill.cancelled() => {}
+                _ = activity.idle_for(idle) => {
+                    tracing::debug!("closing a connection idle for {idle:?}");
+                }
             }
+            open.dec();
+            drop(slot);
         });
+    }
+}
+
+/// What one connection may cost.
+struct ConnLimits {
+    slots: Arc<Semaphore>,
+    header_read: Duration,
+    idle: Duration,
+}
+
+/// Answers a connection past the cap with a 503 and closes it (a refusal
+/// the caller can read, rather than a hang in the accept queue).
+async fn refuse(mut tcp: TcpStream) {
+    const BODY: &str = r#"{"error":"unavailable","message":"this server holds its maximum of connections; retry shortly"}"#;
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         retry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let write = async {
+        tcp.write_all(answer.as_bytes()).await?;
+        tcp.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+}
+
+/// When a connection last moved a byte, either way.
+#[derive(Clone)]
+struct Activity {
+    base: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            base: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing moved for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let last = self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let quiet = last.elapsed();
+            if quiet >= limit {
+                return;
+            }
+            tokio::time::sleep(limit - quiet).await;
+        }
+    }
+}
+
+/// A socket that records its [`Activity`].
+struct Watched {
+    inner: TcpStream,
+    activity: Activity,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -279,141 +321,136 @@ pub fn bind(listen: &str) -> std::io::Result<TcpListener> {
     sock.listen(8192)
 }
 
-/// A JSON answer from a borrowed value (shared answers are not cloned).
-fn json<T: Serialize>(v: &T) -> Response {
-    match serde_json::to_vec(v) {
-        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(e) => ApiError::Internal(format!("encoding JSON: {e}")).into_response(),
+#[cfg(test)]
+mod tests {
+    use axum::http::{Request, StatusCode};
+    use prometheus::Registry;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::auth::{Role, key_hash};
+    use crate::config::{ApiConfig, KeyConfig};
+
+    const KEY: &str = "router-test-key";
+
+    /// The app over a Redis that is not there (port 1): routes that do not
+    /// read counters answer as in production; counter reads fail.
+    fn app() -> Arc<App> {
+        let cfg = ApiConfig {
+            listen: "127.0.0.1:0".into(),
+            keys: vec![KeyConfig {
+                name: "admin".into(),
+                sha256: key_hash(KEY),
+                role: Role::Admin,
+                client: None,
+                pii: false,
+            }],
+            keys_file: String::new(),
+            counter_timeout_ms: 200,
+            breaker_failures: 3,
+            breaker_cooldown_ms: 1000,
+            stale_cache_mib: 1,
+            stale_cache_ttl_secs: 60,
+            fresh_cache_ms: 0,
+            stream_queue: 4,
+            heartbeat_secs: 1,
+            max_streams: 10,
+            max_streams_per_key: 2,
+            max_connections: 10,
+            header_read_timeout_ms: 1000,
+            idle_timeout_secs: 5,
+            snapshot_minutes: 60,
+            max_hour_range_days: 31,
+            max_day_range_days: 400,
+            report_runs_kept: 10,
+            report_runs_per_key: 2,
+            report_timeout_secs: 60,
+        };
+        let reg = Registry::new();
+        let wiring = Wiring {
+            redis_url: "redis://127.0.0.1:1/".into(),
+            key_prefix: "t".into(),
+            minute_retention_hours: 48,
+            reports: notiflow_reports::ReportsConfig::default(),
+            lake: notiflow_lake::LakeConfig::default(),
+            report_metrics: notiflow_reports::Metrics::new(&reg).unwrap(),
+        };
+        App::new(cfg, wiring, reg).unwrap()
     }
-}
 
-/// Liveness.
-#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "The process is up", body = String)))]
-pub async fn healthz() -> &'static str {
-    "ok"
-}
-
-/// Readiness report.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Ready {
-    /// Whether Redis answers now.
-    pub redis: bool,
-    /// `closed`, `open` or `half_open`.
-    pub breaker: String,
-    /// Live streams open.
-    pub streams: usize,
-}
-
-/// Readiness: Redis answers (counters can be fresh).
-#[utoipa::path(get, path = "/readyz", tag = "ops", responses(
-    (status = 200, description = "Ready", body = Ready),
-    (status = 503, description = "Redis does not answer", body = Ready)
-))]
-pub async fn readyz(State(app): State<Arc<App>>) -> Response {
-    let redis = app.counters.ping().await;
-    let breaker = match app.counters.breaker_state() {
-        BreakerState::Closed => "closed",
-        BreakerState::Open => "open",
-        BreakerState::HalfOpen => "half_open",
-    };
-    let body = Ready {
-        redis,
-        breaker: breaker.into(),
-        streams: app.hub.len(),
-    };
-    let code = if redis {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, axum::Json(body)).into_response()
-}
-
-/// Prometheus exposition of every series in this process.
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
-pub async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let mut body = Vec::new();
-    let enc = TextEncoder::new();
-    if let Err(e) = enc.encode(&app.registry.gather(), &mut body) {
-        return ApiError::Internal(format!("encoding metrics: {e}")).into_response();
+    async fn call(method: &str, uri: &str, auth: Option<&str>) -> (Response, serde_json::Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let resp = router(app())
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = resp.into_parts();
+        let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (Response::from_parts(parts, Body::empty()), json)
     }
-    (
-        [(header::CONTENT_TYPE, enc.format_type().to_string())],
-        body,
-    )
-        .into_response()
-}
 
-/// The caller as the API sees it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WhoAmI {
-    /// Key holder.
-    pub name: String,
-    /// Role.
-    pub role: Role,
-    /// The viewer's client.
-    pub client: Option<String>,
-    /// May see recipients unmasked.
-    pub pii: bool,
-}
+    #[tokio::test]
+    async fn metrics_are_not_on_the_public_port_and_errors_are_json() {
+        let bearer = format!("Bearer {KEY}");
+        for (method, uri, status) in [
+            ("GET", "/metrics", StatusCode::NOT_FOUND),
+            ("DELETE", "/v1/top", StatusCode::METHOD_NOT_ALLOWED),
+            ("PUT", "/v1/reports", StatusCode::METHOD_NOT_ALLOWED),
+            ("GET", "/v1/reports/%FF%FE", StatusCode::BAD_REQUEST),
+        ] {
+            let (resp, json) = call(method, uri, Some(&bearer)).await;
+            assert_eq!(resp.status(), status, "{method} {uri}");
+            assert!(json["message"].is_string(), "{method} {uri}: {json}");
+        }
+    }
 
-/// Who the key belongs to (the dashboard's login check).
-#[utoipa::path(get, path = "/v1/whoami", tag = "auth",
-    responses((status = 200, body = WhoAmI), (status = 401, body = crate::error::ErrorBody)),
-    security(("api_key" = [])))]
-pub async fn whoami(Caller(who): Caller) -> axum::Json<WhoAmI> {
-    axum::Json(WhoAmI {
-        name: who.name.clone(),
-        role: who.role,
-        client: who.client.clone(),
-        pii: who.pii,
-    })
-}
+    #[tokio::test]
+    async fn every_answer_carries_the_security_headers() {
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            let (resp, json) = call("GET", "/v1/whoami", Some(&format!("{scheme} {KEY}"))).await;
+            assert_eq!(resp.status(), StatusCode::OK, "{scheme}: {json}");
+            let h = resp.headers();
+            assert_eq!(h["x-content-type-options"], "nosniff");
+            assert_eq!(h["cache-control"], "no-store");
+            assert_eq!(h["x-frame-options"], "DENY");
+            let csp = h["content-security-policy"].to_str().unwrap();
+            assert!(csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"));
+            assert!(h.contains_key("x-request-id"));
+        }
+        let (resp, _) = call("GET", "/dashboard/", None).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(resp.headers().contains_key("content-security-policy"));
+        // The page may be stored (revalidated: `no-cache`), unlike the
+        // data answers (`no-store`).
+        assert_eq!(
+            resp.headers()[header::CACHE_CONTROL],
+            "no-cache",
+            "the page itself may be cached"
+        );
+    }
 
-/// One client's counters per minute, hour or day.
-#[utoipa::path(get, path = "/v1/clients/{client}/series", tag = "counters",
-    params(("client" = String, Path, description = "Client id"), SeriesParams),
-    responses(
-        (status = 200, description = "The series; `stale` is true when Redis was unavailable and these are the last known values", body = Series),
-        (status = 400, description = "Bad range or parameter, unknown client", body = crate::error::ErrorBody),
-        (status = 401, body = crate::error::ErrorBody),
-        (status = 403, description = "Another client's counters", body = crate::error::ErrorBody),
-        (status = 503, description = "Redis unavailable and no last known answer", body = crate::error::ErrorBody)
-    ),
-    security(("api_key" = [])))]
-pub async fn series(
-    State(app): State<Arc<App>>,
-    Caller(who): Caller,
-    axum::extract::Path(client): axum::extract::Path<String>,
-    ApiQuery(p): ApiQuery<SeriesParams>,
-) -> Result<Response, ApiError> {
-    let client = who.client(Some(&client))?;
-    notiflow_reports::detail::check_client(&client)?;
-    // A viewer's own client is known even before its first event.
-    let check_known = who.role != Role::Viewer;
-    let now = chrono::Utc::now().timestamp_micros();
-    Ok(json(
-        &*app.counters.series(&client, &p, check_known, now).await?,
-    ))
-}
-
-/// The busiest clients of a minute (finance and admin).
-#[utoipa::path(get, path = "/v1/top", tag = "counters",
-    params(TopParams),
-    responses(
-        (status = 200, body = Top),
-        (status = 400, body = crate::error::ErrorBody),
-        (status = 401, body = crate::error::ErrorBody),
-        (status = 403, description = "Viewers see only their own client", body = crate::error::ErrorBody),
-        (status = 503, body = crate::error::ErrorBody)
-    ),
-    security(("api_key" = [])))]
-pub async fn top(
-    State(app): State<Arc<App>>,
-    Caller(who): Caller,
-    ApiQuery(p): ApiQuery<TopParams>,
-) -> Result<Response, ApiError> {
-    who.require(&[Role::Finance, Role::Admin], "the top clients list")?;
-    let now = chrono::Utc::now().timestamp_micros();
-    Ok(json(&*app.counters.top(&p, now).await?))
+    /// A 503 names neither Redis' address nor its error; it gives the
+    /// request id that the log line carries.
+    #[tokio::test]
+    async fn a_dependency_failure_is_answered_without_its_detail() {
+        let (resp, json) = call(
+            "GET",
+            "/v1/clients/acme/series",
+            Some(&format!("Bearer {KEY}")),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{json}");
+        let msg = json["message"].as_str().unwrap();
+        assert!(
+            !msg.contains("127.0.0.1") && !msg.to_lowercase().contains("redis"),
+            "{msg}"
+        );
+        let id = resp.headers()["x-request-id"].to_str().unwrap();
+        assert!(msg.contains(&format!("request id {id}")), "{msg}");
+        assert!(resp.headers().contains_key(header::RETRY_AFTER));
+    }
 }

@@ -24,11 +24,9 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::{Caller, Scope};
 use crate::counters::{Series, Top};
 use crate::error::ApiError;
+use crate::extract::ApiQuery;
 use crate::hub::{EntryId, Frame, delta_frame, parse_id};
-use crate::server::{ApiQuery, App, ConnKill};
-
-/// Most deltas replayed on a reconnect; further behind starts over.
-const MAX_REPLAY: usize = 2000;
+use crate::state::{App, ConnKill};
 
 /// Query of a stream.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
@@ -72,9 +70,10 @@ fn visible(scope: &Scope, mut d: Delta) -> Option<Delta> {
         (status = 400, description = "Bad parameter", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or unknown key", body = crate::error::ErrorBody),
         (status = 403, description = "Another client's stream", body = crate::error::ErrorBody),
-        (status = 503, description = "Redis unavailable or too many streams", body = crate::error::ErrorBody)
+        (status = 429, description = "This key holds its maximum of live streams (`Retry-After`)", body = crate::error::ErrorBody),
+        (status = 503, description = "Redis unavailable or this server is full (`Retry-After`)", body = crate::error::ErrorBody)
     ),
-    security(("api_key" = []))
+    security(("api_key" = []), ("api_key_header" = []))
 )]
 pub async fn stream(
     State(app): State<Arc<App>>,
@@ -92,23 +91,19 @@ pub async fn stream(
         Some(v) => Some(
             v.to_str()
                 .ok()
-                .and_then(|s| parse_id(s).map(|id| (s.to_string(), id)))
+                .and_then(parse_id)
                 .ok_or_else(|| ApiError::bad("Last-Event-ID is not an event id of this stream"))?,
         ),
     };
     let kill = conn.map_or_else(CancellationToken::new, |k| k.0.0.clone());
     // Subscribe before reading Redis, so nothing applied meanwhile is missed.
-    let sub = app.hub.subscribe(&scope, kill)?;
+    let sub = app.hub.subscribe(&scope, &who.key_id, kill)?;
     let now = chrono::Utc::now().timestamp_micros();
     let mut first: Vec<Bytes> = vec![Bytes::from_static(b"retry: 2000\n\n")];
     let mut floor: EntryId = (0, 0);
     // Resume after Last-Event-ID when Redis still holds everything after it.
-    let replay = match &resume {
-        Some((text, id)) => app
-            .counters
-            .replay(text, MAX_REPLAY)
-            .await?
-            .map(|entries| (*id, entries)),
+    let replay = match resume {
+        Some(id) => app.counters.replay(id).await?.map(|entries| (id, entries)),
         None => None,
     };
     let resumed = replay.is_some();
@@ -139,7 +134,8 @@ pub async fn stream(
             series: snap.series,
             top: snap.top,
         };
-        let json = serde_json::to_string(&data).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let json = serde_json::to_string(&data)
+            .map_err(|e| ApiError::Internal(format!("encoding the snapshot: {e}")))?;
         first.push(Bytes::from(format!(
             "id: {id}\nevent: snapshot\ndata: {json}\n\n"
         )));

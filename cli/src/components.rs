@@ -122,8 +122,8 @@ pub struct Api {
 }
 
 impl Api {
-    /// Builds the API over `prom` (it serves that registry on its own
-    /// `/metrics`) and binds `api.listen`.
+    /// Builds the API, its series in `prom` (served on `metrics.listen` by
+    /// the caller), and binds `api.listen`.
     pub fn bind(
         cfg: &Config,
         prom: Registry,

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! One Prometheus registry holds every component's series; it is served on
-//! `metrics.listen` and on the API's `/metrics`. Ctrl-C (or SIGTERM) stops
+//! `metrics.listen` (not on the API's public port). Ctrl-C (or SIGTERM) stops
 //! the generator, lets each consumer finish and commit the batch in hand,
 //! closes the live streams, and returns once every task has ended, so the
 //! process leaves nothing running behind it.
@@ -142,9 +142,8 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> anyhow::Result
     println!(
         "  try: curl -H 'Authorization: Bearer {key}' http://{api_addr}/v1/top ; OpenAPI: http://{api_addr}/openapi.json"
     );
-    match metrics_addr {
-        Some(a) => println!("metrics: http://{a}/metrics and http://{api_addr}/metrics"),
-        None => println!("metrics: http://{api_addr}/metrics"),
+    if let Some(a) = metrics_addr {
+        println!("metrics: http://{a}/metrics");
     }
 
     let mut tick = tokio::time::interval(Duration::from_secs(5));

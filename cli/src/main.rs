@@ -313,15 +313,19 @@ async fn dispatch(command: Command, mut cfg: Config) -> anyhow::Result<()> {
         Command::Run {
             component: Component::Api,
         } => {
-            // The API serves its registry on its own port's `/metrics`.
+            // Its series are on `metrics.listen`, like every component's,
+            // never on the public port.
+            let shutdown = shutdown_token();
             let prom = metrics::registry()?;
             let m = notiflow_reports::Metrics::new(&prom)?;
-            let api = components::Api::bind(&cfg, prom, m)?;
+            let api = components::Api::bind(&cfg, prom.clone(), m)?;
+            let metrics_addr = metrics::serve(&cfg.metrics.listen, prom, shutdown.clone()).await?;
             let addr = api.addr;
             println!(
-                "notiflow API on http://{addr}/ (dashboard: http://{addr}/dashboard/, OpenAPI: http://{addr}/openapi.json, metrics: http://{addr}/metrics)"
+                "notiflow API on http://{addr}/ (dashboard: http://{addr}/dashboard/, OpenAPI: http://{addr}/openapi.json{})",
+                metrics_addr.map_or_else(String::new, |a| format!(", metrics: http://{a}/metrics"))
             );
-            api.serve(shutdown_token()).await;
+            api.serve(shutdown).await;
             Ok(())
         }
         Command::ApiKey {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ReportError;
 
 /// Which engine runs a report.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EngineKind {
@@ -56,6 +57,7 @@ pub enum DuckS3Input {
 }
 
 /// Output file format.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
@@ -197,6 +199,11 @@ pub struct ReportsConfig {
     pub threads: usize,
     /// Largest detail range, days.
     pub max_detail_days: u32,
+    /// The key of the pseudonyms that replace `message_id` in masked detail
+    /// exports (real `wamid.…` ids encode the recipient's number). Keep it
+    /// secret and stable: the same id gets the same pseudonym in every
+    /// export, so rows of one message still group. Empty: an unkeyed hash.
+    pub pseudonym_secret: String,
     /// Scheduler settings.
     pub scheduler: SchedulerConfig,
     /// Scheduled jobs.
@@ -218,6 +225,7 @@ impl Default for ReportsConfig {
             billing_memory_limit_mib: 3072,
             threads: 0,
             max_detail_days: 31,
+            pseudonym_secret: String::new(),
             scheduler: SchedulerConfig::default(),
             jobs: Vec::new(),
         }

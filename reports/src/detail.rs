@@ -127,6 +127,21 @@ pub fn mask(recipient: &str) -> String {
     s
 }
 
+/// What a masked export shows instead of a `message_id`: `m_` and 24 hex
+/// digits of sha256 over a domain tag, `secret` and the id. Real WhatsApp
+/// ids (`wamid.…`) base64-encode the recipient's number, so the id itself
+/// would unmask the export; the pseudonym is the same for the same id (rows
+/// of one message still group) and cannot be turned back without `secret`.
+pub fn pseudonym(secret: &str, message_id: &str) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"notiflow message_id v1\0");
+    h.update((secret.len() as u64).to_be_bytes());
+    h.update(secret.as_bytes());
+    h.update(message_id.as_bytes());
+    format!("m_{}", hex::encode(&h.finalize()[..12]))
+}
+
 fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))
 }
@@ -157,9 +172,10 @@ pub fn columns() -> Vec<String> {
 }
 
 /// An engine's batch in the report's shape: columns cast to the canonical
-/// types (engines differ in time-zone names and string views) and the
-/// recipient masked unless `pii`.
-pub fn shape(batch: &RecordBatch, pii: bool) -> Result<RecordBatch, ReportError> {
+/// types (engines differ in time-zone names and string views); unless
+/// `pii`, the recipient masked and the message id replaced by its
+/// [`pseudonym`] under `secret`.
+pub fn shape(batch: &RecordBatch, pii: bool, secret: &str) -> Result<RecordBatch, ReportError> {
     let schema = schema();
     let mut cols = Vec::with_capacity(schema.fields().len());
     for (i, f) in schema.fields().iter().enumerate() {
@@ -179,6 +195,16 @@ pub fn shape(batch: &RecordBatch, pii: bool) -> Result<RecordBatch, ReportError>
                 b.append_option(v.map(mask));
             }
             cols.push(Arc::new(b.finish()) as _);
+        } else if f.name() == "message_id" && !pii {
+            let s = col
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| ReportError::Other("message_id is not a string column".into()))?;
+            let mut b = StringBuilder::with_capacity(s.len(), s.len() * 26);
+            for v in s.iter() {
+                b.append_option(v.map(|id| pseudonym(secret, id)));
+            }
+            cols.push(Arc::new(b.finish()) as _);
         } else {
             cols.push(col);
         }
@@ -189,6 +215,52 @@ pub fn shape(batch: &RecordBatch, pii: bool) -> Result<RecordBatch, ReportError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_id_becomes_a_stable_keyed_pseudonym() {
+        // A real-looking wamid: base64 of the recipient's number and a
+        // message part.
+        let wamid = "wamid.HBgNNTUxMTk4NzY1NDMyMRUCABIYFjNFQjBDNkE1RjA5QTBDMEI4NzhEAA==";
+        let p = pseudonym("k1", wamid);
+        assert!(p.starts_with("m_") && p.len() == 26, "{p}");
+        assert_eq!(p, pseudonym("k1", wamid), "stable");
+        assert_ne!(p, pseudonym("k2", wamid), "keyed");
+        assert_ne!(p, pseudonym("k1", "wamid.other"));
+        assert!(!p.contains("NTUx"), "nothing of the id survives");
+        // The masked batch carries the pseudonym, the pii batch the id.
+        let mut cols: Vec<arrow::array::ArrayRef> = Vec::new();
+        for f in schema().fields() {
+            let a: arrow::array::ArrayRef = match f.data_type() {
+                DataType::Utf8 => Arc::new(StringArray::from(vec![match f.name().as_str() {
+                    "message_id" => wamid,
+                    "recipient" => "+5511987654321",
+                    _ => "x",
+                }])),
+                DataType::Boolean => Arc::new(arrow::array::BooleanArray::from(vec![true])),
+                DataType::Int64 => Arc::new(arrow::array::Int64Array::from(vec![1])),
+                DataType::Int32 => Arc::new(arrow::array::Int32Array::from(vec![1])),
+                _ => Arc::new(
+                    arrow::array::TimestampMicrosecondArray::from(vec![1]).with_timezone("+00:00"),
+                ),
+            };
+            cols.push(a);
+        }
+        let batch = RecordBatch::try_new(schema(), cols).unwrap();
+        let text = |b: &RecordBatch, col: &str| {
+            let i = schema().index_of(col).unwrap();
+            b.column(i)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .value(0)
+                .to_string()
+        };
+        let masked = shape(&batch, false, "k1").unwrap();
+        assert_eq!(text(&masked, "message_id"), p);
+        assert_eq!(text(&masked, "recipient"), "+5511*****4321");
+        let open = shape(&batch, true, "k1").unwrap();
+        assert_eq!(text(&open, "message_id"), wamid);
+    }
 
     #[test]
     fn masking_keeps_the_area_and_the_last_four() {

@@ -13,6 +13,7 @@ use crate::error::ReportError;
 use crate::output::Manifest;
 
 /// A run's state.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {

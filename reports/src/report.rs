@@ -372,7 +372,7 @@ impl Reports {
             loop {
                 let done = match next.take() {
                     Some(b) => {
-                        chunks.push_batch(detail::shape(&b, q.pii)?)?;
+                        chunks.push_batch(detail::shape(&b, q.pii, &self.cfg.pseudonym_secret)?)?;
                         false
                     }
                     None => {

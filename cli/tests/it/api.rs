@@ -90,9 +90,17 @@ pub(crate) fn append(config: &Path, text: &str) {
 
 /// Starts `notiflow run api` (log in `<dir>/api.log`) and waits for `/healthz`.
 pub(crate) fn start_api(setup: &Setup, addr: &str) -> Proc {
+    start_api_with_metrics(setup, addr, "")
+}
+
+/// Like `start_api`, its `/metrics` on `metrics` (empty: none).
+pub(crate) fn start_api_with_metrics(setup: &Setup, addr: &str, metrics: &str) -> Proc {
     let log = std::fs::File::create(setup.dir.path().join("api.log")).unwrap();
     let mut c = setup.command();
-    c.args(["run", "api"]).stdout(Stdio::null()).stderr(log);
+    c.args(["run", "api"])
+        .env("NOTIFLOW__METRICS__LISTEN", metrics)
+        .stdout(Stdio::null())
+        .stderr(log);
     let mut p = Proc(c.spawn().unwrap());
     let give_up = Instant::now() + Duration::from_secs(60);
     loop {
@@ -246,6 +254,7 @@ fn metric(addr: &str, name: &str) -> f64 {
 fn live_counters_stream_reports_and_tenancy_end_to_end() {
     let setup = Setup::new("api", redis_url());
     let addr = format!("127.0.0.1:{}", free_port());
+    let maddr = format!("127.0.0.1:{}", free_port());
     append(&setup.config, &api_section(setup.dir.path(), &addr, ""));
     let _agg = setup.aggregator(0, &[]);
     let lake_log = std::fs::File::create(setup.dir.path().join("lake.log")).unwrap();
@@ -258,7 +267,7 @@ fn live_counters_stream_reports_and_tenancy_end_to_end() {
             .spawn()
             .unwrap(),
     );
-    let _api = start_api(&setup, &addr);
+    let _api = start_api_with_metrics(&setup, &addr, &maddr);
 
     // Before any event: the viewer's own client answers zeros; an admin
     // asking for a client never counted gets 400.
@@ -344,7 +353,7 @@ fn live_counters_stream_reports_and_tenancy_end_to_end() {
     // socket, so a filler client's deltas make sure the queue overflows.
     filler_deltas(&setup, 40, 2000);
     let give_up = Instant::now() + Duration::from_secs(30);
-    while metric(&addr, "notiflow_api_streams_dropped_total") < 1.0 {
+    while metric(&maddr, "notiflow_api_streams_dropped_total") < 1.0 {
         assert!(Instant::now() < give_up, "no stream dropped");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -367,7 +376,7 @@ fn live_counters_stream_reports_and_tenancy_end_to_end() {
     }
     eprintln!("the slow stream ended after {total} bytes");
     assert!(
-        metric(&addr, "notiflow_api_streams_dropped_total") >= 1.0,
+        metric(&maddr, "notiflow_api_streams_dropped_total") >= 1.0,
         "no stream dropped"
     );
     assert!(
@@ -479,7 +488,6 @@ fn auth_matrix_and_bad_input(addr: &str) {
     for path in [
         "/healthz",
         "/readyz",
-        "/metrics",
         "/openapi.json",
         "/dashboard/",
         "/dashboard/app.js",
@@ -735,10 +743,13 @@ fn reports_through_the_api(addr: &str, truth: &GroundTruth) {
     assert!(!r.text().contains("*****"));
 }
 
-/// A TCP proxy to Redis that the test can cut and restore.
+/// A TCP proxy to Redis that the test can cut (new connections refused in
+/// effect), stall (new connections accepted and held, nothing forwarded:
+/// reads hang) and restore.
 struct Switch {
     addr: String,
     up: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
 }
 
@@ -747,13 +758,17 @@ impl Switch {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let up = Arc::new(AtomicBool::new(true));
+        let stalled = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (u, c) = (up.clone(), conns.clone());
+        let (u, st, c) = (up.clone(), stalled.clone(), conns.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
                 if !u.load(Ordering::SeqCst) {
-                    continue; // dropped: refused in effect
+                    if st.load(Ordering::SeqCst) {
+                        c.lock().unwrap().push(client); // held open, silent
+                    }
+                    continue; // else dropped: refused in effect
                 }
                 let Ok(server) = TcpStream::connect(&target) else {
                     continue;
@@ -771,7 +786,12 @@ impl Switch {
                 }
             }
         });
-        Switch { addr, up, conns }
+        Switch {
+            addr,
+            up,
+            stalled,
+            conns,
+        }
     }
 
     fn cut(&self) {
@@ -781,8 +801,17 @@ impl Switch {
         }
     }
 
+    fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+        self.cut();
+    }
+
     fn restore(&self) {
+        self.stalled.store(false, Ordering::SeqCst);
         self.up.store(true, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
     }
 }
 
@@ -813,13 +842,14 @@ fn redis_outage_answers_stale_then_recovers() {
             .trim_end_matches('/')
             .to_string(),
     );
+    let maddr = format!("127.0.0.1:{}", free_port());
     let setup = Setup::new("api-stale", format!("redis://{}", switch.addr));
     let addr = format!("127.0.0.1:{}", free_port());
     append(
         &setup.config,
         &api_section(setup.dir.path(), &addr, "fresh_cache_ms = 0"),
     );
-    let _api = start_api(&setup, &addr);
+    let _api = start_api_with_metrics(&setup, &addr, &maddr);
     let now_m = minute_of(chrono::Utc::now().timestamp_micros());
     seed_counts(&setup, CLIENT, now_m - 5, 7);
     let path = format!("/v1/clients/{CLIENT}/series");
@@ -842,13 +872,46 @@ fn redis_outage_answers_stale_then_recovers() {
         let v = r.json();
         assert_eq!((v["stale"].as_bool(), total(&v)), (Some(true), 7), "{v}");
     }
-    assert!(metric(&addr, "notiflow_api_counter_reads_total{outcome=\"stale\"}") >= 5.0);
-    assert_eq!(get(&addr, "/readyz", None).status, 503);
+    assert!(
+        metric(
+            &maddr,
+            "notiflow_api_counter_reads_total{outcome=\"stale\"}"
+        ) >= 5.0
+    );
+    // Degraded, not out of service: every pod shares this Redis, and stale
+    // answers are what the pods are for meanwhile.
+    let ready = get(&addr, "/readyz", None);
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(ready.json()["redis"], false);
+    assert_eq!(ready.json()["degraded"], true);
     // Never asked before: nothing to answer from.
     assert_eq!(
         get(&addr, &format!("{path}?step=hour"), Some(ADMIN)).status,
         503
     );
+
+    // Redis hangs instead of refusing; the breaker opens, and after its
+    // cooldown the probe read is sent by a caller who hangs up mid-read.
+    // That probe used to stay "in flight" forever: every later read was
+    // refused by the breaker, for every tenant, until a restart.
+    switch.restore();
+    switch.stall();
+    for _ in 0..3 {
+        let r = get(&addr, &path, Some(ADMIN));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    std::thread::sleep(Duration::from_millis(700)); // breaker_cooldown_ms = 500
+    {
+        use std::io::Write;
+        let mut impatient = TcpStream::connect(&addr).unwrap();
+        write!(
+            impatient,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\n\r\n"
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(80)); // counter_timeout_ms = 300
+    } // hung up mid-probe
+    std::thread::sleep(Duration::from_millis(400));
 
     seed_counts(&setup, CLIENT, now_m - 5, 3); // written while the API cannot see it
     switch.restore();
@@ -875,25 +938,226 @@ fn the_running_server_conforms_to_its_openapi_document() {
     seed_counts(&setup, CLIENT, now_m - 1, 5);
     let doc = get(&addr, "/openapi.json", None).json();
     assert!(doc["paths"]["/v1/stream"].is_object());
-    let out = std::process::Command::new("python3")
-        .args(["-m", "schemathesis.cli", "run"])
-        .arg(format!("http://{addr}/openapi.json"))
-        .args(["--header", &format!("Authorization: Bearer {ADMIN}")])
-        .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"])
-        .args(["--exclude-path", "/v1/stream", "--max-examples", "30", "--workers", "2"])
-        .args(["--request-timeout", "20"])
-        .current_dir(setup.dir.path()) // its cache folder goes there
-        .output()
-        .expect("schemathesis (infra/up.sh installs it)");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    eprintln!("{text}");
-    assert!(
-        out.status.success(),
-        "schemathesis found problems:\n{text}\napi log:\n{}",
-        api_log(&setup)
+    // As the admin, and as a viewer (whose answers are mostly 403s and
+    // 404s: documented too).
+    for key in [ADMIN, VIEWER] {
+        let out = std::process::Command::new("python3")
+            .args(["-m", "schemathesis.cli", "run"])
+            .arg(format!("http://{addr}/openapi.json"))
+            .args(["--header", &format!("Authorization: Bearer {key}")])
+            .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"])
+            .args(["--exclude-path", "/v1/stream", "--max-examples", "30", "--workers", "2"])
+            .args(["--request-timeout", "20"])
+            .current_dir(setup.dir.path()) // its cache folder goes there
+            .output()
+            .expect("schemathesis (infra/up.sh installs it)");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        eprintln!("{text}");
+        assert!(
+            out.status.success(),
+            "schemathesis found problems with key {key}:\n{text}\napi log:\n{}",
+            api_log(&setup)
+        );
+        // It really ran: every documented operation but the stream was tested.
+        assert!(text.contains("Tested: 11"), "{text}");
+        assert!(text.contains(" passed"), "{text}");
+    }
+}
+
+/// Reads from `conn` until the server closes it (or resets it); the time
+/// that took, or None if it was still open after `limit`.
+fn closed_within(conn: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let t0 = Instant::now();
+    conn.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    while t0.elapsed() < limit {
+        match conn.read(&mut buf) {
+            Ok(0) => return Some(t0.elapsed()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(t0.elapsed());
+            }
+            Err(_) => {} // read timeout: still open
+        }
+    }
+    None
+}
+
+/// What a review tried with an ordinary viewer key, and with none: crafted
+/// `Last-Event-ID`s that made Redis answer errors and opened the breaker
+/// every tenant shares, one key holding every live stream, idle and
+/// half-sent connections held forever, connections without a cap, error
+/// bodies with internal detail, and `/metrics` on the public port. Each is
+/// bounded now; the other tenants keep fresh answers throughout.
+#[test]
+fn abuse_is_bounded_and_one_tenant_cannot_degrade_another() {
+    let setup = Setup::new("api-abuse", redis_url());
+    let addr = format!("127.0.0.1:{}", free_port());
+    let maddr = format!("127.0.0.1:{}", free_port());
+    append(
+        &setup.config,
+        &api_section(
+            setup.dir.path(),
+            &addr,
+            "fresh_cache_ms = 0\nmax_streams_per_key = 2\nmax_connections = 8\n\
+             header_read_timeout_ms = 2000\nidle_timeout_secs = 4",
+        ),
     );
-    // It really ran: every documented operation but the stream was tested.
-    assert!(text.contains("Tested: 12"), "{text}");
-    assert!(text.contains(" passed"), "{text}");
+    let _api = start_api_with_metrics(&setup, &addr, &maddr);
+    let now_m = minute_of(chrono::Utc::now().timestamp_micros());
+    seed_counts(&setup, CLIENT, now_m - 2, 5);
+    let series = format!("/v1/clients/{CLIENT}/series");
+    let other_series = "/v1/clients/client-00001/series";
+    seed_counts(&setup, "client-00001", now_m - 2, 3);
+    // The aggregator's deltas stream, with one entry, so ids have a newest.
+    filler_deltas(&setup, 1, 1);
+
+    // Crafted Last-Event-IDs (breaker_failures = 2: three of these opened
+    // it for everyone before). Past the newest entry: a fresh snapshot.
+    for id in [
+        "18446744073709551615-18446744073709551615",
+        "18446744073709551615-0",
+        "99999999999999-0",
+    ] {
+        for _ in 0..3 {
+            let mut s = Sse::open(&addr, "/v1/stream", OTHER_VIEWER, Some(id));
+            assert_eq!(s.status, 200, "Last-Event-ID {id}");
+            let first = std::iter::from_fn(|| s.next())
+                .find(|e| e.event != "comment")
+                .expect("an event");
+            assert_eq!(first.event, "snapshot", "Last-Event-ID {id}");
+        }
+    }
+    for id in ["garbage", "1-2-3", "-1-0", "1-99999999999999999999"] {
+        let s = Sse::open(&addr, "/v1/stream", OTHER_VIEWER, Some(id));
+        assert_eq!(s.status, 400, "Last-Event-ID {id}");
+    }
+    let fresh = get(&addr, &series, Some(VIEWER));
+    assert_eq!(fresh.status, 200, "{}", fresh.text());
+    assert_eq!(
+        fresh.json()["stale"],
+        false,
+        "another tenant's reads stay fresh"
+    );
+    let ready = get(&addr, "/readyz", None).json();
+    assert_eq!(ready["breaker"], "closed", "{ready}");
+    assert_eq!(
+        metric(&maddr, "notiflow_api_redis_breaker_open"),
+        0.0,
+        "the breaker never opened"
+    );
+
+    // One key's share of live streams: a third is a 429 with Retry-After;
+    // another key still gets its stream.
+    let held: Vec<Sse> = (0..2)
+        .map(|_| Sse::open(&addr, "/v1/stream", VIEWER, None))
+        .collect();
+    assert!(held.iter().all(|s| s.status == 200));
+    let r = http::request(
+        "GET",
+        &addr,
+        "/v1/stream",
+        &[("Authorization", &format!("Bearer {VIEWER}"))],
+        None,
+    );
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(r.json()["error"], "too_many_requests");
+    let theirs = Sse::open(&addr, "/v1/stream", OTHER_VIEWER, None);
+    assert_eq!(
+        theirs.status, 200,
+        "another key is not held to the first's quota"
+    );
+    drop(theirs);
+    drop(held);
+
+    // A connection that sends nothing, and one that sends half a request,
+    // are closed after the header-read timeout (2 s); a kept-alive
+    // connection that goes quiet after an answer, after the idle timeout (4 s).
+    let mut silent = TcpStream::connect(&addr).unwrap();
+    let mut half = TcpStream::connect(&addr).unwrap();
+    {
+        use std::io::Write;
+        half.write_all(b"GET /v1/top HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+    }
+    let took = closed_within(&mut silent, Duration::from_secs(10));
+    assert!(took.is_some(), "an idle connection was never closed");
+    assert!(
+        closed_within(&mut half, Duration::from_secs(10)).is_some(),
+        "a half-sent request held its connection"
+    );
+    let mut kept = TcpStream::connect(&addr).unwrap();
+    {
+        use std::io::Write;
+        write!(
+            kept,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n"
+        )
+        .unwrap();
+    }
+    let took = closed_within(&mut kept, Duration::from_secs(15));
+    assert!(
+        took.is_some(),
+        "a quiet keep-alive connection was never closed"
+    );
+
+    // The connection cap (8): past it, a 503 the caller can read, then close.
+    // (Opened well within the 2 s header timeout, so all 8 are held.)
+    let open: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    let mut ninth = TcpStream::connect(&addr).unwrap();
+    ninth
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = ninth
+        .read(&mut buf)
+        .expect("the ninth connection got an answer");
+    let refused = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused:?}");
+    assert!(refused.contains("retry-after"), "{refused}");
+    drop(open);
+    assert!(metric(&maddr, "notiflow_api_connections_refused_total") >= 1.0);
+    // The held connections closed; the server serves again.
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while get(&addr, "/healthz", None).status != 200 {
+        assert!(
+            Instant::now() < give_up,
+            "the server did not recover its slots"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Headers: no sniffing, no framing, nothing cached; a request id.
+    let r = get(&addr, &series, Some(VIEWER));
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert!(
+        r.header("content-security-policy")
+            .is_some_and(|c| c.contains("frame-ancestors 'none'")),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert!(r.header("x-request-id").is_some());
+    // Errors are JSON: a wrong method, a path that is not UTF-8, no such path.
+    for (method, path, want) in [
+        ("DELETE", "/v1/top", 405),
+        ("GET", "/v1/reports/%FF%FE", 400),
+        ("GET", "/metrics", 404),
+    ] {
+        let r = http::send(method, &addr, path, Some(ADMIN), None);
+        assert_eq!(r.status, want, "{method} {path}: {}", r.text());
+        assert!(r.json()["message"].is_string(), "{method} {path}");
+    }
+    // The Bearer scheme is case-insensitive; X-API-Key works too.
+    for h in [
+        ("Authorization", format!("bearer {FINANCE}")),
+        ("Authorization", format!("BEARER {FINANCE}")),
+        ("X-API-Key", FINANCE.to_string()),
+    ] {
+        let r = http::request("GET", &addr, other_series, &[(h.0, &h.1)], None);
+        assert_eq!(r.status, 200, "{h:?}: {}", r.text());
+    }
 }

@@ -110,6 +110,27 @@ async fn detail_rows_are_filtered_ordered_and_masked_unless_pii() {
             "masked: {}",
             lines[1]
         );
+        // The message id is masked too (a wamid encodes the recipient): the
+        // rule, by hand: `m_` + the first 12 bytes of sha256("notiflow
+        // message_id v1\0" ‖ secret length as u64 BE ‖ secret ‖ id), in hex;
+        // the secret is empty here.
+        let want = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update(b"notiflow message_id v1\0");
+            h.update([0u8; 8]);
+            h.update(b"m1");
+            format!("m_{}", hex::encode(&h.finalize()[..12]))
+        };
+        assert!(
+            lines[1].starts_with(&format!("e1,{want},acme,")),
+            "pseudonymised: {}",
+            lines[1]
+        );
+        assert!(
+            !csv.contains(",m1,"),
+            "a masked export carries a message id"
+        );
         assert!(
             lines[1].contains("2026-11-21T10:00:00.000000+00:00"),
             "{}",
@@ -130,11 +151,9 @@ async fn detail_rows_are_filtered_ordered_and_masked_unless_pii() {
             ..acme_day()
         };
         let m = r.detail(&req(q, engine), now(), None).await.unwrap();
-        assert!(
-            read(&r, &m.files[0].path)
-                .await
-                .contains(",+5511987654321,")
-        );
+        let unmasked = read(&r, &m.files[0].path).await;
+        assert!(unmasked.contains(",+5511987654321,"));
+        assert!(unmasked.contains("e1,m1,acme,"), "pii keeps the message id");
         // All clients (admins).
         let q = DetailQuery {
             client: None,
