@@ -175,16 +175,17 @@ wait_build() {
   use_build_cache
 }
 stop_build() {
-  [[ -z $BUILD_PID ]] || kill "$BUILD_PID" 2>/dev/null || true
+  [[ -n $BUILD_PID ]] || return 0
+  # The build's own children (cargo, its heartbeat) first: killing only the
+  # background shell would leave cargo building, holding the target dir.
+  pkill -TERM -P "$BUILD_PID" 2>/dev/null || true
+  kill "$BUILD_PID" 2>/dev/null || true
 }
 
 # The build of every notiflow binary and test binary: the demo and the
 # tests run the same command, so whichever runs first builds for both.
 build_notiflow() {
   use_build_cache
-  if ((${#CARGO_FEATURE_ARGS[@]})); then
-    log "DuckDB: no verified prebuilt libduckdb in $DUCKDB_DIR; compiling DuckDB's C++ (${CARGO_FEATURE_ARGS[*]}), about 10 min more on 2 cores"
-  fi
   run_step "building notiflow (cargo test --workspace --no-run)" "$EST_NOTIFLOW_BUILD" \
     cargo test --locked --workspace "${CARGO_FEATURE_ARGS[@]}" --no-run
 }
