@@ -62,6 +62,19 @@ stop_started() {
 }
 trap stop_started EXIT
 
+# The demo's state lives as long as the broker's log it points into: on
+# our broker, its Redis keys and lake are those of the log's identity
+# (up.sh makes a new one with a new log), unless the caller chose them. A
+# second run on the same log goes on where the first stopped; a new log
+# starts with new state instead of offsets into a log that is gone.
+if [[ -z ${NOTIFLOW__KAFKA__BROKERS:-} && -n $(live_pid tansu) && -s $STATE_DIR/tansu/log-id ]]; then
+  log_id=$(<"$STATE_DIR/tansu/log-id")
+  export NOTIFLOW__REDIS__KEY_PREFIX=${NOTIFLOW__REDIS__KEY_PREFIX:-nf-$log_id}
+  export NOTIFLOW__LAKE__WAREHOUSE=${NOTIFLOW__LAKE__WAREHOUSE:-data/$log_id/warehouse}
+  export NOTIFLOW__LAKE__CATALOG_URI=${NOTIFLOW__LAKE__CATALOG_URI:-sqlite://data/$log_id/catalog.db}
+  log "the broker's log is $log_id: Redis keys under $NOTIFLOW__REDIS__KEY_PREFIX, lake in $NOTIFLOW__LAKE__WAREHOUSE"
+fi
+
 # The servers up.sh reported, unless the caller configured others.
 export NOTIFLOW__KAFKA__BROKERS=${NOTIFLOW__KAFKA__BROKERS:-$KAFKA_BROKERS}
 export NOTIFLOW__REDIS__URL=${NOTIFLOW__REDIS__URL:-$REDIS_URL}

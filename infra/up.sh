@@ -342,6 +342,13 @@ ensure_service() {
 start_tansu() {
   [[ -x $TANSU_BIN ]] || install_tansu
   mkdir -p "$STATE_DIR/tansu"
+  # The log's identity, new whenever tansu starts without its data file (a
+  # new state dir, a purge): infra/demo.sh keeps the demo's Redis keys and
+  # lake per log, so a new log comes with new state (a sink's offsets that
+  # point into a log that is gone hold its partitions: docs/operations.md).
+  if [[ ! -e $STATE_DIR/tansu/tansu.db || ! -s $STATE_DIR/tansu/log-id ]]; then
+    date -u +%Y%m%dT%H%M%SZ >"$STATE_DIR/tansu/log-id"
+  fi
   # The sqlite:// URL is relative to tansu's cwd. Never memory://: it loses
   # records when a fetch starts inside a batch (see SPEC §7).
   (
@@ -379,6 +386,9 @@ REDIS_URL=redis://$NOTIFLOW_HOST:$REDIS_PORT"
   [[ $profile == tests ]] && env+="
 S3_ENDPOINT=http://$NOTIFLOW_HOST:$S3_PORT
 PYTHON=$PYTHON"
+  # A test that needs a broker of its own (one whose log it wipes) runs this.
+  [[ $profile == tests && -x $TANSU_BIN ]] && env+="
+TANSU_BIN=$TANSU_BIN"
   # How builds and binaries find DuckDB (lib.sh), so a hand-run cargo after
   # sourcing this file builds and runs as the scripts do.
   use_build_cache

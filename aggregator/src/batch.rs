@@ -12,10 +12,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use notiflow_ingest::Decoder;
-use notiflow_ingest::cursor::{Admit, Cursor};
+use notiflow_ingest::cursor::{Admit, Anchor, Cursor, Hold};
 use notiflow_ingest::dedup::{Dedup, bounded_time, fingerprint, pack};
 pub use notiflow_ingest::source::SourceRecord;
+use notiflow_ingest::{Decoder, RecordView};
 use notiflow_schema::counters::{Counts, DeltaCell, SLOTS, sent_category_slot, status_slot};
 use notiflow_schema::time::{DAY_MICROS, HOUR_MICROS, minute_of};
 use notiflow_schema::{Micros, Status};
@@ -28,6 +28,9 @@ pub type Owned = HashMap<i32, PartitionState>;
 pub struct PartitionState {
     /// Next offset as stored in Redis (`None`: nothing stored yet).
     pub applied: Option<i64>,
+    /// The anchor stored with `applied` (the last record taken before it;
+    /// `ingest::cursor`), as loaded.
+    pub anchor: Option<Anchor>,
     /// Next offset to accept; ahead of `applied` while a batch is pending.
     pub cursor: Cursor,
     /// Events seen within the dedup window, as of `cursor`.
@@ -42,15 +45,24 @@ pub struct PartitionState {
 }
 
 impl PartitionState {
-    /// State loaded from Redis.
+    /// State loaded from Redis, trusted as it is (see
+    /// [`PartitionState::assigned`] for a partition just assigned).
     pub fn loaded(applied: Option<i64>, dedup: Dedup) -> Self {
         PartitionState {
             applied,
+            anchor: None,
             cursor: Cursor::at(applied),
             dedup,
             published: None,
             replay_upto: None,
         }
+    }
+
+    /// The state of a partition just assigned: its first record must prove
+    /// the log is the one `applied` was stored for (`ingest::cursor`).
+    pub fn assigned(mut self) -> Self {
+        self.cursor = Cursor::assigned(self.applied, self.anchor);
+        self
     }
 
     /// State loaded from Redis again for a partition this process owned as
@@ -75,6 +87,9 @@ pub struct OffsetUpdate {
     pub from_generation: u32,
     /// Newest dedup generation after the batch.
     pub generation: u32,
+    /// The anchor of the batch's last record of the partition, stored with
+    /// `next`.
+    pub anchor: Option<Anchor>,
 }
 
 impl OffsetUpdate {
@@ -129,6 +144,8 @@ pub struct Pending {
     pub record_ms: Vec<i64>,
     /// Partitions whose records jumped past the cursor: seek back there.
     pub reseek: Vec<(i32, i64)>,
+    /// Partitions held in this batch (their log is another one), and why.
+    pub held: Vec<(i32, Hold)>,
     /// Counts.
     pub stats: BatchStats,
 }
@@ -199,6 +216,10 @@ pub fn process<'a>(
     // state and dedup buffer are instead of looking them up per record.
     let mut current: Option<(i32, u32)> = None;
     let mut appends: Vec<u8> = Vec::new();
+    // The last record taken of each partition: its anchor is stored.
+    // (Records come in runs of one partition: a short list, the run's
+    // partition last.)
+    let mut last: Vec<(i32, RecordView<'a>)> = Vec::new();
     for rec in records {
         out.stats.records += 1;
         let Some(state) = owned.get_mut(&rec.partition) else {
@@ -206,7 +227,10 @@ pub fn process<'a>(
             continue;
         };
         let pending = out.reseek.iter().any(|r| r.0 == rec.partition);
-        match state.cursor.admit(rec.offset, pending) {
+        match state
+            .cursor
+            .admit_checked(rec.offset, || Anchor::of(&rec.view), pending)
+        {
             Admit::Take => {}
             Admit::Stale => {
                 out.stats.stale += 1;
@@ -217,6 +241,15 @@ pub fn process<'a>(
                 out.stats.stale += 1;
                 continue;
             }
+            Admit::Hold(why) => {
+                out.held.push((rec.partition, why));
+                out.stats.stale += 1;
+                continue;
+            }
+        }
+        match last.iter_mut().rev().find(|(q, _)| *q == rec.partition) {
+            Some((_, v)) => *v = rec.view,
+            None => last.push((rec.partition, rec.view)),
         }
         let generation = state.dedup.generation_of(rec.view.timestamp);
         let upd = out
@@ -227,6 +260,7 @@ pub fn process<'a>(
                 next: 0,
                 from_generation: state.dedup.newest(),
                 generation: state.dedup.newest(),
+                anchor: None,
             });
         upd.next = rec.offset + 1;
 
@@ -305,6 +339,11 @@ pub fn process<'a>(
     }
     if let Some(key) = current {
         out.dedup.entry(key).or_default().append(&mut appends);
+    }
+    for (p, view) in &last {
+        if let Some(u) = out.offsets.get_mut(p) {
+            u.anchor = Some(Anchor::of(view));
+        }
     }
     out
 }
@@ -413,7 +452,8 @@ mod tests {
                 expected: Some(5),
                 next: 6,
                 from_generation: 0,
-                generation: notiflow_ingest::dedup::generation(parse_rfc3339(NOW).unwrap())
+                generation: notiflow_ingest::dedup::generation(parse_rfc3339(NOW).unwrap()),
+                anchor: out.offsets[&0].anchor,
             }
         );
     }
@@ -425,6 +465,7 @@ mod tests {
             next: 0,
             from_generation: from,
             generation: to,
+            anchor: None,
         };
         let all = |r: std::ops::RangeInclusive<u32>| r.collect::<Vec<_>>();
         assert_eq!(all(upd(100, 100).expired(24)), Vec::<u32>::new());

@@ -31,6 +31,9 @@ pub struct Metrics {
     /// Offsets by which a partition's stored offset lies past the end of
     /// its log (an alarm: nothing of it is taken meanwhile).
     pub beyond_log_end: IntGaugeVec,
+    /// 1 for a partition held because its log is not the one its stored
+    /// offset belongs to (an alarm: nothing of it is taken meanwhile).
+    pub held: IntGaugeVec,
     /// Partitions owned.
     pub partitions: IntGauge,
     /// Events held in the dedup tables.
@@ -106,6 +109,13 @@ impl Metrics {
                 ),
                 &["partition"],
             )?,
+            held: IntGaugeVec::new(
+                Opts::new(
+                    "notiflow_aggregator_partition_held",
+                    "1 while a partition is held: its log is not the one the stored offset belongs to (the record before it changed, or the log was reset below it); nothing of it is taken until an operator accepts the gap or re-seeds the log.",
+                ),
+                &["partition"],
+            )?,
             partitions: IntGauge::new(
                 "notiflow_aggregator_partitions",
                 "Partitions owned by this process.",
@@ -126,6 +136,7 @@ impl Metrics {
         registry.register(Box::new(m.redis_errors.clone()))?;
         registry.register(Box::new(m.lag.clone()))?;
         registry.register(Box::new(m.beyond_log_end.clone()))?;
+        registry.register(Box::new(m.held.clone()))?;
         registry.register(Box::new(m.partitions.clone()))?;
         registry.register(Box::new(m.dedup_entries.clone()))?;
         Ok(m)

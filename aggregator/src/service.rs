@@ -14,10 +14,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use notiflow_ingest::cursor::Cursor;
 use notiflow_ingest::dedup::Dedup;
 use notiflow_ingest::failpoint;
 use notiflow_ingest::kafka::{ensure_topics, wait_for_broker};
-use notiflow_ingest::member::{Member, MemberState, StateStore, set_gauges};
+use notiflow_ingest::member::{
+    Member, MemberState, SINK_CONSUMER, StateStore, log_hold, set_gauges,
+};
 use notiflow_ingest::rebalance::{Change, Handoff, forget_partition};
 use notiflow_ingest::retry::Backoff;
 use notiflow_ingest::source::{now_micros, sleep_or_cancel, view};
@@ -65,6 +68,14 @@ impl MemberState for PartitionState {
     fn dedup(&self) -> &Dedup {
         &self.dedup
     }
+
+    fn cursor(&self) -> &Cursor {
+        &self.cursor
+    }
+
+    fn cursor_mut(&mut self) -> &mut Cursor {
+        &mut self.cursor
+    }
 }
 
 impl StateStore for RedisStates {
@@ -79,7 +90,10 @@ impl StateStore for RedisStates {
         c.set_read_timeout(Some(self.timeout * 10))?;
         parts
             .iter()
-            .map(|&p| Ok((p, self.scripts.load_blocking(&mut c, &self.target, p)?)))
+            .map(|&p| {
+                let state = self.scripts.load_blocking(&mut c, &self.target, p)?;
+                Ok((p, state.assigned()))
+            })
             .collect()
     }
 }
@@ -182,6 +196,7 @@ pub async fn run(
         ("queued.max.messages.kbytes", "32768"),
         ("statistics.interval.ms", "1000"),
     ];
+    overrides.extend_from_slice(SINK_CONSUMER);
     overrides.extend_from_slice(consumer_overrides);
     let source = Source::subscribe_with(kafka, &cfg.group_id, &overrides, context)?;
     let mut decoder = Decoder::new(registry);
@@ -226,6 +241,14 @@ pub async fn run(
             let pending = process(records, &mut owned, &decoder, retention);
             stats.records += batch.len() as u64;
             observe_batch(&metrics, &pending);
+            for &(p, why) in &pending.held {
+                log_hold(
+                    source.topic(),
+                    p,
+                    owned.get(&p).and_then(|s| s.applied),
+                    why,
+                );
+            }
             for &(p, offset) in &pending.reseek {
                 if !source.seek(p, Offset::Offset(offset))
                     && let Some(s) = owned.get_mut(&p)
@@ -299,7 +322,7 @@ pub async fn run(
             source.consumer(),
             source.topic(),
             &owned,
-            [&metrics.lag, &metrics.beyond_log_end],
+            [&metrics.lag, &metrics.beyond_log_end, &metrics.held],
             &metrics.dedup_entries,
         );
         if last_log.elapsed() > Duration::from_secs(10) {
@@ -340,10 +363,15 @@ async fn audit(
 ) -> Vec<i32> {
     let parts: Vec<i32> = owned.keys().copied().collect();
     match scripts.stored_offsets(conn, target, &parts).await {
+        // A held partition also goes on an anchor an operator removed
+        // (accept-gap at the very offset stored).
         Ok(stored) => parts
             .iter()
             .zip(stored)
-            .filter(|(p, s)| owned[p].applied != *s)
+            .filter(|(p, (offset, anchor))| {
+                let s = &owned[p];
+                s.applied != *offset || (s.cursor.held().is_some() && s.anchor != *anchor)
+            })
             .map(|(p, _)| *p)
             .collect(),
         Err(e) => {
@@ -362,7 +390,7 @@ fn take_changes(handoff: &Handoff<PartitionState>, owned: &mut Owned, metrics: &
             Change::Revoked(parts) => {
                 for p in parts {
                     owned.remove(&p);
-                    forget_partition([&metrics.lag, &metrics.beyond_log_end], p);
+                    forget_partition([&metrics.lag, &metrics.beyond_log_end, &metrics.held], p);
                 }
             }
         }
@@ -515,8 +543,22 @@ async fn resync<C: ConsumerContext + 'static>(
                 Err(e) => return Err(e),
             }
         };
-        source.seek(p, state.applied.map_or(Offset::Beginning, Offset::Offset));
-        let state = state.reloaded(owned.get(&p));
+        let before = owned.get(&p);
+        // A log not yet proven (held, or its anchor still to come) is
+        // checked again from the reloaded offset and anchor.
+        let state = if before.is_some_and(|b| !b.cursor.checked()) {
+            state.assigned()
+        } else {
+            state
+        };
+        source.seek(
+            p,
+            state
+                .cursor
+                .fetch_from()
+                .map_or(Offset::Beginning, Offset::Offset),
+        );
+        let state = state.reloaded(before);
         if let Some(upto) = state.replay_upto {
             tracing::warn!(partition = p, from = ?state.applied, upto,
                 "Redis is behind what this process applied and published (it lost writes): applying again, without publishing the deltas twice");

@@ -192,9 +192,14 @@ impl Redis {
     /// `LOAD`: the stored offset, generation and the window's fingerprints.
     fn load(&self, part: i32) -> Vec<Vec<u8>> {
         let Some(&(off, g)) = self.offsets.get(&part) else {
-            return vec![vec![], vec![]];
+            return vec![vec![], vec![], vec![]];
         };
-        let mut out = vec![off.to_string().into_bytes(), g.to_string().into_bytes()];
+        // (The model keeps no anchors: its log is never replaced.)
+        let mut out = vec![
+            off.to_string().into_bytes(),
+            g.to_string().into_bytes(),
+            Vec::new(),
+        ];
         for i in g.saturating_sub(WINDOW)..=g {
             if let Some(v) = self.dedup.get(&(part, i)) {
                 out.push(i.to_string().into_bytes());

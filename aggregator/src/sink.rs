@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use notiflow_ingest::cursor::Anchor;
 use notiflow_ingest::dedup::Dedup;
 use notiflow_schema::counters::{Counts, Delta, Keys, SLOTS, hour_field, minute_field};
 use redis::Script;
@@ -35,13 +36,13 @@ local np = tonumber(arg())
 local fenced = {'fenced'}
 local parts = {}
 for i = 1, np do
-  local p, exp, nxt, gen = arg(), arg(), arg(), arg()
+  local p, exp, nxt, gen, anchor = arg(), arg(), arg(), arg(), arg()
   local cur = redis.call('HGET', KEYS[1], p)
   if (cur or '') ~= exp then
     fenced[#fenced + 1] = p
     fenced[#fenced + 1] = cur or ''
   end
-  parts[i] = {p, nxt, gen}
+  parts[i] = {p, nxt, gen, anchor}
 end
 if #fenced > 1 then return fenced end
 -- Lua does not roll back: whatever can fail is checked before the first
@@ -114,6 +115,11 @@ walk(false)
 if problem then return redis.error_reply('NOTIFLOW_REFUSED ' .. problem) end
 for _, x in ipairs(parts) do
   redis.call('HSET', KEYS[1], x[1], x[2], x[1] .. ':gen', x[3])
+  if x[4] ~= '' then
+    redis.call('HSET', KEYS[1], x[1] .. ':anchor', x[4])
+  else
+    redis.call('HDEL', KEYS[1], x[1] .. ':anchor')
+  end
 end
 walk(true)
 local counted, dups, late, rejected = arg(), arg(), arg(), arg()
@@ -132,7 +138,8 @@ return {'ok', id}
 const LOAD: &str = r#"
 local off = redis.call('HGET', KEYS[1], ARGV[1])
 local gen = redis.call('HGET', KEYS[1], ARGV[1] .. ':gen')
-local out = {off or '', gen or ''}
+local anchor = redis.call('HGET', KEYS[1], ARGV[1] .. ':anchor')
+local out = {off or '', gen or '', anchor or ''}
 if gen then
   local g, w = tonumber(gen), tonumber(ARGV[2])
   for i = math.max(g - w, 0), g do
@@ -211,7 +218,8 @@ impl Scripts {
             inv.arg(p)
                 .arg(u.expected.map(|o| o.to_string()).unwrap_or_default())
                 .arg(u.next)
-                .arg(u.generation);
+                .arg(u.generation)
+                .arg(u.anchor.map(Anchor::to_hex).unwrap_or_default());
         }
         inv.arg(pending.dedup.len());
         for ((p, g), data) in &pending.dedup {
@@ -298,20 +306,55 @@ impl Scripts {
         parse_load(&reply, target.dedup_window)
     }
 
-    /// The stored next offsets of `parts`, in order.
+    /// The stored next offsets of `parts` with their anchors, in order.
     pub async fn stored_offsets(
         &self,
         conn: &mut redis::aio::ConnectionManager,
         target: &Target,
         parts: &[i32],
-    ) -> Result<Vec<Option<i64>>, AggregatorError> {
+    ) -> Result<Vec<(Option<i64>, Option<Anchor>)>, AggregatorError> {
         let key = target.keys.offsets(&target.group, &target.topic);
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(key);
         for p in parts {
-            cmd.arg(p);
+            cmd.arg(p).arg(format!("{p}:anchor"));
         }
-        Ok(cmd.query_async(conn).await?)
+        let flat: Vec<Option<String>> = cmd.query_async(conn).await?;
+        Ok(flat
+            .chunks(2)
+            .map(|c| {
+                let offset = c[0].as_deref().and_then(|o| o.parse().ok());
+                let anchor = c
+                    .get(1)
+                    .and_then(|a| a.as_deref().and_then(Anchor::from_hex));
+                (offset, anchor)
+            })
+            .collect())
+    }
+
+    /// Sets partition `p`'s next offset to `offset` and removes its anchor,
+    /// in one step: an operator accepting a gap in the log
+    /// (docs/operations.md). The offset it had. A running member picks the
+    /// change up within its audit interval.
+    pub async fn accept_gap(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+        target: &Target,
+        p: i32,
+        offset: i64,
+    ) -> Result<Option<i64>, AggregatorError> {
+        let key = target.keys.offsets(&target.group, &target.topic);
+        let (from,): (Option<i64>,) = redis::pipe()
+            .atomic()
+            .hget(&key, p)
+            .hset(&key, p, offset)
+            .ignore()
+            .hdel(&key, format!("{p}:anchor"))
+            .ignore()
+            .query_async(conn)
+            .await?;
+        tracing::warn!(topic = %target.topic, partition = p, ?from, to = offset, "next offset set by an operator");
+        Ok(from)
     }
 
     fn load_call(&self, t: &Target, p: i32) -> redis::ScriptInvocation<'_> {
@@ -369,21 +412,32 @@ pub(crate) fn parse_load(
             .map(Some)
             .ok_or_else(|| AggregatorError::Protocol(format!("bad number in LOAD: {b:?}")))
     };
-    if reply.len() < 2 || !reply.len().is_multiple_of(2) {
+    if reply.len() < 3 || !(reply.len() - 3).is_multiple_of(2) {
         return Err(AggregatorError::Protocol("short LOAD reply".into()));
     }
     let applied = num(&reply[0])?;
+    let anchor = match reply[2].as_slice() {
+        [] => None,
+        b => Some(
+            std::str::from_utf8(b)
+                .ok()
+                .and_then(Anchor::from_hex)
+                .ok_or_else(|| AggregatorError::Protocol(format!("bad anchor in LOAD: {b:?}")))?,
+        ),
+    };
     let mut dedup = Dedup::new(window);
     // The stored newest generation, even when it added no fingerprint (a
     // batch of duplicates): the window is anchored on it, as it was live.
     if let Some(g) = num(&reply[1])? {
         dedup.advance_to(g.clamp(0, i64::from(u32::MAX)) as u32);
     }
-    for pair in reply[2..].chunks(2) {
+    for pair in reply[3..].chunks(2) {
         let g = num(&pair[0])?.unwrap_or(0);
         dedup.restore_packed(g.clamp(0, i64::from(u32::MAX)) as u32, &pair[1]);
     }
-    Ok(PartitionState::loaded(applied, dedup))
+    let mut state = PartitionState::loaded(applied, dedup);
+    state.anchor = anchor;
+    Ok(state)
 }
 
 type HashOps = Vec<(String, i64, Vec<(String, u64)>)>;
@@ -514,15 +568,26 @@ mod tests {
         let mut packed = Vec::new();
         notiflow_ingest::dedup::pack(77, &mut packed);
         let st = parse_load(
-            &[b"42".to_vec(), b"10".to_vec(), b"10".to_vec(), packed],
+            &[
+                b"42".to_vec(),
+                b"10".to_vec(),
+                b"00000000000000ff".to_vec(),
+                b"10".to_vec(),
+                packed,
+            ],
             24,
         )
         .unwrap();
         assert_eq!(st.applied, Some(42));
+        assert_eq!(st.anchor, Some(Anchor(255)));
         assert_eq!(st.cursor.next(), Some(42));
+        let assigned = st.clone().assigned();
+        assert_eq!(assigned.cursor.fetch_from(), Some(41), "at the anchor");
         let mut d = st.dedup;
         assert!(!d.insert(77, 10));
-        let empty = parse_load(&[vec![], vec![]], 24).unwrap();
+        let empty = parse_load(&[vec![], vec![], vec![]], 24).unwrap();
         assert_eq!(empty.applied, None);
+        assert_eq!(empty.anchor, None);
+        assert!(parse_load(&[b"1".to_vec(), vec![], b"zz".to_vec()], 24).is_err());
     }
 }

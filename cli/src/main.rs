@@ -61,6 +61,12 @@ enum Command {
         #[arg(long)]
         rate: Option<String>,
     },
+    /// Operator actions on the aggregator's state in Redis.
+    Aggregator {
+        /// What to do.
+        #[command(subcommand)]
+        action: AggregatorAction,
+    },
     /// Maintain the Iceberg table.
     Lake {
         /// What to do.
@@ -107,6 +113,23 @@ enum Component {
     Reports,
     /// The HTTP API, live stream and web dashboard.
     Api,
+}
+
+#[derive(Subcommand)]
+enum AggregatorAction {
+    /// Accept a gap in a partition's log explicitly: set the aggregator's
+    /// next offset of `partition` (of the event topic) to `offset` and drop
+    /// its anchor, in one step (docs/operations.md). A running aggregator
+    /// goes on from there within seconds.
+    AcceptGap {
+        /// The partition.
+        #[arg(long)]
+        partition: i32,
+        /// Its new next offset (the log end, or the log start of a topic
+        /// created again).
+        #[arg(long)]
+        offset: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -253,6 +276,26 @@ async fn dispatch(command: Command, mut cfg: Config) -> anyhow::Result<()> {
             println!(
                 "{}",
                 toml::to_string_pretty(&shown).context("rendering config")?
+            );
+            Ok(())
+        }
+        Command::Aggregator {
+            action: AggregatorAction::AcceptGap { partition, offset },
+        } => {
+            anyhow::ensure!(
+                partition >= 0 && offset >= 0,
+                "--partition and --offset must not be negative"
+            );
+            let shutdown = shutdown_token();
+            let mut conn = notiflow_aggregator::service::connect(&cfg.redis, &shutdown).await?;
+            let target =
+                notiflow_aggregator::service::target(&cfg.kafka, &cfg.redis, &cfg.aggregator);
+            let from = notiflow_aggregator::sink::Scripts::default()
+                .accept_gap(&mut conn, &target, partition, offset)
+                .await?;
+            println!(
+                "{}",
+                serde_json::json!({"topic": cfg.kafka.topic, "group": cfg.aggregator.group_id, "partition": partition, "from": from, "to": offset})
             );
             Ok(())
         }

@@ -21,6 +21,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use tokio_util::sync::CancellationToken;
 
+use crate::cursor::Cursor;
 use crate::dedup::Dedup;
 use crate::rebalance::Handoff;
 use crate::retry::Backoff;
@@ -32,6 +33,12 @@ pub trait MemberState: Send + 'static {
     fn stored_next(&self) -> Option<i64>;
     /// The partition's dedup state, as of the stored offset.
     fn dedup(&self) -> &Dedup;
+    /// Which records the sink takes: where fetching starts on assignment
+    /// (the anchor record, `cursor` module) and whether the partition is
+    /// held.
+    fn cursor(&self) -> &Cursor;
+    /// The same, to change.
+    fn cursor_mut(&mut self) -> &mut Cursor;
 }
 
 /// Where a sink keeps its partitions' state.
@@ -44,6 +51,30 @@ pub trait StateStore: Send + Sync + 'static {
     /// inside the consumer's poll, on a thread that may belong to an async
     /// runtime: blocking, and not reentrant into that runtime.
     fn load_blocking(&self, parts: &[i32]) -> Result<HashMap<i32, Self::State>, Self::Error>;
+}
+
+/// How long an assignment waits for a partition's log start.
+const WATERMARK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Consumer settings every sink's member adds: a fetch position outside
+/// the log is an error that stops fetching the partition, never a silent
+/// jump to its start or end (which would drop, or count again, whatever
+/// lies between; `cursor` module).
+pub const SINK_CONSUMER: &[(&str, &str)] = &[("auto.offset.reset", "error")];
+
+/// Logs, as an error, that partition `p` of `topic` is held at its stored
+/// next offset `stored` (once, when the hold starts; the `held` gauge
+/// stays up while it lasts).
+pub fn log_hold(topic: &str, p: i32, stored: Option<i64>, why: crate::cursor::Hold) {
+    tracing::error!(
+        topic,
+        partition = p,
+        stored_next_offset = ?stored,
+        reason = %why,
+        "partition held: its log is not the one the stored offset belongs to, so nothing of \
+         it is taken (and nothing lost) until an operator accepts the gap from a named \
+         offset or re-seeds the log (docs/operations.md)"
+    );
 }
 
 /// The consumer context of a sink's consumer-group member.
@@ -96,7 +127,7 @@ impl<S: StateStore> ClientContext for Member<S> {
 }
 
 impl<S: StateStore> ConsumerContext for Member<S> {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
@@ -120,8 +151,21 @@ impl<S: StateStore> ConsumerContext for Member<S> {
                         dedup = state.dedup().len(),
                         "dedup state loaded"
                     );
-                    let next = state.stored_next();
-                    self.handoff.assign(&mut elem, next, state);
+                    let mut state = state;
+                    if state.cursor().fetch_from().is_some() {
+                        // Where the log starts now: an anchor record taken
+                        // by retention cannot be checked (`cursor`).
+                        match consumer.fetch_watermarks(&self.topic, p, WATERMARK_TIMEOUT) {
+                            Ok((low, _)) => state.cursor_mut().log_starts_at(low),
+                            Err(e) => tracing::warn!(partition = p, error = %e,
+                                "log start unknown; the anchor record is looked for"),
+                        }
+                        if let Some(why) = state.cursor().held() {
+                            log_hold(&self.topic, p, state.stored_next(), why);
+                        }
+                    }
+                    let from = state.cursor().fetch_from();
+                    self.handoff.assign(&mut elem, from, state);
                 }
             }
             Rebalance::Revoke(tpl) => self.handoff.revoke(tpl),
@@ -131,19 +175,22 @@ impl<S: StateStore> ConsumerContext for Member<S> {
 }
 
 /// The position gauges of a member's owned partitions: `lag` and
-/// `beyond_log_end` per partition (see [`Handoff::set_position_gauges`])
-/// and the dedup entries held in all.
+/// `beyond_log_end` per partition (see [`Handoff::set_position_gauges`]),
+/// `held` (1 for a partition held on another log, `cursor` module) and
+/// the dedup entries held in all.
 pub fn set_gauges<St: MemberState, C: ConsumerContext, K: Consumer<C>>(
     handoff: &Handoff<St>,
     consumer: &K,
     topic: &str,
     owned: &HashMap<i32, St>,
-    [lag, beyond]: [&IntGaugeVec; 2],
+    [lag, beyond, held]: [&IntGaugeVec; 3],
     dedup_entries: &IntGauge,
 ) {
     let mut entries = 0;
     for (p, s) in owned {
         entries += s.dedup().len();
+        held.with_label_values(&[p.to_string().as_str()])
+            .set(i64::from(s.cursor().held().is_some()));
         handoff.set_position_gauges(
             consumer,
             topic,
@@ -161,7 +208,7 @@ mod tests {
 
     use super::*;
 
-    struct State(Option<i64>, Dedup);
+    struct State(Option<i64>, Dedup, Cursor);
 
     impl MemberState for State {
         fn stored_next(&self) -> Option<i64> {
@@ -169,6 +216,12 @@ mod tests {
         }
         fn dedup(&self) -> &Dedup {
             &self.1
+        }
+        fn cursor(&self) -> &Cursor {
+            &self.2
+        }
+        fn cursor_mut(&mut self) -> &mut Cursor {
+            &mut self.2
         }
     }
 
@@ -187,7 +240,10 @@ mod tests {
             }
             Ok(parts
                 .iter()
-                .map(|&p| (p, State(Some(10 * i64::from(p)), Dedup::new(24))))
+                .map(|&p| {
+                    let next = Some(10 * i64::from(p));
+                    (p, State(next, Dedup::new(24), Cursor::at(next)))
+                })
                 .collect())
         }
     }

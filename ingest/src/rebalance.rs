@@ -243,7 +243,7 @@ impl<S> Handoff<S> {
 }
 
 /// Drops a partition's series from `gauges` (it is no longer ours).
-pub fn forget_partition(gauges: [&IntGaugeVec; 2], p: i32) {
+pub fn forget_partition<const N: usize>(gauges: [&IntGaugeVec; N], p: i32) {
     for g in gauges {
         let _ = g.remove_label_values(&[p.to_string().as_str()]);
     }

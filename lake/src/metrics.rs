@@ -28,6 +28,9 @@ pub struct Metrics {
     /// Offsets by which a partition's stored offset lies past the end of
     /// its log (an alarm: nothing of it is taken meanwhile).
     pub beyond_log_end: IntGaugeVec,
+    /// 1 for a partition held because its log is not the one its stored
+    /// offset belongs to (an alarm: nothing of it is taken meanwhile).
+    pub held: IntGaugeVec,
     /// Events held in the dedup tables.
     pub dedup_entries: IntGauge,
 }
@@ -95,6 +98,13 @@ impl Metrics {
                 ),
                 &["partition"],
             )?,
+            held: IntGaugeVec::new(
+                Opts::new(
+                    "notiflow_lake_partition_held",
+                    "1 while a partition is held: its log is not the one the stored offset belongs to (the record before it changed, or the log was reset below it); nothing of it is taken until an operator accepts the gap or re-seeds the log.",
+                ),
+                &["partition"],
+            )?,
             dedup_entries: IntGauge::new(
                 "notiflow_lake_dedup_entries",
                 "Events remembered by the dedup tables of the owned partitions.",
@@ -109,6 +119,7 @@ impl Metrics {
         registry.register(Box::new(m.bytes_per_commit.clone()))?;
         registry.register(Box::new(m.lag.clone()))?;
         registry.register(Box::new(m.beyond_log_end.clone()))?;
+        registry.register(Box::new(m.held.clone()))?;
         registry.register(Box::new(m.dedup_entries.clone()))?;
         // Known outcomes show as 0 before the first commit, so rates and
         // alerts on them have a series to work with.

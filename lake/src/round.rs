@@ -11,7 +11,7 @@ use arrow::datatypes::SchemaRef;
 use iceberg::spec::DataFile;
 use iceberg::table::Table;
 use notiflow_ingest::Decoder;
-use notiflow_ingest::cursor::{Admit, Cursor};
+use notiflow_ingest::cursor::{Admit, Anchor, Cursor, Hold};
 use notiflow_ingest::dedup::{Dedup, bounded_time, fingerprint, pack};
 pub use notiflow_ingest::source::SourceRecord;
 
@@ -21,9 +21,9 @@ use crate::error::LakeError;
 use crate::files::{FileOptions, RoundFiles};
 use crate::rows::{Origin, RowBuffer};
 use crate::table::{
-    Change, DEDUP_MAX_GEN_PROP, DEDUP_PROP, GENERATIONS_PROP, Lake, OFFSETS_PROP, WATERMARKS_PROP,
-    committed_generations, committed_offsets, committed_watermarks, new_snapshot_id, stage,
-    to_json,
+    ANCHORS_PROP, Change, DEDUP_MAX_GEN_PROP, DEDUP_PROP, GENERATIONS_PROP, Lake, OFFSETS_PROP,
+    WATERMARKS_PROP, committed_anchors, committed_generations, committed_offsets,
+    committed_watermarks, new_snapshot_id, stage, to_json,
 };
 
 /// What a writer knows of a partition it owns.
@@ -38,11 +38,22 @@ pub struct PartState {
 }
 
 impl PartState {
-    /// State as loaded from the table.
+    /// State as loaded from the table, trusted as it is.
     pub fn loaded(committed: Option<i64>, dedup: Dedup) -> Self {
         PartState {
             committed,
             cursor: Cursor::at(committed),
+            dedup,
+        }
+    }
+
+    /// The state of a partition just assigned, whose first record must
+    /// prove the log is the one `committed` (with its `anchor`) was stored
+    /// for (`ingest::cursor`).
+    pub fn assigned(committed: Option<i64>, anchor: Option<Anchor>, dedup: Dedup) -> Self {
+        PartState {
+            committed,
+            cursor: Cursor::assigned(committed, anchor),
             dedup,
         }
     }
@@ -64,6 +75,8 @@ pub struct TakeStats {
     pub rejected: u64,
     /// Partitions to seek back: (partition, offset).
     pub reseek: Vec<(i32, i64)>,
+    /// Partitions held in this take (their log is another one), and why.
+    pub held: Vec<(i32, Hold)>,
 }
 
 /// Rows and offsets gathered since the last commit.
@@ -76,6 +89,8 @@ pub struct Round {
     pub next: BTreeMap<i32, i64>,
     /// Newest dedup generation of each partition after the round.
     pub generations: BTreeMap<i32, u32>,
+    /// Anchor of each partition's last record taken in the round.
+    pub anchors: BTreeMap<i32, Anchor>,
     /// Completeness watermark of each partition after the round (broker
     /// time, ms; see `table::WATERMARKS_PROP`).
     pub watermarks: BTreeMap<i32, i64>,
@@ -123,6 +138,7 @@ impl Round {
             expected: BTreeMap::new(),
             next: BTreeMap::new(),
             generations: BTreeMap::new(),
+            anchors: BTreeMap::new(),
             watermarks: BTreeMap::new(),
             fps: Fingerprints::new(),
             started: None,
@@ -161,6 +177,8 @@ impl Round {
         // noted once at the end, not per record.
         let mut touched: Vec<i32> = Vec::new();
         let mut run_mark: Option<(i32, i64)> = None;
+        // The last record taken of each partition: its anchor is stored.
+        let mut last: Vec<(i32, notiflow_ingest::RecordView<'a>)> = Vec::new();
         for rec in records {
             let p = rec.partition;
             let Some(st) = owned.get_mut(&p) else {
@@ -168,7 +186,10 @@ impl Round {
                 continue;
             };
             let pending = s.reseek.iter().any(|r| r.0 == p);
-            match st.cursor.admit(rec.offset, pending) {
+            match st
+                .cursor
+                .admit_checked(rec.offset, || Anchor::of(&rec.view), pending)
+            {
                 Admit::Take => {}
                 Admit::Stale => {
                     s.stale += 1;
@@ -179,11 +200,20 @@ impl Round {
                     s.stale += 1;
                     continue;
                 }
+                Admit::Hold(why) => {
+                    s.held.push((p, why));
+                    s.stale += 1;
+                    continue;
+                }
             }
             self.expected.entry(p).or_insert(st.committed);
             self.next.insert(p, rec.offset + 1);
             if touched.last() != Some(&p) {
                 touched.push(p);
+            }
+            match last.iter_mut().rev().find(|(q, _)| *q == p) {
+                Some((_, v)) => *v = rec.view,
+                None => last.push((p, rec.view)),
             }
             self.started.get_or_insert_with(Instant::now);
             // Every record taken (rejected ones too) moves the watermark,
@@ -233,6 +263,9 @@ impl Round {
             if let Some(st) = owned.get(&p) {
                 self.generations.insert(p, st.dedup.newest());
             }
+        }
+        for (p, view) in &last {
+            self.anchors.insert(*p, Anchor::of(view));
         }
         self.rows += s.written;
         s
@@ -326,6 +359,14 @@ impl Round {
             change
                 .properties
                 .insert(GENERATIONS_PROP.into(), to_json(&gens)?);
+            let mut anchors = committed_anchors(table.metadata())?;
+            anchors
+                .entry(topic.to_string())
+                .or_default()
+                .extend(self.anchors.iter().map(|(p, a)| (*p, a.to_hex())));
+            change
+                .properties
+                .insert(ANCHORS_PROP.into(), to_json(&anchors)?);
             let mut marks = committed_watermarks(table.metadata())?;
             let topic_marks = marks.entry(topic.to_string()).or_default();
             for (p, w) in &self.watermarks {

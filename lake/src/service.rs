@@ -19,10 +19,13 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use iceberg::table::Table;
+use notiflow_ingest::cursor::{Anchor, Cursor};
 use notiflow_ingest::dedup::Dedup;
 use notiflow_ingest::failpoint;
 use notiflow_ingest::kafka::{ensure_topics, wait_for_broker};
-use notiflow_ingest::member::{Member, MemberState, StateStore, set_gauges};
+use notiflow_ingest::member::{
+    Member, MemberState, SINK_CONSUMER, StateStore, log_hold, set_gauges,
+};
 use notiflow_ingest::rebalance::{Change, forget_partition};
 use notiflow_ingest::retry::Backoff;
 use notiflow_ingest::source::{sleep_or_cancel, view};
@@ -38,7 +41,7 @@ use crate::error::LakeError;
 use crate::metrics::Metrics;
 use crate::round::{Outcome, Owned, PartState, Round, SourceRecord};
 use crate::rows::arrow_schema;
-use crate::table::{Lake, topic_offsets};
+use crate::table::{Lake, committed_anchors, topic_offsets};
 
 /// What one run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,6 +71,14 @@ impl MemberState for PartState {
     fn dedup(&self) -> &Dedup {
         &self.dedup
     }
+
+    fn cursor(&self) -> &Cursor {
+        &self.cursor
+    }
+
+    fn cursor_mut(&mut self) -> &mut Cursor {
+        &mut self.cursor
+    }
 }
 
 impl StateStore for TableStates {
@@ -85,7 +96,7 @@ impl StateStore for TableStates {
                     .map_err(|e| LakeError::Table(format!("runtime: {e}")))?;
                 rt.block_on(async {
                     let lake = Lake::open(&self.cfg).await?;
-                    load_states(&lake, &self.topic, parts, self.cfg.dedup_window_hours).await
+                    load_states(&lake, &self.topic, parts, self.cfg.dedup_window_hours, true).await
                 })
             })
             .join()
@@ -94,24 +105,39 @@ impl StateStore for TableStates {
     }
 }
 
-/// Committed offsets and dedup state of `parts`, from the table.
+/// Committed offsets and dedup state of `parts`, from the table; when
+/// `assigned`, each partition's first record is to prove its log is the
+/// one the offset was committed for (its anchor, `ingest::cursor`).
 async fn load_states(
     lake: &Lake,
     topic: &str,
     parts: &[i32],
     window: u32,
+    assigned: bool,
 ) -> Result<HashMap<i32, PartState>, LakeError> {
     let table = lake.load().await?;
     let offsets = topic_offsets(table.metadata(), topic)?;
+    let anchors = committed_anchors(table.metadata())?
+        .remove(topic)
+        .unwrap_or_default();
     let mut dedups = dedup_log::restore(&table, topic, parts, window).await?;
-    Ok(parts
+    parts
         .iter()
         .map(|&p| {
             let committed = offsets.get(&p).copied();
             let dedup = dedups.remove(&p).unwrap_or_else(|| Dedup::new(window));
-            (p, PartState::loaded(committed, dedup))
+            if !assigned {
+                return Ok((p, PartState::loaded(committed, dedup)));
+            }
+            let anchor = match anchors.get(&p) {
+                None => None,
+                Some(hex) => Some(Anchor::from_hex(hex).ok_or_else(|| {
+                    LakeError::Table(format!("bad anchor {hex:?} of partition {p}"))
+                })?),
+            };
+            Ok((p, PartState::assigned(committed, anchor, dedup)))
         })
-        .collect())
+        .collect()
 }
 
 /// Failpoints of the crash tests (see `ingest::failpoint`).
@@ -167,6 +193,7 @@ pub async fn run(
         ("queued.max.messages.kbytes", "32768"),
         ("statistics.interval.ms", "1000"),
     ];
+    overrides.extend_from_slice(SINK_CONSUMER);
     overrides.extend_from_slice(consumer_overrides);
     let source = Source::subscribe_with(kafka, &cfg.group_id, &overrides, context)?;
     let mut decoder = Decoder::new(registry);
@@ -233,7 +260,7 @@ pub async fn run(
             w.source.consumer(),
             w.source.topic(),
             &w.owned,
-            [&w.metrics.lag, &w.metrics.beyond_log_end],
+            [&w.metrics.lag, &w.metrics.beyond_log_end, &w.metrics.held],
             &w.metrics.dedup_entries,
         );
         if last_log.elapsed() > Duration::from_secs(10) {
@@ -274,6 +301,10 @@ impl Writer<'_> {
             view: *v,
         });
         let s = self.round.take(records, &mut self.owned, decoder);
+        for &(p, why) in &s.held {
+            let stored = self.owned.get(&p).and_then(|st| st.committed);
+            log_hold(&self.topic, p, stored, why);
+        }
         for &(p, o) in &s.reseek {
             if !self.source.seek(p, Offset::Offset(o))
                 && let Some(st) = self.owned.get_mut(&p)
@@ -371,7 +402,8 @@ impl Writer<'_> {
         let mark = notiflow_ingest::source::now_micros() / 1000 - HEARTBEAT_MARGIN_MS;
         for (&p, st) in &self.owned {
             let Some(c) = st.committed else { continue };
-            if st.cursor.next() == Some(c) && handoff.high(p) == Some(c) {
+            // Only a log proven to be the offset's own is read whole.
+            if st.cursor.checked() && st.cursor.next() == Some(c) && handoff.high(p) == Some(c) {
                 self.round.heartbeat(p, c, mark);
             }
         }
@@ -458,7 +490,15 @@ impl Writer<'_> {
         }
         let mut backoff = Backoff::new();
         let states = loop {
-            match load_states(&self.lake, &self.topic, &parts, self.cfg.dedup_window_hours).await {
+            match load_states(
+                &self.lake,
+                &self.topic,
+                &parts,
+                self.cfg.dedup_window_hours,
+                false,
+            )
+            .await
+            {
                 Ok(s) => break s,
                 Err(e) if e.is_retryable() && !shutdown.is_cancelled() => {
                     tracing::warn!(error = %e, "reloading partition state failed, retrying");
@@ -500,7 +540,14 @@ impl Writer<'_> {
                 Change::Revoked(parts) => {
                     for p in parts {
                         self.owned.remove(&p);
-                        forget_partition([&self.metrics.lag, &self.metrics.beyond_log_end], p);
+                        forget_partition(
+                            [
+                                &self.metrics.lag,
+                                &self.metrics.beyond_log_end,
+                                &self.metrics.held,
+                            ],
+                            p,
+                        );
                     }
                 }
             }

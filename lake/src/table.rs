@@ -51,6 +51,13 @@ pub const GENERATIONS_PROP: &str = "notiflow.generations";
 /// in that file (a restore skips files wholly older than the window).
 pub const DEDUP_MAX_GEN_PROP: &str = "notiflow.dedup-max-generation";
 
+/// Summary property: `{"<topic>": {"<partition>": "<anchor, 16 hex>"}}`,
+/// written and carried with the offsets: the fingerprint of the last record
+/// taken before each partition's next offset (`ingest::cursor`), so a
+/// writer can tell the log it resumes in is the same one. An operator's
+/// `accept-gap` removes the partition's entry.
+pub const ANCHORS_PROP: &str = "notiflow.anchors";
+
 /// Summary property: `{"<topic>": {"<partition>": <broker time, ms>}}`,
 /// written and carried with the offsets: every record of the partition
 /// appended up to that broker time is committed (its newest committed
@@ -64,6 +71,8 @@ pub type TopicOffsets = BTreeMap<String, BTreeMap<i32, i64>>;
 pub type TopicWatermarks = BTreeMap<String, BTreeMap<i32, i64>>;
 /// Newest dedup generation per topic, then partition.
 pub type TopicGenerations = BTreeMap<String, BTreeMap<i32, u32>>;
+/// Per topic, per partition: an anchor, as 16 hex digits.
+pub type TopicAnchors = BTreeMap<String, BTreeMap<i32, String>>;
 
 /// An open catalog and the notiflow table in it.
 pub struct Lake {
@@ -241,6 +250,12 @@ pub fn committed_generations(md: &TableMetadata) -> Result<TopicGenerations, Lak
     carried(md, GENERATIONS_PROP)
 }
 
+/// The anchors, as [`committed_offsets`] (tables written before they were
+/// recorded have none).
+pub fn committed_anchors(md: &TableMetadata) -> Result<TopicAnchors, LakeError> {
+    carried(md, ANCHORS_PROP)
+}
+
 /// The completeness watermarks, as [`committed_offsets`] (tables written
 /// before they were recorded have none).
 pub fn committed_watermarks(md: &TableMetadata) -> Result<TopicWatermarks, LakeError> {
@@ -331,6 +346,10 @@ fn carry_forward(
     if !watermarks.is_empty() {
         properties.insert(WATERMARKS_PROP.into(), to_json(&watermarks)?);
     }
+    let anchors = committed_anchors(md)?;
+    if !anchors.is_empty() {
+        properties.insert(ANCHORS_PROP.into(), to_json(&anchors)?);
+    }
     Ok(())
 }
 
@@ -384,7 +403,9 @@ pub async fn commit_carrying_offsets(
 
 /// Sets the next offset of `topic`'s partition `p` to `offset` in a
 /// commit of its own (an operator accepting a gap in the log, see
-/// docs/operations.md); the offset it had, and the new snapshot's id.
+/// docs/operations.md), without an anchor (the operator vouches for the
+/// offset: the first record at or past it is taken); the offset it had,
+/// and the new snapshot's id.
 pub async fn set_offset(
     lake: &Lake,
     topic: &str,
@@ -441,6 +462,16 @@ async fn set_carried(
         let mut map: BTreeMap<String, BTreeMap<i32, i64>> = carried(table.metadata(), prop)?;
         let from = map.entry(topic.to_string()).or_default().insert(p, value);
         change.properties.insert(prop.into(), to_json(&map)?);
+        if prop == OFFSETS_PROP {
+            // A new offset has no anchor: the old one names another record.
+            let mut anchors = committed_anchors(table.metadata())?;
+            if let Some(a) = anchors.get_mut(topic) {
+                a.remove(&p);
+            }
+            change
+                .properties
+                .insert(ANCHORS_PROP.into(), to_json(&anchors)?);
+        }
         change
             .properties
             .insert("notiflow.operation".into(), operation.into());

@@ -105,8 +105,8 @@ async fn a_key_of_another_type_refuses_the_whole_batch_before_any_write() {
     let stored: i64 = conn.hlen(&offsets).await.unwrap();
     assert_eq!(
         stored,
-        2 * i64::from(PARTITIONS),
-        "offset and generation per partition"
+        3 * i64::from(PARTITIONS),
+        "offset, generation and anchor per partition"
     );
     let counted: u64 = conn.hget(&stats, "counted").await.unwrap();
     assert_eq!(counted, pending.stats.counted);

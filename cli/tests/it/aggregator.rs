@@ -54,6 +54,18 @@ impl Setup {
         properties: &str,
         extra: &str,
     ) -> Setup {
+        Setup::with_sections_on(brokers(), tag, redis_url, metrics_listen, properties, extra)
+    }
+
+    /// Like `with_sections`, on the broker at `brokers`.
+    pub(crate) fn with_sections_on(
+        brokers: String,
+        tag: &str,
+        redis_url: String,
+        metrics_listen: &str,
+        properties: &str,
+        extra: &str,
+    ) -> Setup {
         let topic = fresh_topic(tag);
         let dir = tempfile::tempdir().unwrap();
         let prefix = topic.replace('.', "_");
@@ -86,7 +98,7 @@ group_id = "{group}"
 listen = "{metrics_listen}"
 {extra}
 "#,
-                brokers = brokers(),
+                brokers = brokers,
                 extra = extra
                     .replace("{topic}", &topic)
                     .replace("{prefix}", &prefix),
@@ -95,7 +107,7 @@ listen = "{metrics_listen}"
         .unwrap();
         Setup {
             kafka: KafkaConfig {
-                brokers: brokers(),
+                brokers,
                 topic: topic.clone(),
                 dlq_topic: format!("{topic}.dlq"),
                 partitions: PARTITIONS,

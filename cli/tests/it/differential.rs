@@ -75,6 +75,11 @@ struct Day {
 
 impl Day {
     fn new() -> Day {
+        Day::on(crate::brokers())
+    }
+
+    /// A day on the broker at `brokers`.
+    fn on(brokers: String) -> Day {
         let lake_dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let lake = format!(
@@ -94,7 +99,8 @@ flush_rows = 4096
         // the rebalance timeout (max.poll.interval.ms, 5 min by default):
         // tansu 0.6 does not always expire its session.
         let properties = r#""max.poll.interval.ms" = "15000""#;
-        let s = Setup::with_sections(
+        let s = Setup::with_sections_on(
+            brokers,
             "diff",
             format!("redis://127.0.0.1:{port}"),
             "",
@@ -133,9 +139,17 @@ flush_rows = 4096
 
     /// Starts `notiflow run lake`, its log in `<dir>/lake-<n>.log`.
     fn writer(&self, n: usize) -> Proc {
+        self.writer_with(n, &[])
+    }
+
+    /// [`Day::writer`] with more environment.
+    fn writer_with(&self, n: usize, env: &[(&str, &str)]) -> Proc {
         let log = std::fs::File::create(self.s.dir.path().join(format!("lake-{n}.log"))).unwrap();
         let mut c = self.s.command();
         c.args(["run", "lake"]).stdout(Stdio::null()).stderr(log);
+        for (k, v) in env {
+            c.env(k, v);
+        }
         Proc(c.spawn().unwrap())
     }
 
@@ -525,4 +539,208 @@ fn redis_the_lake_and_the_truth_agree_after_a_worst_day() {
     );
     let _ = redis.kill();
     let _ = redis.wait();
+}
+
+/// `notiflow_<sink>_partition_held` of every partition, from a metrics page.
+fn held(metrics: &str, sink: &str) -> Vec<u8> {
+    (0..PARTITIONS)
+        .map(|p| {
+            let series = format!("notiflow_{sink}_partition_held{{partition=\"{p}\"}} ");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// A broker of the test's own (tansu, as `infra/up.sh` runs it, at
+/// `TANSU_BIN`), whose log the test can wipe: deleting a topic of the
+/// shared broker instead panics tansu 0.6's storage (measured: "more or
+/// less than one row", then every request fails).
+struct OwnBroker {
+    dir: tempfile::TempDir,
+    port: u16,
+    proc: Option<Proc>,
+}
+
+impl OwnBroker {
+    fn start() -> OwnBroker {
+        let mut b = OwnBroker {
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            proc: None,
+        };
+        b.run();
+        b
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn run(&mut self) {
+        let bin = std::env::var("TANSU_BIN").unwrap_or_else(|_| {
+            format!(
+                "{}/.cache/notiflow/tools/bin/tansu",
+                std::env::var("HOME").unwrap()
+            )
+        });
+        assert!(
+            std::path::Path::new(&bin).exists(),
+            "no tansu at {bin} (infra/up.sh --for tests installs it and sets TANSU_BIN)"
+        );
+        let url = format!("tcp://{}", self.addr());
+        let log = std::fs::File::create(self.dir.path().join("tansu.log")).unwrap();
+        let child = std::process::Command::new(bin)
+            .current_dir(self.dir.path())
+            .args(["broker", "--cluster-id", "notiflow-replaced"])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.proc = Some(Proc(child));
+        let probe: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.addr())
+            .create()
+            .unwrap();
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while probe.fetch_metadata(None, Duration::from_secs(2)).is_err() {
+            assert!(Instant::now() < give_up, "own tansu did not answer");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops the broker, deletes its log, starts it again, empty.
+    fn wipe(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            // (How tansu exits on SIGTERM is its own business.)
+            let _ = sigterm_and_wait(&mut p.0);
+        }
+        for e in std::fs::read_dir(self.dir.path()).unwrap() {
+            let path = e.unwrap().path();
+            if path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("tansu.db")
+            {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
+        self.run();
+    }
+}
+
+/// The broker loses its log while both sinks are down (a broker restored
+/// from nothing: what a second `infra/demo.sh` met when the broker's state
+/// was gone but Redis kept its offsets), and the new log grows past the
+/// offsets the sinks stored for the old one. Before,
+/// each sink dropped the new log's records below its old offsets as copies
+/// already taken and went on above them: counts lost in both. Now each
+/// sees that the record before its stored offset is not the one it took
+/// there, holds every partition (nothing taken, nothing dropped, an alarm
+/// gauge), and goes on only after the operator's explicit accept-gap from
+/// offset 0; then truth = Redis = lake, cell by cell.
+#[test]
+fn a_replaced_log_holds_both_sinks_until_an_operator_accepts_the_gap() {
+    let mut broker = OwnBroker::start();
+    let mut day = Day::on(broker.addr());
+    let redis_dir = tempfile::tempdir().unwrap();
+    let _redis = start_redis(redis_dir.path(), day.redis_port);
+    let mut agg = day.s.aggregator(0, &[]);
+    let mut lake = day.writer(0);
+    day.generate(201, 4_000, 90);
+    day.wait_drained(Duration::from_secs(180));
+    stop(&mut agg, &mut lake, &day, 0);
+    let old = day.s.stored_offsets();
+    let old_lake = day.lake("offsets", None);
+
+    broker.wipe();
+    day.generate(202, 12_000, 60);
+    let highs = day.s.highs();
+    assert!(
+        highs.iter().zip(&old).all(|(h, o)| h > o),
+        "the new log is past the old offsets on every partition: {highs:?} vs {old:?}"
+    );
+
+    let (agg_listen, lake_listen) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let mut agg = day
+        .s
+        .aggregator(1, &[("NOTIFLOW__METRICS__LISTEN", agg_listen.as_str())]);
+    let mut lake = day.writer_with(1, &[("NOTIFLOW__METRICS__LISTEN", lake_listen.as_str())]);
+    let all_held = vec![1; PARTITIONS as usize];
+    let give_up = Instant::now() + Duration::from_secs(120);
+    loop {
+        let a = held(
+            &crate::http_get_or_empty(&agg_listen, "/metrics"),
+            "aggregator",
+        );
+        let l = held(&crate::http_get_or_empty(&lake_listen, "/metrics"), "lake");
+        if a == all_held && l == all_held {
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "not every partition held: aggregator {a:?}, lake {l:?}\n{}",
+            day.s.log(1)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Held means nothing taken: a few seconds later nothing has moved.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(day.s.stored_offsets(), old, "Redis took nothing");
+    assert_eq!(day.lake("offsets", None), old_lake, "the lake took nothing");
+    assert!(
+        day.s.log(1).contains("partition held"),
+        "the hold is logged:\n{}",
+        day.s.log(1)
+    );
+
+    // The operator accepts the gap: the new log is new from offset 0.
+    for p in 0..PARTITIONS {
+        for sink in ["aggregator", "lake"] {
+            let out = day
+                .s
+                .command()
+                .args([
+                    sink,
+                    "accept-gap",
+                    "--partition",
+                    &p.to_string(),
+                    "--offset",
+                    "0",
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{sink} accept-gap: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    // The aggregator goes on by itself; the lake writers are restarted
+    // (docs/operations.md).
+    assert!(sigterm_and_wait(&mut lake).success(), "{}", day.lake_log(1));
+    let mut lake = day.writer(2);
+    day.wait_drained(Duration::from_secs(180));
+    stop(&mut agg, &mut lake, &day, 2);
+
+    let (want, valid, _, _) = day.truth();
+    let redis_cells = day.s.minute_counters();
+    assert_same_cells(&want, &redis_cells, "truth vs Redis");
+    let status_cells: Cells = redis_cells
+        .into_iter()
+        .filter(|((_, _, slot), _)| *slot < 5)
+        .collect();
+    let (lake_cells, lake_rows) = day.lake_cells();
+    assert_same_cells(&status_cells, &lake_cells, "Redis vs the lake (PyIceberg)");
+    assert_eq!(day.s.stats().get("counted"), Some(&valid));
+    assert_eq!(lake_rows, valid);
 }

@@ -124,6 +124,14 @@ pub fn highs(kafka: &KafkaConfig) -> Vec<i64> {
 }
 
 /// A plain HTTP/1.0 GET on loopback; the body.
+/// [`http_get`], or "" while nothing listens there yet (a process starting).
+pub fn http_get_or_empty(addr: &str, path: &str) -> String {
+    if std::net::TcpStream::connect(addr).is_err() {
+        return String::new();
+    }
+    http_get(addr, path)
+}
+
 pub fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(addr).unwrap();
