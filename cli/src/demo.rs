@@ -34,14 +34,21 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> anyhow::Result
         // A few poison records so the dead-letter path shows.
         cfg.generator.malformed_share = 0.001;
     }
+    // Each demo run makes events of its own: the configured seed moved by
+    // the start time. The same seed again would send the first run's event
+    // ids again, duplicates the sinks rightly do not count a second time.
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    cfg.generator.seed = cfg.generator.seed.wrapping_add(started);
     let (key, entry) =
         new_key("demo".into(), Role::Admin, None, false).context("making the demo API key")?;
     cfg.api.keys.push(entry);
     cfg.validate()?;
 
     println!(
-        "notiflow demo: generating {} into {} at {}; Ctrl-C stops",
-        cfg.kafka.topic, cfg.kafka.brokers, cfg.generator.rate
+        "notiflow demo: generating {} into {} at {} (seed {}); Ctrl-C stops",
+        cfg.kafka.topic, cfg.kafka.brokers, cfg.generator.rate, cfg.generator.seed
     );
     kafka::wait_for_broker(&cfg.kafka, &shutdown).await?;
     kafka::ensure_topics(&cfg.kafka).await?;

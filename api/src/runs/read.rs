@@ -9,7 +9,8 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use notiflow_reports::{Format, Manifest};
+use futures::StreamExt;
+use notiflow_reports::{Format, JobKind, Manifest};
 use notiflow_schema::time::format_rfc3339;
 
 use super::model::{
@@ -99,40 +100,84 @@ pub async fn download(
     stream_file(&app, &file.path).await
 }
 
-/// The read check of a recorded run (scheduled, CLI or API): its
-/// manifest says what it holds (kind, client, masking), and the caller
-/// must be allowed to read that, as for the API's own runs.
-async fn check_recorded(app: &App, who: &Principal, outs: &[String]) -> Result<(), ApiError> {
-    let refused = || {
-        ApiError::Forbidden("this run's files are not readable with this key (another client, all clients, or unmasked recipients without the pii permission)".into())
-    };
-    let Some(path) = outs.iter().find(|o| kind_of(o) == "manifest") else {
-        // No manifest to tell what it holds: only a key that may read anything.
-        return if who.role == Role::Admin && who.pii {
-            Ok(())
-        } else {
-            Err(refused())
-        };
-    };
+/// What a recorded run holds, as far as reading it goes: its kind, client
+/// (None: all clients) and masking.
+struct Scope {
+    kind: ReportKind,
+    client: Option<String>,
+    pii: bool,
+}
+
+impl Scope {
+    fn readable_by(&self, who: &Principal) -> bool {
+        may_read(who, self.kind, self.client.as_deref(), self.pii)
+    }
+}
+
+/// The [`Scope`] of a recorded run (scheduled, CLI or API): its manifest
+/// says what it holds; a run without one (running, failed, waiting) is its
+/// scheduled job's, as configured; `None` when nothing tells (an on-demand
+/// run that wrote no manifest): only a key that may read anything reads it.
+async fn recorded_scope(app: &App, job: &str, outs: &[String]) -> Result<Option<Scope>, ApiError> {
     let reports = app.runs.reports().await?;
+    let Some(path) = outs.iter().find(|o| kind_of(o) == "manifest") else {
+        return Ok(reports
+            .config()
+            .jobs
+            .iter()
+            .find(|j| j.name == job)
+            .map(|j| Scope {
+                kind: match j.kind {
+                    JobKind::Billing => ReportKind::Billing,
+                    JobKind::Detail => ReportKind::Detail,
+                },
+                client: j.client.clone(),
+                pii: j.pii,
+            }));
+    };
     let body = reports.output().get(path).await?;
     let m: Manifest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::Internal(format!("manifest {path}: {e}")))?;
-    let kind = if m.kind == "billing" {
-        ReportKind::Billing
-    } else {
-        ReportKind::Detail
-    };
-    let client = m.params.get("client").and_then(|c| c.as_str());
-    let pii = m
-        .params
-        .get("pii")
-        .and_then(|p| p.as_bool())
-        .unwrap_or(false);
-    if may_read(who, kind, client, pii) {
+    Ok(Some(Scope {
+        kind: if m.kind == "billing" {
+            ReportKind::Billing
+        } else {
+            ReportKind::Detail
+        },
+        client: m
+            .params
+            .get("client")
+            .and_then(|c| c.as_str())
+            .map(str::to_string),
+        pii: m
+            .params
+            .get("pii")
+            .and_then(|p| p.as_bool())
+            .unwrap_or(false),
+    }))
+}
+
+/// Whether `who` may read a recorded run of `scope` (`None`: unknown, so
+/// only a key that may read anything).
+fn may_read_recorded(who: &Principal, scope: Option<&Scope>) -> bool {
+    match scope {
+        Some(s) => s.readable_by(who),
+        None => who.role == Role::Admin && who.pii,
+    }
+}
+
+/// The read check of a recorded run's download: the caller must be
+/// allowed to read what it holds, as for the API's own runs.
+async fn check_recorded(
+    app: &App,
+    who: &Principal,
+    job: &str,
+    outs: &[String],
+) -> Result<(), ApiError> {
+    if may_read_recorded(who, recorded_scope(app, job, outs).await?.as_ref()) {
         Ok(())
     } else {
-        Err(refused())
+        Err(ApiError::Forbidden("this run's files are not readable with this key (another client, all clients, or unmasked recipients without the pii permission)".into()))
     }
 }
 
@@ -175,7 +220,11 @@ fn kind_of(path: &str) -> &'static str {
     }
 }
 
-/// The recorded runs (scheduled and on-demand), newest first (finance and admin).
+/// The recorded runs (scheduled and on-demand) the key may read, newest
+/// first (finance and admin): a run another key could not download is not
+/// listed (its paths name clients, its existence is not the caller's), and
+/// only an admin sees a failed run's error text (it may name servers and
+/// paths; the reports log has it with the run's job and slot).
 #[utoipa::path(get, path = "/v1/runs", tag = "reports",
     params(RunsParams),
     responses(
@@ -201,10 +250,39 @@ pub async fn scheduled(
         .list(p.job.as_deref(), limit)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    // Each run's scope, a manifest read each: a few at a time.
+    let asks: Vec<(Arc<App>, String, Vec<String>)> = runs
+        .iter()
+        .map(|r| (Arc::clone(&app), r.job.clone(), outputs(r)))
+        .collect();
+    let scopes: Vec<Result<Option<Scope>, ApiError>> = futures::stream::iter(asks)
+        .map(|(app, job, outs)| async move { recorded_scope(&app, &job, &outs).await })
+        .buffered(8)
+        .collect()
+        .await;
+    let admin = who.role == Role::Admin;
     Ok(axum::Json(
         runs.into_iter()
+            .zip(scopes)
+            .filter_map(|(r, scope)| match scope {
+                Ok(s) if may_read_recorded(&who, s.as_ref()) => Some(r),
+                Ok(_) => None,
+                Err(e) => {
+                    // An unreadable manifest hides its run, it does not
+                    // fail the list.
+                    tracing::warn!(job = %r.job, slot = r.scheduled_for, error = %e,
+                        "run left out of the list: its manifest cannot be read");
+                    None
+                }
+            })
             .map(|r| {
                 let outs = outputs(&r);
+                let error = match r.error {
+                    Some(_) if !admin => {
+                        Some("failed: the reports log has the details (job and slot)".into())
+                    }
+                    other => other,
+                };
                 ScheduledRun {
                     downloads: outs
                         .iter()
@@ -224,7 +302,7 @@ pub async fn scheduled(
                     attempts: r.attempts,
                     started_at: format_rfc3339(r.started_at),
                     finished_at: r.finished_at.map(format_rfc3339),
-                    error: r.error,
+                    error,
                     job: r.job,
                 }
             })
@@ -271,7 +349,7 @@ pub async fn scheduled_download(
             "this run has no outputs (it has not succeeded)".into(),
         ));
     }
-    check_recorded(&app, &who, &outs).await?;
+    check_recorded(&app, &who, &job, &outs).await?;
     let path = outs
         .iter()
         .find(|o| kind_of(o) == want)

@@ -741,6 +741,42 @@ fn reports_through_the_api(addr: &str, truth: &GroundTruth) {
     let r = get(addr, link, Some(ADMIN));
     assert_eq!(r.status, 200);
     assert!(!r.text().contains("*****"));
+    // The ledger's list shows finance only what finance may read: not the
+    // unmasked export, not the all-clients one (their paths name clients,
+    // their existence is not finance's), but still its billing run.
+    let detail_runs = |key: &str| -> Vec<String> {
+        get(addr, "/v1/runs?limit=50", Some(key))
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["outputs"].as_array().unwrap().clone())
+            .map(|o| o.as_str().unwrap().to_string())
+            .filter(|o| o.contains("/detail") && o.ends_with(".csv"))
+            .collect()
+    };
+    let (admin_sees, finance_sees) = (detail_runs(ADMIN), detail_runs(FINANCE));
+    assert_eq!(
+        finance_sees.len() + 2,
+        admin_sees.len(),
+        "finance sees every detail export but the unmasked and the all-clients one: \
+         {finance_sees:?} vs {admin_sees:?}"
+    );
+    assert!(
+        finance_sees
+            .iter()
+            .all(|o| o.contains(&format!("detail-{CLIENT}-"))),
+        "{finance_sees:?}"
+    );
+    let finance_runs = get(addr, "/v1/runs?limit=50", Some(FINANCE)).json();
+    assert!(
+        finance_runs.as_array().unwrap().iter().any(|r| r["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o.as_str().unwrap().contains("billing-2026-11-01.csv"))),
+        "{finance_runs}"
+    );
 }
 
 /// A TCP proxy to Redis that the test can cut (new connections refused in
