@@ -37,7 +37,7 @@ fn batch_size() -> usize {
 
 fn redis_cfg(prefix: &str) -> RedisConfig {
     RedisConfig {
-        url: env("REDIS_URL", "redis://127.0.0.1:6379"),
+        url: env("REDIS_URL", "redis://127.0.0.1:6379").into(),
         key_prefix: prefix.into(),
         timeout_ms: 2000,
     }

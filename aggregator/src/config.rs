@@ -3,6 +3,7 @@
 //! Each field's doc comment is the user's reference.
 
 use notiflow_ingest::ConfigError;
+use notiflow_schema::secret::SecretUrl;
 use serde::{Deserialize, Serialize};
 
 /// Where the counters live.
@@ -10,7 +11,7 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// Redis URL, `redis://[:password@]host:port[/db]` (or `rediss://`).
-    pub url: String,
+    pub url: SecretUrl,
     /// Prefix of every key notiflow writes (see `aggregator/README.md`);
     /// `{nf}` puts every key in one Redis Cluster slot.
     pub key_prefix: String,

@@ -130,7 +130,7 @@ impl Api {
         report_metrics: notiflow_reports::Metrics,
     ) -> anyhow::Result<Api> {
         let wiring = notiflow_api::Wiring {
-            redis_url: cfg.redis.url.clone(),
+            redis_url: cfg.redis.url.to_string(),
             key_prefix: cfg.redis.key_prefix.clone(),
             minute_retention_hours: cfg.aggregator.minute_retention_hours,
             reports: cfg.reports.clone(),
@@ -144,7 +144,7 @@ impl Api {
         Ok(Api {
             app,
             listener,
-            redis_url: cfg.redis.url.clone(),
+            redis_url: cfg.redis.url.to_string(),
             addr,
         })
     }

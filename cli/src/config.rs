@@ -14,6 +14,7 @@ use notiflow_ingest::{IngestConfig, KafkaConfig, SchemaRegistryConfig};
 use notiflow_lake::LakeConfig;
 use notiflow_loadgen::GenConfig;
 use notiflow_reports::ReportsConfig;
+use notiflow_schema::secret::{REDACTED, names_a_secret, redact_url};
 use serde::{Deserialize, Serialize};
 
 /// The config as `notiflow config` prints it, every secret redacted so
@@ -28,40 +29,19 @@ pub fn redacted(cfg: &Config) -> Result<toml::Value, toml::ser::Error> {
     Ok(v)
 }
 
-/// What a redacted value reads as.
-const REDACTED: &str = "<redacted>";
-
 fn redact(v: &mut toml::Value, key: &str) {
     match v {
         toml::Value::Table(t) => t.iter_mut().for_each(|(k, x)| redact(x, k)),
         toml::Value::Array(a) => a.iter_mut().for_each(|x| redact(x, key)),
         toml::Value::String(s) => {
-            let k = key.to_ascii_lowercase();
-            let secret = ["secret", "password", "passwd", "token"]
-                .iter()
-                .any(|w| k.contains(w));
-            if secret && !s.is_empty() {
+            if names_a_secret(key) && !s.is_empty() {
                 *s = REDACTED.to_string();
-            } else if let Some(url) = without_password(s) {
+            } else if let Some(url) = redact_url(s) {
                 *s = url;
             }
         }
         _ => {}
     }
-}
-
-/// `scheme://user:password@host…` with the password redacted; None when
-/// `s` is no URL with a password.
-fn without_password(s: &str) -> Option<String> {
-    let (scheme, rest) = s.split_once("://")?;
-    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    let (userinfo, _) = authority.rsplit_once('@')?;
-    let (user, password) = userinfo.split_once(':')?;
-    if password.is_empty() {
-        return None;
-    }
-    let host_and_path = &rest[userinfo.len()..];
-    Some(format!("{scheme}://{user}:{REDACTED}{host_and_path}"))
 }
 
 /// The embedded defaults (`cli/config/default.toml`).
@@ -303,30 +283,45 @@ mod tests {
             Ok(())
         });
     }
-}
 
-#[cfg(test)]
-mod redact_tests {
-    use super::*;
-
+    /// Every secret a config can hold, set: a `Debug` print of the config
+    /// (what a log line, a panic or an error chain shows) carries none of
+    /// them, and the services still get each one.
     #[test]
-    fn url_passwords_are_redacted_and_the_rest_kept() {
-        for (url, want) in [
-            (
-                "redis://:hunter2@127.0.0.1:6379/0",
-                Some("redis://:<redacted>@127.0.0.1:6379/0"),
-            ),
-            (
-                "postgres://lake:pg@db:5432/cat",
-                Some("postgres://lake:<redacted>@db:5432/cat"),
-            ),
-            ("https://u:p@reg/x@y", Some("https://u:<redacted>@reg/x@y")),
-            ("redis://127.0.0.1:6379", None),
-            ("https://user@reg", None),
-            ("sqlite://data/catalog.db", None),
-            ("plain text", None),
-        ] {
-            assert_eq!(without_password(url).as_deref(), want, "{url}");
-        }
+    fn a_printed_config_shows_no_secret() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "s.toml",
+                r#"
+[kafka.properties]
+"sasl.password" = "kafka-sasl-s3cr3t"
+"ssl.key.pem" = "-----BEGIN PRIVATE KEY-----pem-s3cr3t"
+"security.protocol" = "SASL_SSL"
+
+[redis]
+url = "redis://:redis-s3cr3t@127.0.0.1:6379/0"
+
+[lake]
+catalog_uri = "postgres://lake:pg-s3cr3t@db:5432/cat"
+
+[lake.s3]
+secret_access_key = "aws-s3cr3t"
+
+[reports]
+pseudonym_secret = "pseudo-s3cr3t"
+
+[schema_registry]
+url = "https://reg:registry-s3cr3t@registry.example:8081"
+"#,
+            )?;
+            let cfg = Config::load(Some(Path::new("s.toml"))).map_err(|e| e.to_string())?;
+            let printed = format!("{cfg:?} {cfg:#?}");
+            assert!(!printed.contains("s3cr3t"), "{printed}");
+            assert!(printed.contains("SASL_SSL"), "the rest still prints");
+            assert_eq!(cfg.lake.s3.secret_access_key.expose(), "aws-s3cr3t");
+            assert_eq!(cfg.reports.pseudonym_secret.expose(), "pseudo-s3cr3t");
+            assert!(cfg.redis.url.contains("redis-s3cr3t"));
+            Ok(())
+        });
     }
 }

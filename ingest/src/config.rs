@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use notiflow_schema::secret::{Properties, SecretUrl};
 use serde::{Deserialize, Serialize};
 
 /// How to reach the Kafka-protocol broker, and which topics to use.
@@ -22,7 +23,7 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// Extra librdkafka properties (e.g. `security.protocol`, `sasl.*`), passed as is.
     #[serde(default)]
-    pub properties: BTreeMap<String, String>,
+    pub properties: Properties,
 }
 
 /// Where Avro writer schemas come from.
@@ -32,7 +33,7 @@ pub struct SchemaRegistryConfig {
     /// URL of a Confluent-compatible Schema Registry. When unset, schemas come
     /// from `files` plus notiflow's built-in schema under id 1.
     #[serde(default)]
-    pub url: Option<String>,
+    pub url: Option<SecretUrl>,
     /// Schema id → `.avsc` file, used when `url` is unset.
     #[serde(default)]
     pub files: BTreeMap<u32, PathBuf>,
@@ -191,7 +192,7 @@ mod tests {
             topic: "t".into(),
             dlq_topic: "t.dlq".into(),
             partitions: 4,
-            properties: BTreeMap::new(),
+            properties: Default::default(),
         }
     }
 

@@ -431,8 +431,6 @@ mod tests {
         assert_eq!(cut_str("abc", 10), "abc");
     }
 
-    use std::collections::BTreeMap;
-
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::mocking::MockCluster;
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -444,7 +442,7 @@ mod tests {
             topic: "src".into(),
             dlq_topic: "dlq".into(),
             partitions: 1,
-            properties: BTreeMap::new(),
+            properties: Default::default(),
         };
         let cfg = IngestConfig {
             group_id: "g".into(),

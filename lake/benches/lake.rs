@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 fn lake_cfg(dir: &std::path::Path) -> LakeConfig {
     LakeConfig {
         warehouse: dir.join("warehouse").display().to_string(),
-        catalog_uri: format!("sqlite://{}", dir.join("catalog.db").display()),
+        catalog_uri: format!("sqlite://{}", dir.join("catalog.db").display()).into(),
         commit_interval_ms: 1000,
         ..LakeConfig::default()
     }

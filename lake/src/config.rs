@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use notiflow_ingest::ConfigError;
+use notiflow_schema::secret::{Secret, SecretUrl};
 use serde::{Deserialize, Serialize};
 
 /// The lake writer and its table.
@@ -19,7 +20,7 @@ pub struct LakeConfig {
     /// Catalog: `sqlite://<file>` (created if missing; relative paths are
     /// relative to the working directory) or `postgres://…` (an Iceberg SQL
     /// catalog, the same tables PyIceberg's and Java's JDBC catalog use).
-    pub catalog_uri: String,
+    pub catalog_uri: SecretUrl,
     /// Catalog name (the `catalog_name` column of the SQL catalog).
     pub catalog_name: String,
     /// Namespace of the table.
@@ -72,7 +73,7 @@ pub struct S3Config {
     /// Access key id (empty: the default AWS credential chain).
     pub access_key_id: String,
     /// Secret access key.
-    pub secret_access_key: String,
+    pub secret_access_key: Secret,
     /// Path-style requests (`endpoint/bucket/key`), as most S3-compatible servers want.
     pub path_style: bool,
 }
@@ -282,7 +283,10 @@ impl LakeConfig {
             p.insert("s3.region".into(), s.region.clone());
             if !s.access_key_id.is_empty() {
                 p.insert("s3.access-key-id".into(), s.access_key_id.clone());
-                p.insert("s3.secret-access-key".into(), s.secret_access_key.clone());
+                p.insert(
+                    "s3.secret-access-key".into(),
+                    s.secret_access_key.expose().to_string(),
+                );
             }
             p.insert("s3.path-style-access".into(), s.path_style.to_string());
         }

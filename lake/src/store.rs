@@ -26,7 +26,7 @@ pub fn operator(
         if !s3.access_key_id.is_empty() {
             b = b
                 .access_key_id(&s3.access_key_id)
-                .secret_access_key(&s3.secret_access_key);
+                .secret_access_key(s3.secret_access_key.expose());
         }
         if !s3.path_style {
             b = b.enable_virtual_host_style();

@@ -6,7 +6,6 @@
 //! `PRODUCE_EVENTS` sets the record count (default 1,000,000).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use notiflow_ingest::KafkaConfig;
@@ -26,7 +25,7 @@ fn kafka(tag: &str) -> KafkaConfig {
         topic: format!("bench.{tag}.{nanos}"),
         dlq_topic: format!("bench.{tag}.{nanos}.dlq"),
         partitions: 8,
-        properties: BTreeMap::new(),
+        properties: Default::default(),
     }
 }
 

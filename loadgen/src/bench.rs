@@ -4,7 +4,6 @@
 //! bench set-up panics with what failed.
 #![allow(clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use notiflow_ingest::KafkaConfig;
@@ -105,7 +104,7 @@ pub fn kafka(topic: &str) -> KafkaConfig {
         topic: topic.into(),
         dlq_topic: format!("{topic}.dlq"),
         partitions: PARTITIONS,
-        properties: BTreeMap::new(),
+        properties: Default::default(),
     }
 }
 

@@ -42,7 +42,7 @@ fn lake_cfg() -> LakeConfig {
     let d = dir();
     LakeConfig {
         warehouse: d.join("warehouse").display().to_string(),
-        catalog_uri: format!("sqlite://{}", d.join("catalog.db").display()),
+        catalog_uri: format!("sqlite://{}", d.join("catalog.db").display()).into(),
         ..LakeConfig::default()
     }
 }

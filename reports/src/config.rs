@@ -5,6 +5,7 @@
 use std::str::FromStr;
 
 use chrono_tz::Tz;
+use notiflow_schema::secret::Secret;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ReportError;
@@ -203,7 +204,7 @@ pub struct ReportsConfig {
     /// exports (real `wamid.…` ids encode the recipient's number). Keep it
     /// secret and stable: the same id gets the same pseudonym in every
     /// export, so rows of one message still group. Empty: an unkeyed hash.
-    pub pseudonym_secret: String,
+    pub pseudonym_secret: Secret,
     /// Scheduler settings.
     pub scheduler: SchedulerConfig,
     /// Scheduled jobs.
@@ -225,7 +226,7 @@ impl Default for ReportsConfig {
             billing_memory_limit_mib: 3072,
             threads: 0,
             max_detail_days: 31,
-            pseudonym_secret: String::new(),
+            pseudonym_secret: Secret::default(),
             scheduler: SchedulerConfig::default(),
             jobs: Vec::new(),
         }

@@ -372,7 +372,11 @@ impl Reports {
             loop {
                 let done = match next.take() {
                     Some(b) => {
-                        chunks.push_batch(detail::shape(&b, q.pii, &self.cfg.pseudonym_secret)?)?;
+                        chunks.push_batch(detail::shape(
+                            &b,
+                            q.pii,
+                            self.cfg.pseudonym_secret.expose(),
+                        )?)?;
                         false
                     }
                     None => {

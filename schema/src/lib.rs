@@ -7,12 +7,14 @@
 //! ```
 //!
 //! This crate is a leaf: it holds the event type, its enums, the field limits,
-//! the Avro schema text and time helpers, and depends on nothing but `serde`.
+//! the Avro schema text, time helpers and the config types that keep
+//! secrets from printing, and depends on nothing but `serde`.
 //! Decoding from bytes lives in `notiflow-ingest`; this crate only says what a
 //! valid event *is*.
 
 pub mod counters;
 pub mod event;
+pub mod secret;
 pub mod time;
 
 pub use event::{Category, Country, Event, Status};

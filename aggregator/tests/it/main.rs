@@ -22,7 +22,9 @@ const PARTITIONS: i32 = 2;
 
 pub(crate) fn redis_cfg(prefix: &str) -> RedisConfig {
     RedisConfig {
-        url: std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        url: std::env::var("REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+            .into(),
         key_prefix: prefix.into(),
         timeout_ms: 2000,
     }

@@ -5,7 +5,7 @@
 //!
 //! Each test uses a fresh topic, consumer group and Redis key prefix.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -111,7 +111,7 @@ listen = "{metrics_listen}"
                 topic: topic.clone(),
                 dlq_topic: format!("{topic}.dlq"),
                 partitions: PARTITIONS,
-                properties: BTreeMap::new(),
+                properties: Default::default(),
             },
             prefix,
             group,

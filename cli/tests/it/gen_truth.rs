@@ -66,7 +66,7 @@ async fn generated_records_match_their_ground_truth() {
         topic: topic.clone(),
         dlq_topic: format!("{topic}.dlq"),
         partitions: PARTITIONS,
-        properties: BTreeMap::new(),
+        properties: Default::default(),
     };
     let dir = tempfile::tempdir().unwrap();
     let truth_path = dir.path().join("truth.json");

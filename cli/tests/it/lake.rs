@@ -177,7 +177,7 @@ listen = ""
                 topic: topic.clone(),
                 dlq_topic: format!("{topic}.dlq"),
                 partitions: PARTITIONS,
-                properties: BTreeMap::new(),
+                properties: Default::default(),
             },
             dir,
             config,

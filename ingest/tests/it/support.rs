@@ -1,6 +1,6 @@
 //! Shared test plumbing: fresh topics, producing, reading a topic to its end.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -35,7 +35,7 @@ pub fn fresh_kafka(partitions: i32) -> KafkaConfig {
         topic: format!("it.status.{id}"),
         dlq_topic: format!("it.status.{id}.dlq"),
         partitions,
-        properties: BTreeMap::new(),
+        properties: Default::default(),
     }
 }
 

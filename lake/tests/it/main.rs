@@ -25,7 +25,7 @@ const PARTITIONS: i32 = 4;
 fn cfg(dir: &std::path::Path) -> LakeConfig {
     LakeConfig {
         warehouse: dir.join("warehouse").display().to_string(),
-        catalog_uri: format!("sqlite://{}", dir.join("catalog.db").display()),
+        catalog_uri: format!("sqlite://{}", dir.join("catalog.db").display()).into(),
         flush_rows: 1000,
         ..LakeConfig::default()
     }

@@ -97,7 +97,7 @@ pub fn folder_configs(dir: &std::path::Path) -> (LakeConfig, ReportsConfig) {
     std::fs::write(&card, CARD).unwrap();
     let lake_cfg = LakeConfig {
         warehouse: dir.join("warehouse").display().to_string(),
-        catalog_uri: format!("sqlite://{}", dir.join("catalog.db").display()),
+        catalog_uri: format!("sqlite://{}", dir.join("catalog.db").display()).into(),
         flush_rows: 5000,
         ..LakeConfig::default()
     };
