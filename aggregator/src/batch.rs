@@ -12,10 +12,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use notiflow_ingest::cursor::{Admit, Anchor, Cursor, Hold};
+use notiflow_ingest::Decoder;
+use notiflow_ingest::cursor::{Admit, Anchor, Cursor, Hold, LastTaken};
 use notiflow_ingest::dedup::{Dedup, bounded_time, fingerprint, pack};
 pub use notiflow_ingest::source::SourceRecord;
-use notiflow_ingest::{Decoder, RecordView};
 use notiflow_schema::counters::{Counts, DeltaCell, SLOTS, sent_category_slot, status_slot};
 use notiflow_schema::time::{DAY_MICROS, HOUR_MICROS, minute_of};
 use notiflow_schema::{Micros, Status};
@@ -216,10 +216,7 @@ pub fn process<'a>(
     // state and dedup buffer are instead of looking them up per record.
     let mut current: Option<(i32, u32)> = None;
     let mut appends: Vec<u8> = Vec::new();
-    // The last record taken of each partition: its anchor is stored.
-    // (Records come in runs of one partition: a short list, the run's
-    // partition last.)
-    let mut last: Vec<(i32, RecordView<'a>)> = Vec::new();
+    let mut last = LastTaken::default();
     for rec in records {
         out.stats.records += 1;
         let Some(state) = owned.get_mut(&rec.partition) else {
@@ -247,10 +244,7 @@ pub fn process<'a>(
                 continue;
             }
         }
-        match last.iter_mut().rev().find(|(q, _)| *q == rec.partition) {
-            Some((_, v)) => *v = rec.view,
-            None => last.push((rec.partition, rec.view)),
-        }
+        last.note(rec.partition, rec.view);
         let generation = state.dedup.generation_of(rec.view.timestamp);
         let upd = out
             .offsets
@@ -340,9 +334,9 @@ pub fn process<'a>(
     if let Some(key) = current {
         out.dedup.entry(key).or_default().append(&mut appends);
     }
-    for (p, view) in &last {
-        if let Some(u) = out.offsets.get_mut(p) {
-            u.anchor = Some(Anchor::of(view));
+    for (p, anchor) in last.anchors() {
+        if let Some(u) = out.offsets.get_mut(&p) {
+            u.anchor = Some(anchor);
         }
     }
     out

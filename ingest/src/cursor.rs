@@ -130,6 +130,27 @@ impl Anchor {
     }
 }
 
+/// The last record a sink took of each partition in one batch, whose
+/// anchors it stores with the batch's offsets. Records come in runs of one
+/// partition, so the list is short and the run's partition is last.
+#[derive(Debug, Default)]
+pub struct LastTaken<'a>(Vec<(i32, RecordView<'a>)>);
+
+impl<'a> LastTaken<'a> {
+    /// Notes `view` as the last record taken of partition `p`.
+    pub fn note(&mut self, p: i32, view: RecordView<'a>) {
+        match self.0.iter_mut().rev().find(|(q, _)| *q == p) {
+            Some((_, v)) => *v = view,
+            None => self.0.push((p, view)),
+        }
+    }
+
+    /// Each partition's anchor (one fingerprint per partition per batch).
+    pub fn anchors(&self) -> impl Iterator<Item = (i32, Anchor)> + '_ {
+        self.0.iter().map(|(p, v)| (*p, Anchor::of(v)))
+    }
+}
+
 /// What the first record of a freshly assigned partition must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Verify {

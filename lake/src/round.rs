@@ -11,7 +11,7 @@ use arrow::datatypes::SchemaRef;
 use iceberg::spec::DataFile;
 use iceberg::table::Table;
 use notiflow_ingest::Decoder;
-use notiflow_ingest::cursor::{Admit, Anchor, Cursor, Hold};
+use notiflow_ingest::cursor::{Admit, Anchor, Cursor, Hold, LastTaken};
 use notiflow_ingest::dedup::{Dedup, bounded_time, fingerprint, pack};
 pub use notiflow_ingest::source::SourceRecord;
 
@@ -177,8 +177,7 @@ impl Round {
         // noted once at the end, not per record.
         let mut touched: Vec<i32> = Vec::new();
         let mut run_mark: Option<(i32, i64)> = None;
-        // The last record taken of each partition: its anchor is stored.
-        let mut last: Vec<(i32, notiflow_ingest::RecordView<'a>)> = Vec::new();
+        let mut last = LastTaken::default();
         for rec in records {
             let p = rec.partition;
             let Some(st) = owned.get_mut(&p) else {
@@ -211,10 +210,7 @@ impl Round {
             if touched.last() != Some(&p) {
                 touched.push(p);
             }
-            match last.iter_mut().rev().find(|(q, _)| *q == p) {
-                Some((_, v)) => *v = rec.view,
-                None => last.push((p, rec.view)),
-            }
+            last.note(p, rec.view);
             self.started.get_or_insert_with(Instant::now);
             // Every record taken (rejected ones too) moves the watermark,
             // on the partition's bounded clock: a CreateTime far ahead
@@ -264,9 +260,7 @@ impl Round {
                 self.generations.insert(p, st.dedup.newest());
             }
         }
-        for (p, view) in &last {
-            self.anchors.insert(*p, Anchor::of(view));
-        }
+        self.anchors.extend(last.anchors());
         self.rows += s.written;
         s
     }

@@ -692,8 +692,29 @@ fn a_replaced_log_holds_both_sinks_until_an_operator_accepts_the_gap() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    // Held means nothing taken: a few seconds later nothing has moved.
-    std::thread::sleep(Duration::from_secs(3));
+    // Held means nothing taken: once each sink has looked at every record
+    // of the new log from the anchor's offset on (and dropped each as
+    // stale), its stored offsets are still the old ones.
+    let past_anchor: i64 = highs.iter().zip(&old).map(|(h, o)| h - (o - 1)).sum();
+    let stale = |listen: &str, sink: &str| -> i64 {
+        let series = format!("notiflow_{sink}_events_total{{outcome=\"stale\"}} ");
+        crate::http_get_or_empty(listen, "/metrics")
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as i64
+    };
+    let give_up = Instant::now() + Duration::from_secs(120);
+    while stale(&agg_listen, "aggregator") < past_anchor
+        || stale(&lake_listen, "lake") < past_anchor
+    {
+        assert!(
+            Instant::now() < give_up,
+            "the held sinks did not read the new log through: {} / {} of {past_anchor}",
+            stale(&agg_listen, "aggregator"),
+            stale(&lake_listen, "lake")
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     assert_eq!(day.s.stored_offsets(), old, "Redis took nothing");
     assert_eq!(day.lake("offsets", None), old_lake, "the lake took nothing");
     assert!(
