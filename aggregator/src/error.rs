@@ -36,6 +36,29 @@ impl AggregatorError {
     }
 }
 
+impl AggregatorError {
+    /// The key and the reason when Redis refused a batch because of one
+    /// of its keys (`APPLY`'s `NOTIFLOW_REFUSED`, or a `WRONGTYPE`): an
+    /// error about that batch's keys, not about the connection or the
+    /// deployment, so only the partitions of that batch stop
+    /// (`refusal`).
+    pub fn refusal(&self) -> Option<(String, String)> {
+        let AggregatorError::Redis(e) = self else {
+            return None;
+        };
+        let detail = e.detail().unwrap_or_default();
+        match e.code() {
+            Some("NOTIFLOW_REFUSED") => Some((
+                detail.split_whitespace().next().unwrap_or("?").to_string(),
+                detail.to_string(),
+            )),
+            Some("WRONGTYPE") => Some(("?".into(), format!("WRONGTYPE {detail}"))),
+            _ if detail.contains("WRONGTYPE") => Some(("?".into(), detail.to_string())),
+            _ => None,
+        }
+    }
+}
+
 /// Whether waiting and retrying can get a Redis command through: a lost or
 /// refused connection, a server that is loading, busy, out of memory or
 /// failing to persist, a cluster between failovers. Not: an error the
@@ -137,6 +160,20 @@ mod tests {
         for (code, detail) in stop {
             let e = AggregatorError::Redis(server(code, detail));
             assert!(!e.is_retryable(), "{code} {detail}");
+            // Only what names the batch's keys stops its partitions alone;
+            // the rest (permissions, cluster, scripts) stops the process.
+            let about_keys =
+                matches!(code, "NOTIFLOW_REFUSED" | "WRONGTYPE") || detail.contains("WRONGTYPE");
+            assert_eq!(e.refusal().is_some(), about_keys, "{code} {detail}");
         }
+        let e = AggregatorError::Redis(server(
+            "NOTIFLOW_REFUSED",
+            "nf:m:{acme}:2026112322 holds a string, not a hash",
+        ));
+        assert_eq!(
+            e.refusal().unwrap().0,
+            "nf:m:{acme}:2026112322",
+            "the key is named"
+        );
     }
 }

@@ -18,6 +18,7 @@ pub mod batch;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod refusal;
 pub mod service;
 pub mod sink;
 

@@ -34,6 +34,9 @@ pub struct Metrics {
     /// 1 for a partition held because its log is not the one its stored
     /// offset belongs to (an alarm: nothing of it is taken meanwhile).
     pub held: IntGaugeVec,
+    /// 1 for a partition held because Redis refuses its batches: a key of
+    /// another type (`refusal`); labelled with that key.
+    pub refused: IntGaugeVec,
     /// Partitions owned.
     pub partitions: IntGauge,
     /// Events held in the dedup tables.
@@ -116,6 +119,13 @@ impl Metrics {
                 ),
                 &["partition"],
             )?,
+            refused: IntGaugeVec::new(
+                Opts::new(
+                    "notiflow_aggregator_partition_refused",
+                    "1 while Redis refuses a partition's batches because `key` holds another type (a foreign writer); nothing of the partition is taken (nothing lost) until the key is removed, the other partitions go on.",
+                ),
+                &["partition", "key"],
+            )?,
             partitions: IntGauge::new(
                 "notiflow_aggregator_partitions",
                 "Partitions owned by this process.",
@@ -137,6 +147,7 @@ impl Metrics {
         registry.register(Box::new(m.lag.clone()))?;
         registry.register(Box::new(m.beyond_log_end.clone()))?;
         registry.register(Box::new(m.held.clone()))?;
+        registry.register(Box::new(m.refused.clone()))?;
         registry.register(Box::new(m.partitions.clone()))?;
         registry.register(Box::new(m.dedup_entries.clone()))?;
         Ok(m)

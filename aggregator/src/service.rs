@@ -10,7 +10,7 @@
 //! Kafka's committed offsets are never used: Redis holds them, with the
 //! counters, so a crash at any instant neither loses nor doubles a count.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,7 @@ use crate::batch::{Owned, PartitionState, Pending, Retention, SourceRecord, proc
 use crate::config::{AggregatorConfig, RedisConfig};
 use crate::error::AggregatorError;
 use crate::metrics::Metrics;
+use crate::refusal::Quarantine;
 use crate::sink::{Applied, Scripts, Target};
 
 /// What one run did.
@@ -213,6 +214,7 @@ pub async fn run(
     let mut last_log = Instant::now();
     let mut last_audit = Instant::now();
     let mut inflight: Option<Inflight> = None;
+    let mut quarantine = Quarantine::default();
     tracing::info!(topic = %kafka.topic, group = %cfg.group_id, prefix = %redis_cfg.key_prefix, "aggregator running");
 
     loop {
@@ -228,8 +230,24 @@ pub async fn run(
                 Vec::new()
             }
         };
-        take_changes(&handoff, &mut owned, &metrics);
-        let mut next: Option<Pending> = None;
+        take_changes(&handoff, &mut owned, &mut quarantine, &metrics);
+        // Partitions held after a refusal are tried again, each on its
+        // own, from their stored offsets (refusal.rs).
+        let due = quarantine.due();
+        if !due.is_empty() {
+            resync(
+                &scripts, &mut conn, &target, &source, &mut owned, &due, &shutdown,
+            )
+            .await?;
+        }
+        let ctx = Ctx {
+            scripts: &scripts,
+            target: &target,
+            source: &source,
+            metrics: &metrics,
+            shutdown: &shutdown,
+        };
+        let mut groups: Vec<Pending> = Vec::new();
         if !batch.is_empty() {
             let views: Vec<_> = batch.iter().map(view).collect();
             decoder.prepare_retrying(&views, &shutdown).await?;
@@ -238,8 +256,41 @@ pub async fn run(
                 offset: m.offset(),
                 view: *v,
             });
-            let pending = process(records, &mut owned, &decoder, retention);
             stats.records += batch.len() as u64;
+            if quarantine.is_empty() {
+                groups.push(process(records, &mut owned, &decoder, retention));
+            } else {
+                // Held partitions take nothing; isolated ones are applied
+                // in batches of their own, after the batch in flight.
+                if let Some(f) = inflight.take() {
+                    let outcome = settle(f, &mut stats, &metrics, &failpoints).await?;
+                    if after(
+                        &ctx,
+                        &mut conn,
+                        &mut owned,
+                        &mut quarantine,
+                        outcome,
+                        &mut None,
+                    )
+                    .await?
+                    {
+                        break;
+                    }
+                }
+                let mut split: BTreeMap<Option<i32>, Vec<SourceRecord<'_>>> = BTreeMap::new();
+                for r in records.filter(|r| !quarantine.holds(r.partition)) {
+                    let own = quarantine.isolates(r.partition).then_some(r.partition);
+                    split.entry(own).or_default().push(r);
+                }
+                for recs in split.into_values() {
+                    groups.push(process(recs, &mut owned, &decoder, retention));
+                }
+            }
+        }
+        let isolating = groups.len() > 1;
+        let mut next: Option<Pending> = None;
+        let mut shut = false;
+        for pending in groups {
             observe_batch(&metrics, &pending);
             for &(p, why) in &pending.held {
                 log_hold(
@@ -256,51 +307,70 @@ pub async fn run(
                     s.cursor.seek_failed();
                 }
             }
-            if !pending.is_empty() {
+            if pending.is_empty() {
+                continue;
+            }
+            if isolating {
+                // One at a time, each settled before the next.
+                failpoints.before_apply(stats.batches + 1);
+                set_applied(&mut owned, &pending);
+                let f = launch(&scripts, &conn, &target, pending, &metrics, &shutdown);
+                let outcome = settle(f, &mut stats, &metrics, &failpoints).await?;
+                if after(
+                    &ctx,
+                    &mut conn,
+                    &mut owned,
+                    &mut quarantine,
+                    outcome,
+                    &mut None,
+                )
+                .await?
+                {
+                    shut = true;
+                    break;
+                }
+            } else {
                 next = Some(pending);
             }
+        }
+        if shut {
+            break;
         }
         let audit_due = last_audit.elapsed() > AUDIT_EVERY && !owned.is_empty();
         // One batch in flight at a time: the next goes out once Redis has
         // answered for this one, so the offset CAS sees them in order.
         if let Some(f) = inflight.take() {
-            match settle(f, &mut stats, &metrics, &failpoints).await? {
-                Settled::Applied(done) => mark_published(&mut owned, &done),
-                Settled::Fenced(mut parts) => {
-                    // The batch processed meanwhile assumed this one applied.
-                    if let Some(n) = next.take() {
-                        parts.extend(n.offsets.keys().copied());
-                    }
-                    parts.sort_unstable();
-                    parts.dedup();
-                    resync(
-                        &scripts, &mut conn, &target, &source, &mut owned, &parts, &shutdown,
-                    )
-                    .await?;
-                }
-                Settled::ShutDown => break,
+            let outcome = settle(f, &mut stats, &metrics, &failpoints).await?;
+            if after(
+                &ctx,
+                &mut conn,
+                &mut owned,
+                &mut quarantine,
+                outcome,
+                &mut next,
+            )
+            .await?
+            {
+                break;
             }
         }
         if let Some(pending) = next {
             failpoints.before_apply(stats.batches + 1);
-            // The next batch's CAS expects these offsets: set them now;
-            // a fence or a failure reloads them from Redis.
-            for (p, u) in &pending.offsets {
-                if let Some(s) = owned.get_mut(p) {
-                    s.applied = Some(u.next);
-                }
-            }
+            set_applied(&mut owned, &pending);
             let f = launch(&scripts, &conn, &target, pending, &metrics, &shutdown);
             if stopping || audit_due {
-                match settle(f, &mut stats, &metrics, &failpoints).await? {
-                    Settled::Applied(done) => mark_published(&mut owned, &done),
-                    Settled::Fenced(parts) => {
-                        resync(
-                            &scripts, &mut conn, &target, &source, &mut owned, &parts, &shutdown,
-                        )
-                        .await?;
-                    }
-                    Settled::ShutDown => break,
+                let outcome = settle(f, &mut stats, &metrics, &failpoints).await?;
+                if after(
+                    &ctx,
+                    &mut conn,
+                    &mut owned,
+                    &mut quarantine,
+                    outcome,
+                    &mut None,
+                )
+                .await?
+                {
+                    break;
                 }
             } else {
                 inflight = Some(f);
@@ -381,14 +451,21 @@ async fn audit(
     }
 }
 
-fn take_changes(handoff: &Handoff<PartitionState>, owned: &mut Owned, metrics: &Metrics) {
+fn take_changes(
+    handoff: &Handoff<PartitionState>,
+    owned: &mut Owned,
+    quarantine: &mut Quarantine,
+    metrics: &Metrics,
+) {
     for c in handoff.take() {
         match c {
             Change::Assigned(p, s) => {
+                quarantine.forget(p, metrics);
                 owned.insert(p, s);
             }
             Change::Revoked(parts) => {
                 for p in parts {
+                    quarantine.forget(p, metrics);
                     owned.remove(&p);
                     forget_partition([&metrics.lag, &metrics.beyond_log_end, &metrics.held], p);
                 }
@@ -408,6 +485,16 @@ enum Settled {
     Applied(Vec<(i32, i64)>),
     /// Refused by the offset CAS; these partitions must be reloaded.
     Fenced(Vec<i32>),
+    /// Refused by Redis because of one of its keys (`refusal`): nothing
+    /// written; these partitions must be reloaded and narrowed down.
+    Refused {
+        /// The batch's partitions.
+        parts: Vec<i32>,
+        /// The key named.
+        key: String,
+        /// Redis' words.
+        reason: String,
+    },
     /// Shutdown came while Redis was unreachable: nothing applied.
     ShutDown,
 }
@@ -447,7 +534,22 @@ async fn settle(
     let (pending, result) = f
         .await
         .map_err(|e| AggregatorError::Protocol(format!("apply task failed: {e}")))?;
-    match result? {
+    let result = match result {
+        Err(e) => {
+            let Some((key, reason)) = e.refusal() else {
+                tracing::error!(error = %e, partitions = ?pending.offsets.keys().collect::<Vec<_>>(),
+                    "redis refused the batch and retrying cannot help; stopping (nothing of the batch was written)");
+                return Err(e);
+            };
+            return Ok(Settled::Refused {
+                parts: pending.offsets.keys().copied().collect(),
+                key,
+                reason,
+            });
+        }
+        Ok(r) => r,
+    };
+    match result {
         Some(Applied::Ok(_) | Applied::AlreadyApplied) => {
             stats.batches += 1;
             stats.counted += pending.stats.counted;
@@ -510,12 +612,73 @@ async fn apply(
                 // before its first write, so nothing of the batch is stored
                 // and its offsets did not move. Never taken as applied.
                 metrics.redis_errors.inc();
-                tracing::error!(error = %e, partitions = ?pending.offsets.keys().collect::<Vec<_>>(),
-                    "redis refused the batch and retrying cannot help; stopping (nothing of the batch was written)");
                 return Err(e);
             }
         }
     }
+}
+
+/// What [`after`] needs besides the state it changes.
+struct Ctx<'a, C: ConsumerContext + 'static> {
+    scripts: &'a Scripts,
+    target: &'a Target,
+    source: &'a Source<C>,
+    metrics: &'a Metrics,
+    shutdown: &'a CancellationToken,
+}
+
+/// The next batch's compare-and-set expects these offsets: set them now;
+/// a fence or a refusal reloads them from Redis.
+fn set_applied(owned: &mut Owned, pending: &Pending) {
+    for (p, u) in &pending.offsets {
+        if let Some(s) = owned.get_mut(p) {
+            s.applied = Some(u.next);
+        }
+    }
+}
+
+/// Books a settled batch. A batch processed meanwhile (`next`) assumed
+/// this one applied: if it did not, `next` is dropped and its partitions
+/// are reloaded too. True when shutdown came first.
+async fn after<C: ConsumerContext + 'static>(
+    ctx: &Ctx<'_, C>,
+    conn: &mut redis::aio::ConnectionManager,
+    owned: &mut Owned,
+    quarantine: &mut Quarantine,
+    outcome: Settled,
+    next: &mut Option<Pending>,
+) -> Result<bool, AggregatorError> {
+    let mut reload = match outcome {
+        Settled::Applied(done) => {
+            mark_published(owned, &done);
+            if !quarantine.is_empty() {
+                quarantine.applied(done.iter().map(|d| d.0), ctx.metrics);
+            }
+            return Ok(false);
+        }
+        Settled::ShutDown => return Ok(true),
+        Settled::Fenced(parts) => parts,
+        Settled::Refused { parts, key, reason } => {
+            quarantine.refused(&parts, &key, &reason, ctx.metrics);
+            parts
+        }
+    };
+    if let Some(n) = next.take() {
+        reload.extend(n.offsets.keys().copied());
+    }
+    reload.sort_unstable();
+    reload.dedup();
+    resync(
+        ctx.scripts,
+        conn,
+        ctx.target,
+        ctx.source,
+        owned,
+        &reload,
+        ctx.shutdown,
+    )
+    .await?;
+    Ok(false)
 }
 
 /// Reloads `parts` from Redis and seeks the consumer to their stored offsets.

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{agg_cfg, redis_cfg};
 
 /// Polls `f` every 200 ms until it holds or `secs` pass.
-async fn eventually(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
+pub(crate) async fn eventually(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
     let give_up = Instant::now() + Duration::from_secs(secs);
     while !f().await {
         assert!(Instant::now() < give_up, "{what}: not within {secs} s");

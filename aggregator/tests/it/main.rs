@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 mod beyond;
 mod outage;
+mod refused;
 
 const PARTITIONS: i32 = 2;
 
