@@ -151,6 +151,7 @@ fn plan_billing(
         (status = 400, description = "Bad parameters", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 403, description = "Another client, billing without finance/admin, pii without the permission", body = ErrorBody),
+        (status = 429, description = "This key's runs queued or running are at its quota (`Retry-After`)", body = ErrorBody),
         (status = 503, description = "The lake or ledger is unavailable", body = ErrorBody)
     ),
     security(("api_key" = []), ("api_key_header" = [])))]
