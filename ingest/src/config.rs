@@ -60,6 +60,11 @@ pub struct IngestConfig {
     /// it is given up with an alarm (`notiflow_ingest_dlq_failures_total`)
     /// and the partition moves on.
     pub dlq_max_attempts: u32,
+    /// Longest wait for the broker to acknowledge one attempt of a dead
+    /// letter, in milliseconds. Only the source partition of that record
+    /// waits (its committed offset stays below the letter); the others
+    /// move on.
+    pub dlq_timeout_ms: u64,
 }
 
 /// A config value that breaks a rule, named by its path (`kafka.partitions`).
@@ -170,6 +175,12 @@ impl IngestConfig {
             return Err(ConfigError::new(
                 "ingest.dlq_max_record_bytes",
                 "must be 16384..=1073741824",
+            ));
+        }
+        if !(1000..=300_000).contains(&self.dlq_timeout_ms) {
+            return Err(ConfigError::new(
+                "ingest.dlq_timeout_ms",
+                "must be 1000..=300000",
             ));
         }
         if !(1..=100).contains(&self.dlq_max_attempts) {

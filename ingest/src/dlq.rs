@@ -17,6 +17,8 @@
 //!   and an error log naming partition, offset, size and sha256; the record
 //!   itself is still in the source topic), and the batch moves on.
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -26,6 +28,7 @@ use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use sha2::{Digest, Sha256};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{IngestConfig, KafkaConfig};
@@ -150,6 +153,7 @@ pub struct DlqWriter {
     topic: String,
     max_record_bytes: usize,
     max_attempts: u32,
+    timeout_ms: u64,
     metrics: Metrics,
 }
 
@@ -169,14 +173,16 @@ impl DlqWriter {
             .set("linger.ms", "5")
             .set("message.max.bytes", &producer_max)
             // One attempt ends within this, so a broker that keeps refusing
-            // costs at most `dlq_max_attempts` × 30 s before the alarm.
-            .set("message.timeout.ms", "30000")
+            // or never answers costs at most `dlq_max_attempts` ×
+            // `dlq_timeout_ms` before the alarm.
+            .set("message.timeout.ms", cfg.dlq_timeout_ms.to_string())
             .create()?;
         Ok(DlqWriter {
             producer,
             topic: kafka.dlq_topic.clone(),
             max_record_bytes: cfg.dlq_max_record_bytes,
             max_attempts: cfg.dlq_max_attempts,
+            timeout_ms: cfg.dlq_timeout_ms,
             metrics,
         })
     }
@@ -316,10 +322,148 @@ impl DlqWriter {
             record = record.timestamp(ts);
         }
         self.producer
-            .send(record, Duration::from_secs(30))
+            .send(record, Duration::from_millis(self.timeout_ms))
             .await
             .map(|_| ())
             .map_err(|(e, _)| e)
+    }
+}
+
+/// Dead letters on their way, per source partition.
+///
+/// Each letter is sent by a task of its own, bounded by
+/// `ingest.dlq_max_attempts` × `ingest.dlq_timeout_ms`, so a dead-letter
+/// partition that times out holds no other partition: the service commits
+/// each source partition up to its oldest letter that is neither durable
+/// nor given up ([`Letters::commit_bound`]), and every other partition on.
+/// What is in flight is bounded ([`Letters::over_budget`]).
+pub struct Letters {
+    writer: Arc<DlqWriter>,
+    tasks: JoinSet<Result<Outcome, IngestError>>,
+    /// Task id → source partition, offset and size held.
+    ids: HashMap<tokio::task::Id, (i32, i64, usize)>,
+    /// Source partition → offset → letters of it in flight.
+    pending: BTreeMap<i32, BTreeMap<i64, u32>>,
+    bytes: usize,
+}
+
+/// Letters in flight at most before the service waits for the oldest: a
+/// dead-letter topic that is down for good costs this much memory, not more.
+pub const MAX_PENDING_LETTERS: usize = 100_000;
+/// Bytes of letters in flight at most (their records are held in memory).
+pub const MAX_PENDING_BYTES: usize = 256 * 1024 * 1024;
+
+impl Letters {
+    /// Letters sent through `writer`.
+    pub fn new(writer: DlqWriter) -> Self {
+        Letters {
+            writer: Arc::new(writer),
+            tasks: JoinSet::new(),
+            ids: HashMap::new(),
+            pending: BTreeMap::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Starts sending the letter of `m`, rejected for `reason`.
+    pub fn send(&mut self, m: &OwnedMessage, reason: Reject, shutdown: &CancellationToken) {
+        let size = m.payload().map_or(0, <[u8]>::len) + m.key().map_or(0, <[u8]>::len);
+        let (p, offset) = (m.partition(), m.offset());
+        let (writer, m, shutdown) = (Arc::clone(&self.writer), m.clone(), shutdown.clone());
+        let id = self
+            .tasks
+            .spawn(async move { writer.send(&m, &reason, &shutdown).await })
+            .id();
+        self.ids.insert(id, (p, offset, size));
+        *self
+            .pending
+            .entry(p)
+            .or_default()
+            .entry(offset)
+            .or_default() += 1;
+        self.bytes += size;
+        self.writer.metrics.dlq_pending.set(self.ids.len() as i64);
+    }
+
+    /// Books the letters that have finished, without waiting.
+    pub fn reap(&mut self) {
+        while let Some(done) = self.tasks.try_join_next_with_id() {
+            self.book(done);
+        }
+    }
+
+    /// Waits for one letter to finish (when [`Letters::over_budget`]).
+    pub async fn wait_one(&mut self) {
+        if let Some(done) = self.tasks.join_next_with_id().await {
+            self.book(done);
+        }
+    }
+
+    /// True when more letters are in flight than memory allows.
+    pub fn over_budget(&self) -> bool {
+        self.ids.len() >= MAX_PENDING_LETTERS || self.bytes >= MAX_PENDING_BYTES
+    }
+
+    /// Letters in flight.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// True when no letter is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The offset source partition `p` may be committed to at most: its
+    /// oldest letter in flight (`None`: no bound).
+    pub fn commit_bound(&self, p: i32) -> Option<i64> {
+        self.pending
+            .get(&p)
+            .and_then(|s| s.first_key_value())
+            .map(|(&o, _)| o)
+    }
+
+    fn book(
+        &mut self,
+        done: Result<(tokio::task::Id, Result<Outcome, IngestError>), tokio::task::JoinError>,
+    ) {
+        let (id, outcome) = match done {
+            Ok((id, o)) => (id, Some(o)),
+            Err(e) => (e.id(), None),
+        };
+        let Some((p, offset, size)) = self.ids.remove(&id) else {
+            return;
+        };
+        self.bytes -= size;
+        self.writer.metrics.dlq_pending.set(self.ids.len() as i64);
+        let m = &self.writer.metrics;
+        match outcome {
+            Some(Ok(Outcome::Whole)) => {}
+            Some(Ok(Outcome::Truncated)) => m.dlq_truncated.inc(),
+            Some(Ok(Outcome::Failed)) => m.dlq_failures.inc(),
+            // Shut down: not durable, so its partition's offset stays
+            // below it, and it is sent again after the restart.
+            Some(Err(_)) => return,
+            None => {
+                tracing::error!(
+                    partition = p,
+                    offset,
+                    "a dead-letter task failed; the partition's offset stays below its record until a restart sends it again"
+                );
+                return;
+            }
+        }
+        if let Some(s) = self.pending.get_mut(&p) {
+            if let Some(n) = s.get_mut(&offset) {
+                *n -= 1;
+                if *n == 0 {
+                    s.remove(&offset);
+                }
+            }
+            if s.is_empty() {
+                self.pending.remove(&p);
+            }
+        }
     }
 }
 
@@ -450,6 +594,7 @@ mod tests {
             batch_max_wait_ms: 100,
             dlq_max_record_bytes: 1_000_000,
             dlq_max_attempts: 3,
+            dlq_timeout_ms: 30_000,
         };
         (kafka, cfg)
     }

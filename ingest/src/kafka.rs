@@ -86,6 +86,26 @@ pub async fn ensure_topics(cfg: &KafkaConfig) -> Result<(), IngestError> {
     Ok(())
 }
 
+/// True if the broker's metadata lists `topic` with partitions (false on
+/// any doubt: the caller then asks to create it).
+async fn topic_exists(cfg: &KafkaConfig, topic: &str) -> bool {
+    let Ok(consumer) = client_config(cfg).create::<BaseConsumer>() else {
+        return false;
+    };
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .is_ok_and(|md| {
+                md.topics()
+                    .iter()
+                    .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+            })
+    })
+    .await
+    .unwrap_or(false)
+}
+
 /// The topic setting that makes the broker's clock, not a producer's, the
 /// record timestamp every consumer group reads: notiflow creates its
 /// topics with `LogAppendTime`.
@@ -106,12 +126,18 @@ pub async fn timestamp_type(cfg: &KafkaConfig, topic: &str) -> Result<Option<Str
     Ok(None)
 }
 
-/// Creates one topic with `partitions` partitions unless it exists.
+/// Creates one topic with `partitions` partitions unless it exists. An
+/// existing topic is found in the metadata first, so a deployment whose
+/// topics an operator created needs no right to create topics (and no
+/// controller round trip).
 pub async fn ensure_topic(
     cfg: &KafkaConfig,
     topic: &str,
     partitions: i32,
 ) -> Result<(), IngestError> {
+    if topic_exists(cfg, topic).await {
+        return Ok(());
+    }
     let admin: AdminClient<DefaultClientContext> = client_config(cfg).create()?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1))
         .set(TIMESTAMP_TYPE, "LogAppendTime");

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Sets `lag{partition}` to the records between `next` (the next offset the
@@ -44,6 +44,8 @@ pub struct Metrics {
     pub dlq_truncated: IntCounter,
     /// Dead letters given up on after the bounded retries: an alarm.
     pub dlq_failures: IntCounter,
+    /// Dead letters sent and not yet acknowledged (or given up).
+    pub dlq_pending: IntGauge,
 }
 
 impl Metrics {
@@ -93,8 +95,13 @@ impl Metrics {
                 "notiflow_ingest_dlq_failures_total",
                 "Dead letters the broker kept refusing, given up on (the record stays in the source topic).",
             )?,
+            dlq_pending: IntGauge::new(
+                "notiflow_ingest_dlq_pending",
+                "Dead letters sent and not yet acknowledged or given up; their source partitions are committed up to the oldest of them.",
+            )?,
         };
         registry.register(Box::new(m.records.clone()))?;
+        registry.register(Box::new(m.dlq_pending.clone()))?;
         registry.register(Box::new(m.dlq_truncated.clone()))?;
         registry.register(Box::new(m.dlq_failures.clone()))?;
         registry.register(Box::new(m.valid.clone()))?;
@@ -126,6 +133,7 @@ mod tests {
             "notiflow_ingest_consumer_lag",
             "notiflow_ingest_dlq_truncated_total",
             "notiflow_ingest_dlq_failures_total",
+            "notiflow_ingest_dlq_pending",
         ] {
             assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
         }

@@ -2,13 +2,16 @@
 //!
 //! ```text
 //!  topic ──▶ Source::next_batch ──▶ Decoder::decode ──┬─ valid ──▶ EventSink
-//!                                                     └─ reject ─▶ DlqWriter (acked)
-//!                                      then commit the batch's next offsets
+//!                                                     └─ reject ─▶ Letters (a task each)
+//!  commit each partition up to its oldest letter not yet acknowledged
 //! ```
 //!
 //! Run standalone (`notiflow run ingest`) it owns the dead-letter topic, so
-//! each poison record is dead-lettered once, by one consumer group. Records go
-//! to the DLQ *before* offsets are committed: delivery is at least once.
+//! each poison record is dead-lettered once, by one consumer group. A
+//! partition's offset is committed past a poison record only once its letter
+//! is acknowledged (or given up with the alarm): delivery is at least once.
+//! Letters are not waited for: a dead-letter topic that is slow or times out
+//! holds the commits of the partitions whose records it owes, no others.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -21,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::codec::Decoder;
 use crate::config::{IngestConfig, KafkaConfig};
-use crate::dlq::DlqWriter;
+use crate::dlq::{DlqWriter, Letters};
 use crate::error::{IngestError, Reject};
 use crate::kafka::{ensure_topics, wait_for_broker};
 use crate::metrics::{Metrics, set_lag};
@@ -100,7 +103,9 @@ pub async fn run(
             highs: highs.clone(),
         },
     )?;
-    let dlq = DlqWriter::new(kafka, cfg, metrics.clone())?;
+    let mut letters = Letters::new(DlqWriter::new(kafka, cfg, metrics.clone())?);
+    // Offsets committed, per partition (to commit only what moved).
+    let mut committed = BTreeMap::new();
     let mut decoder = Decoder::new(registry);
     let mut stats = Stats::default();
     let mut last_log = Instant::now();
@@ -110,6 +115,12 @@ pub async fn run(
     tracing::info!(topic = %kafka.topic, group = %cfg.group_id, "ingest running");
 
     while !shutdown.is_cancelled() {
+        letters.reap();
+        while letters.over_budget() && !shutdown.is_cancelled() {
+            // Memory, not time: only a dead-letter topic down for long
+            // with a flood of poison gets here.
+            letters.wait_one().await;
+        }
         let batch = match source
             .next_batch(cfg.batch_max_records, max_wait, &shutdown)
             .await
@@ -122,8 +133,10 @@ pub async fn run(
             }
         };
         if batch.is_empty() {
-            // Idle: the watermarks may have arrived after the last batch.
+            // Idle: the watermarks may have arrived after the last batch,
+            // letters may have been acknowledged meanwhile.
             update_lag(&metrics, &highs, &mut positions, &source);
+            commit_durable(&source, &positions, &letters, &mut committed, &metrics);
             continue;
         }
         let started = Instant::now();
@@ -153,27 +166,20 @@ pub async fn run(
         for (_, r) in &rejects {
             metrics.dlq.with_label_values(&[r.code()]).inc();
         }
-        // Bounded: a dead letter the broker keeps refusing is given up with
-        // an alarm, so one poison record never stalls the partitions.
-        let span = tracing::info_span!("ingest.dead_letter", records = rejects.len());
-        match tracing::Instrument::instrument(dlq.send_all(&rejects, &shutdown), span).await {
-            Ok(_) => {}
-            // Not committed: the batch is read again after the restart.
-            Err(IngestError::ShutDown) => break,
-            Err(e) => return Err(e),
+        // Not waited for: each partition is committed up to its oldest
+        // letter in flight, the others on (a letter the broker keeps
+        // refusing is given up with an alarm within its bound).
+        for (m, r) in rejects {
+            letters.send(m, r, &shutdown);
         }
-        if let Err(e) = source.commit(&batch) {
-            // The batch will be seen again after a restart: at least once.
-            tracing::warn!(error = %e, "offset commit failed");
-            metrics.commit_errors.inc();
-        }
+        positions.extend(next_offsets(&batch));
+        update_lag(&metrics, &highs, &mut positions, &source);
+        commit_durable(&source, &positions, &letters, &mut committed, &metrics);
         stats.records += batch.len() as u64;
         metrics.records.inc_by(batch.len() as u64);
         metrics
             .batch_seconds
             .observe(started.elapsed().as_secs_f64());
-        positions.extend(next_offsets(&batch));
-        update_lag(&metrics, &highs, &mut positions, &source);
         if last_log.elapsed() > Duration::from_secs(10) {
             tracing::info!(
                 records = stats.records,
@@ -184,8 +190,39 @@ pub async fn run(
             last_log = Instant::now();
         }
     }
-    tracing::info!(records = stats.records, valid = stats.valid, rejected = ?stats.rejected, "ingest stopped");
+    // Letters still in flight are not durable: their partitions stay
+    // below them and they are sent again after the restart.
+    letters.reap();
+    commit_durable(&source, &positions, &letters, &mut committed, &metrics);
+    tracing::info!(records = stats.records, valid = stats.valid, rejected = ?stats.rejected,
+        letters_in_flight = letters.len(), "ingest stopped");
     Ok(stats)
+}
+
+/// Commits every partition consumed up to its oldest letter in flight (or
+/// all it consumed), where that moved since the last commit.
+fn commit_durable<C: ConsumerContext + 'static>(
+    source: &Source<C>,
+    positions: &BTreeMap<i32, i64>,
+    letters: &Letters,
+    committed: &mut BTreeMap<i32, i64>,
+    metrics: &Metrics,
+) {
+    // `positions` holds only partitions assigned (update_lag prunes it).
+    committed.retain(|p, _| positions.contains_key(p));
+    let due: BTreeMap<i32, i64> = positions
+        .iter()
+        .map(|(&p, &next)| (p, letters.commit_bound(p).map_or(next, |b| b.min(next))))
+        .filter(|(p, to)| committed.get(p) != Some(to))
+        .collect();
+    match source.commit_offsets(&due) {
+        Ok(()) => committed.extend(due),
+        Err(e) => {
+            // Seen again after a restart: at least once.
+            tracing::warn!(error = %e, "offset commit failed");
+            metrics.commit_errors.inc();
+        }
+    }
 }
 
 /// Sets the lag gauge of every partition consumed so far whose high

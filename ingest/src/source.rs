@@ -173,12 +173,16 @@ impl<C: ConsumerContext + 'static> Source<C> {
     /// Commits, synchronously, the offset after the last record of each
     /// partition in `batch` to the consumer group.
     pub fn commit(&self, batch: &[OwnedMessage]) -> Result<(), IngestError> {
-        let next = next_offsets(batch);
+        self.commit_offsets(&next_offsets(batch))
+    }
+
+    /// Commits these next offsets, per partition, synchronously.
+    pub fn commit_offsets(&self, next: &BTreeMap<i32, i64>) -> Result<(), IngestError> {
         if next.is_empty() {
             return Ok(());
         }
         let mut tpl = TopicPartitionList::new();
-        for (partition, offset) in next {
+        for (&partition, &offset) in next {
             tpl.add_partition_offset(&self.topic, partition, Offset::Offset(offset))?;
         }
         self.consumer.commit(&tpl, CommitMode::Sync)?;

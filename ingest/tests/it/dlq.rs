@@ -92,6 +92,7 @@ async fn corpus_goes_to_the_dlq_and_valid_events_go_through() {
         batch_max_wait_ms: 100,
         dlq_max_record_bytes: 1_000_000,
         dlq_max_attempts: 5,
+        dlq_timeout_ms: 30_000,
     };
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();

@@ -4,6 +4,7 @@
 
 mod broker_down;
 mod dlq;
+mod dlq_timeout;
 mod poison;
 mod registry;
 mod support;

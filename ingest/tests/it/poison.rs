@@ -58,6 +58,7 @@ fn ingest_config(kafka: &KafkaConfig) -> IngestConfig {
         batch_max_wait_ms: 100,
         dlq_max_record_bytes: 1_000_000,
         dlq_max_attempts: 3,
+        dlq_timeout_ms: 30_000,
     }
 }
 
