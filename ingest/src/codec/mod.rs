@@ -10,7 +10,7 @@ pub mod avro;
 pub mod avro_schema;
 pub mod json;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -68,6 +68,9 @@ fn mentions(text: &[u8], word: &[u8]) -> bool {
 /// without asking again: a schema registered a little after its first
 /// records (registry replicas lag) is picked up within this.
 pub const SCHEMA_MISS_TTL: Duration = Duration::from_secs(60);
+
+/// Registry lookups of one batch in flight at once.
+pub const LOOKUPS_IN_FLIGHT: usize = 16;
 
 /// Waits before asking the registry again for the ids it did not know, in
 /// one batch: at most 0.6 s per batch, however many unknown ids it has, so
@@ -127,12 +130,15 @@ impl Decoder {
     }
 
     /// Resolves every schema id these records name that has no plan yet.
-    /// Fails only when the registry cannot be asked (retry later). Ids the
-    /// registry does not know are asked again twice (0.6 s for the whole
-    /// batch), then their records become `unknown_schema_id` rejects until
-    /// the miss is [`SCHEMA_MISS_TTL`] old.
+    /// Fails only when the registry cannot be asked (retry later). Each
+    /// distinct id is asked once, [`LOOKUPS_IN_FLIGHT`] at a time, so a
+    /// batch of thousands of distinct garbage ids costs seconds, not
+    /// minutes. Ids the registry does not know are asked again twice
+    /// (0.6 s for the whole batch), then their records become
+    /// `unknown_schema_id` rejects until the miss is [`SCHEMA_MISS_TTL`]
+    /// old.
     pub async fn prepare(&mut self, records: &[RecordView<'_>]) -> Result<(), IngestError> {
-        let mut unknown = Vec::new();
+        let mut wanted = BTreeSet::new();
         for rec in records {
             let Some(value) = rec.value else { continue };
             if Format::of(rec.content_type, value) != Ok(Format::Avro) {
@@ -141,55 +147,75 @@ impl Decoder {
             let Ok(id) = avro::schema_id(value) else {
                 continue;
             };
-            if self.plans.contains_key(&id) || unknown.contains(&id) {
+            if self.plans.contains_key(&id) {
                 continue;
             }
             let fresh_miss = self
                 .misses
                 .get(&id)
                 .is_some_and(|at| at.elapsed() < self.miss_ttl);
-            if fresh_miss {
-                continue;
-            }
-            if !self.resolve(id).await? {
-                unknown.push(id);
+            if !fresh_miss {
+                wanted.insert(id);
             }
         }
+        let mut unknown = self.resolve_all(wanted.into_iter().collect()).await?;
         for wait in MISS_RETRIES {
             if unknown.is_empty() {
                 break;
             }
             tokio::time::sleep(wait).await;
-            let mut still = Vec::new();
-            for id in unknown {
-                if !self.resolve(id).await? {
-                    still.push(id);
-                }
-            }
-            unknown = still;
+            unknown = self.resolve_all(unknown).await?;
         }
-        for id in unknown {
+        if !unknown.is_empty() {
             tracing::warn!(
-                schema_id = id,
-                "the schema registry has no such id; its records are rejected for now"
+                ids = unknown.len(),
+                first = ?&unknown[..unknown.len().min(5)],
+                "the schema registry has no such ids; their records are rejected for now"
             );
-            self.misses.insert(id, Instant::now());
+            let now = Instant::now();
+            for id in unknown {
+                self.misses.insert(id, now);
+            }
         }
         Ok(())
     }
 
-    /// Asks the registry for `id`; false when it does not know it.
-    async fn resolve(&mut self, id: u32) -> Result<bool, IngestError> {
-        let Some(text) = self.registry.fetch(id).await? else {
-            return Ok(false);
-        };
-        let plan = avro::Plan::compile(id, &text).map(Arc::new);
+    /// Asks the registry for `ids`, [`LOOKUPS_IN_FLIGHT`] at a time, and
+    /// keeps what it knows; the ids it does not know, sorted. An error
+    /// (the registry cannot be asked) comes after every answer that did
+    /// arrive was kept.
+    async fn resolve_all(&mut self, ids: Vec<u32>) -> Result<Vec<u32>, IngestError> {
+        use futures::stream::{self, StreamExt};
+        let registry = &self.registry;
+        let answers: Vec<(u32, Result<Option<String>, IngestError>)> = stream::iter(ids)
+            .map(|id| async move { (id, registry.fetch(id).await) })
+            .buffer_unordered(LOOKUPS_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut unknown = Vec::new();
+        let mut failed = None;
+        for (id, answer) in answers {
+            match answer {
+                Ok(Some(text)) => self.learn(id, &text),
+                Ok(None) => unknown.push(id),
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        unknown.sort_unstable();
+        Ok(unknown)
+    }
+
+    /// Compiles the schema the registry gave for `id`.
+    fn learn(&mut self, id: u32, text: &str) {
+        let plan = avro::Plan::compile(id, text).map(Arc::new);
         if let Err(e) = &plan {
             tracing::warn!(schema_id = id, reason = %e, "Avro schema id cannot be decoded");
         }
         self.plans.insert(id, plan);
         self.misses.remove(&id);
-        Ok(true)
     }
 
     /// Decodes and validates one record. Avro ids must have been [`prepare`](Self::prepare)d.

@@ -221,3 +221,107 @@ async fn many_unknown_ids_in_a_batch_share_one_bounded_wait() {
         assert_eq!(dec.decode(v).unwrap_err().code(), "unknown_schema_id");
     }
 }
+
+/// A registry that knows no id (404), counting requests and the most in
+/// flight at once (each answer waits 2 ms, as a registry across a network
+/// would).
+async fn serve_nothing(
+    listener: TcpListener,
+    asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    most: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering;
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            return;
+        };
+        let (asked, in_flight, most) = (asked.clone(), in_flight.clone(), most.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let _ = sock.read(&mut buf).await;
+            asked.fetch_add(1, Ordering::SeqCst);
+            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+            let body = r#"{"error_code":40403}"#;
+            let resp = format!(
+                "HTTP/1.1 404 Not Found\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+/// 10,000 distinct garbage schema ids in one batch (each twice): each id is
+/// asked once per round (three rounds: the first and two retries), many at
+/// once, every record is then an `unknown_schema_id` reject, and within the
+/// miss window nothing is asked again. Before, the ids were asked one after
+/// another (30,000 round trips in sequence: minutes across a network).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_garbage_ids_are_asked_once_each_and_at_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (asked, in_flight, most) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    tokio::spawn(serve_nothing(
+        listener,
+        asked.clone(),
+        in_flight,
+        most.clone(),
+    ));
+    let registry = SchemaRegistry::http(&url, std::time::Duration::from_secs(30)).unwrap();
+    let mut dec = Decoder::new(registry);
+    const IDS: u32 = 10_000;
+    let values: Vec<Vec<u8>> = (0..2 * IDS)
+        .map(|i| {
+            let mut v = vec![0];
+            v.extend_from_slice(&(1_000_000 + i % IDS).to_be_bytes());
+            v.extend_from_slice(b"garbage");
+            v
+        })
+        .collect();
+    let views: Vec<RecordView<'_>> = values
+        .iter()
+        .map(|v| RecordView {
+            key: Some(b"wamid.G"),
+            value: Some(v),
+            content_type: None,
+            timestamp: 1_793_534_400_000_000,
+        })
+        .collect();
+    let t0 = std::time::Instant::now();
+    dec.prepare(&views).await.unwrap();
+    eprintln!(
+        "{} distinct garbage ids: {:?}, {} requests, at most {} at once",
+        IDS,
+        t0.elapsed(),
+        asked.load(Ordering::SeqCst),
+        most.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        3 * IDS as usize,
+        "each distinct id asked once per round"
+    );
+    assert!(
+        most.load(Ordering::SeqCst) > 1,
+        "the lookups were made one after another"
+    );
+    for v in &views {
+        assert_eq!(dec.decode(v).unwrap_err().code(), "unknown_schema_id");
+    }
+    dec.prepare(&views).await.unwrap();
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        3 * IDS as usize,
+        "nothing asked again within the miss window"
+    );
+}
