@@ -23,6 +23,7 @@ use notiflow_ingest::member::{
 };
 use notiflow_ingest::rebalance::{Change, Handoff, forget_partition};
 use notiflow_ingest::retry::Backoff;
+use notiflow_ingest::schema_hold::SchemaHolds;
 use notiflow_ingest::source::{now_micros, sleep_or_cancel, view};
 use notiflow_ingest::{Decoder, KafkaConfig, SchemaRegistry, Source};
 use notiflow_schema::counters::Keys;
@@ -215,10 +216,12 @@ pub async fn run(
     let mut last_audit = Instant::now();
     let mut inflight: Option<Inflight> = None;
     let mut quarantine = Quarantine::default();
+    let mut schema_holds = SchemaHolds::default();
     tracing::info!(topic = %kafka.topic, group = %cfg.group_id, prefix = %redis_cfg.key_prefix, "aggregator running");
 
     loop {
         let stopping = shutdown.is_cancelled();
+        schema_holds.release(&mut decoder, &source).await;
         let batch = match source
             .next_batch(cfg.batch_max_records, max_wait, &shutdown)
             .await
@@ -251,11 +254,20 @@ pub async fn run(
         if !batch.is_empty() {
             let views: Vec<_> = batch.iter().map(view).collect();
             decoder.prepare_retrying(&views, &shutdown).await?;
-            let records = batch.iter().zip(&views).map(|(m, v)| SourceRecord {
-                partition: m.partition(),
-                offset: m.offset(),
-                view: *v,
-            });
+            // A partition waits at a record whose schema id the registry
+            // has not decided (ingest::schema_hold).
+            let keep = schema_holds.keep(&batch, &views, &decoder);
+            let records =
+                batch
+                    .iter()
+                    .zip(&views)
+                    .zip(keep)
+                    .filter(|(_, k)| *k)
+                    .map(|((m, v), _)| SourceRecord {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        view: *v,
+                    });
             stats.records += batch.len() as u64;
             if quarantine.is_empty() {
                 groups.push(process(records, &mut owned, &decoder, retention));

@@ -23,6 +23,9 @@ pub fn schema_registry(cfg: &Config) -> anyhow::Result<SchemaRegistry> {
     Ok(match &cfg.schema_registry.url {
         Some(url) => {
             SchemaRegistry::http(url, Duration::from_millis(cfg.schema_registry.timeout_ms))?
+                .with_unknown_id_grace(Duration::from_secs(
+                    cfg.schema_registry.unknown_id_grace_secs,
+                ))
         }
         None => SchemaRegistry::from_files(&cfg.schema_registry.files)?,
     })

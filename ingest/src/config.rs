@@ -39,6 +39,16 @@ pub struct SchemaRegistryConfig {
     pub files: BTreeMap<u32, PathBuf>,
     /// Timeout of one registry request, in milliseconds.
     pub timeout_ms: u64,
+    /// How long the registry may not know a record's schema id before the
+    /// record is a dead letter, in seconds. Meanwhile its partition waits
+    /// at it (asking again every second), so every consumer group reaches
+    /// the same verdict when the registry learns an id late.
+    #[serde(default = "default_unknown_id_grace_secs")]
+    pub unknown_id_grace_secs: u64,
+}
+
+fn default_unknown_id_grace_secs() -> u64 {
+    crate::registry::UNKNOWN_ID_GRACE.as_secs()
 }
 
 /// The ingest service: validates the topic and routes poison records to the DLQ.
@@ -127,6 +137,12 @@ impl KafkaConfig {
 impl SchemaRegistryConfig {
     /// Checks values serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.unknown_id_grace_secs > 86_400 {
+            return Err(ConfigError::new(
+                "schema_registry.unknown_id_grace_secs",
+                "must be 0..=86400 (a partition waits this long at a record whose schema id the registry does not know)",
+            ));
+        }
         if let Some(url) = &self.url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
@@ -223,7 +239,18 @@ mod tests {
             url: Some("ftp://x".into()),
             files: BTreeMap::new(),
             timeout_ms: 1,
+            unknown_id_grace_secs: 60,
         };
         assert_eq!(r.validate().unwrap_err().field, "schema_registry.url");
+        let r = SchemaRegistryConfig {
+            url: None,
+            files: BTreeMap::new(),
+            timeout_ms: 1,
+            unknown_id_grace_secs: 86_401,
+        };
+        assert_eq!(
+            r.validate().unwrap_err().field,
+            "schema_registry.unknown_id_grace_secs"
+        );
     }
 }

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod rebalance;
 pub mod registry;
 pub mod retry;
+pub mod schema_hold;
 pub mod service;
 pub mod source;
 pub mod validate;

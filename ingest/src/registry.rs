@@ -25,8 +25,15 @@ pub enum SchemaRegistry {
         base: String,
         /// Shared HTTP client (timeouts set).
         client: reqwest::Client,
+        /// How long an id it does not know holds its records' partitions
+        /// before they are dead letters ([`SchemaRegistry::unknown_id_grace`]).
+        grace: Duration,
     },
 }
+
+/// How long a registry may not know an id before its records are dead
+/// letters, unless configured (`schema_registry.unknown_id_grace_secs`).
+pub const UNKNOWN_ID_GRACE: Duration = Duration::from_secs(60);
 
 impl SchemaRegistry {
     /// Only notiflow's built-in schema, as id [`BUILTIN_SCHEMA_ID`].
@@ -64,14 +71,35 @@ impl SchemaRegistry {
         Ok(SchemaRegistry::Http {
             base: url.trim_end_matches('/').to_string(),
             client,
+            grace: UNKNOWN_ID_GRACE,
         })
+    }
+
+    /// The same registry, holding unknown ids for `grace`.
+    pub fn with_unknown_id_grace(mut self, d: Duration) -> Self {
+        if let SchemaRegistry::Http { grace, .. } = &mut self {
+            *grace = d;
+        }
+        self
+    }
+
+    /// How long a record whose schema id the registry does not know holds
+    /// its partition (asked again meanwhile) before it is a dead letter:
+    /// a registry learns ids late (replicas lag), and both consumer groups
+    /// must reach the same verdict. Zero for local schemas, which never
+    /// change while the process runs.
+    pub fn unknown_id_grace(&self) -> Duration {
+        match self {
+            SchemaRegistry::Local(_) => Duration::ZERO,
+            SchemaRegistry::Http { grace, .. } => *grace,
+        }
     }
 
     /// The schema text for `id`; `None` when the registry says it has no such id.
     pub async fn fetch(&self, id: u32) -> Result<Option<String>, IngestError> {
         match self {
             SchemaRegistry::Local(map) => Ok(map.get(&id).cloned()),
-            SchemaRegistry::Http { base, client } => {
+            SchemaRegistry::Http { base, client, .. } => {
                 #[derive(serde::Deserialize)]
                 struct Answer {
                     schema: String,

@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 
 use notiflow_schema::Event;
 use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::message::{Message, OwnedMessage};
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::Decoder;
+use crate::codec::{Decoder, RecordView};
 use crate::config::{IngestConfig, KafkaConfig};
 use crate::dlq::{DlqWriter, Letters};
 use crate::error::{IngestError, Reject};
@@ -30,7 +31,8 @@ use crate::kafka::{ensure_topics, wait_for_broker};
 use crate::metrics::{Metrics, set_lag};
 use crate::rebalance::Handoff;
 use crate::registry::SchemaRegistry;
-use crate::source::{Source, next_offsets, sleep_or_cancel, view};
+use crate::schema_hold::SchemaHolds;
+use crate::source::{Source, sleep_or_cancel, view};
 
 /// Consumer context that keeps the high watermarks librdkafka's statistics
 /// report, for the lag gauge.
@@ -114,8 +116,10 @@ pub async fn run(
     let max_wait = Duration::from_millis(cfg.batch_max_wait_ms);
     tracing::info!(topic = %kafka.topic, group = %cfg.group_id, "ingest running");
 
+    let mut schema_holds = SchemaHolds::default();
     while !shutdown.is_cancelled() {
         letters.reap();
+        schema_holds.release(&mut decoder, &source).await;
         while letters.over_budget() && !shutdown.is_cancelled() {
             // Memory, not time: only a dead-letter topic down for long
             // with a flood of poison gets here.
@@ -142,10 +146,21 @@ pub async fn run(
         let started = Instant::now();
         let views: Vec<_> = batch.iter().map(view).collect();
         decoder.prepare_retrying(&views, &shutdown).await?;
+        // A partition waits at a record whose schema id the registry has
+        // not decided (schema_hold): nothing of it from there is taken or
+        // committed.
+        let keep = schema_holds.keep(&batch, &views, &decoder);
+        let taken: Vec<(&OwnedMessage, &RecordView<'_>)> = batch
+            .iter()
+            .zip(&views)
+            .zip(keep)
+            .filter(|(_, k)| *k)
+            .map(|(mv, _)| mv)
+            .collect();
 
         let mut rejects: Vec<(&_, Reject)> = Vec::new();
-        let decode = tracing::info_span!("ingest.validate", records = batch.len()).entered();
-        for (m, v) in batch.iter().zip(&views) {
+        let decode = tracing::info_span!("ingest.validate", records = taken.len()).entered();
+        for &(m, v) in &taken {
             match decoder.decode(v) {
                 Ok(ev) => {
                     sink.accept(
@@ -162,7 +177,7 @@ pub async fn run(
             }
         }
         drop(decode);
-        metrics.valid.inc_by((batch.len() - rejects.len()) as u64);
+        metrics.valid.inc_by((taken.len() - rejects.len()) as u64);
         for (_, r) in &rejects {
             metrics.dlq.with_label_values(&[r.code()]).inc();
         }
@@ -172,11 +187,14 @@ pub async fn run(
         for (m, r) in rejects {
             letters.send(m, r, &shutdown);
         }
-        positions.extend(next_offsets(&batch));
+        for &(m, _) in &taken {
+            let next = positions.entry(m.partition()).or_insert(0);
+            *next = (*next).max(m.offset() + 1);
+        }
         update_lag(&metrics, &highs, &mut positions, &source);
         commit_durable(&source, &positions, &letters, &mut committed, &metrics);
-        stats.records += batch.len() as u64;
-        metrics.records.inc_by(batch.len() as u64);
+        stats.records += taken.len() as u64;
+        metrics.records.inc_by(taken.len() as u64);
         metrics
             .batch_seconds
             .observe(started.elapsed().as_secs_f64());

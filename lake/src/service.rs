@@ -197,6 +197,7 @@ pub async fn run(
     overrides.extend_from_slice(consumer_overrides);
     let source = Source::subscribe_with(kafka, &cfg.group_id, &overrides, context)?;
     let mut decoder = Decoder::new(registry);
+    let mut schema_holds = notiflow_ingest::schema_hold::SchemaHolds::default();
     let mut w = Writer {
         cfg,
         topic: kafka.topic.clone(),
@@ -223,6 +224,7 @@ pub async fn run(
 
     loop {
         let stopping = shutdown.is_cancelled();
+        schema_holds.release(&mut decoder, &w.source).await;
         let batch = match w
             .source
             .next_batch(cfg.batch_max_records, Duration::from_millis(200), &shutdown)
@@ -242,7 +244,10 @@ pub async fn run(
         if !batch.is_empty() {
             let views: Vec<_> = batch.iter().map(view).collect();
             decoder.prepare_retrying(&views, &shutdown).await?;
-            w.take(&batch, &views, &decoder);
+            // A partition waits at a record whose schema id the registry
+            // has not decided (ingest::schema_hold).
+            let keep = schema_holds.keep(&batch, &views, &decoder);
+            w.take(&batch, &views, &keep, &decoder);
             if w.round.buffered() >= cfg.flush_rows
                 && let Err(e) = w.round.flush(&w.table).await
             {
@@ -293,13 +298,19 @@ impl Writer<'_> {
         &mut self,
         batch: &[rdkafka::message::OwnedMessage],
         views: &[notiflow_ingest::RecordView<'_>],
+        keep: &[bool],
         decoder: &Decoder,
     ) {
-        let records = batch.iter().zip(views).map(|(m, v)| SourceRecord {
-            partition: m.partition(),
-            offset: m.offset(),
-            view: *v,
-        });
+        let records = batch
+            .iter()
+            .zip(views)
+            .zip(keep)
+            .filter(|(_, k)| **k)
+            .map(|((m, v), _)| SourceRecord {
+                partition: m.partition(),
+                offset: m.offset(),
+                view: *v,
+            });
         let s = self.round.take(records, &mut self.owned, decoder);
         for &(p, why) in &s.held {
             let stored = self.owned.get(&p).and_then(|st| st.committed);
@@ -312,9 +323,10 @@ impl Writer<'_> {
                 st.cursor.seek_failed();
             }
         }
-        self.stats.records += batch.len() as u64;
+        let taken = keep.iter().filter(|k| **k).count() as u64;
+        self.stats.records += taken;
         let m = &self.metrics;
-        m.records.inc_by(batch.len() as u64);
+        m.records.inc_by(taken);
         m.events.with_label_values(&["written"]).inc_by(s.written);
         m.events
             .with_label_values(&["duplicate"])

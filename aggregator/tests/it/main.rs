@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 mod beyond;
 mod outage;
 mod refused;
+mod schema_late;
 
 const PARTITIONS: i32 = 2;
 

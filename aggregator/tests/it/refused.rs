@@ -23,8 +23,26 @@ use tokio_util::sync::CancellationToken;
 use crate::beyond::eventually;
 use crate::{agg_cfg, delete_prefix, redis_cfg};
 
-/// `n` accepted events of `client` at `t`, all on `partition`.
-fn produce(k: &notiflow_ingest::KafkaConfig, client: &str, partition: i32, n: usize, t: i64) {
+/// `n` accepted events of `client` at `t`, all on `partition`, in JSON.
+pub(crate) fn produce(
+    k: &notiflow_ingest::KafkaConfig,
+    client: &str,
+    partition: i32,
+    n: usize,
+    t: i64,
+) {
+    produce_as(k, client, partition, n, t, None);
+}
+
+/// [`produce`], in Avro under `schema_id` when given.
+pub(crate) fn produce_as(
+    k: &notiflow_ingest::KafkaConfig,
+    client: &str,
+    partition: i32,
+    n: usize,
+    t: i64,
+    schema_id: Option<u32>,
+) {
     let p: BaseProducer = client_config(k).create().unwrap();
     for i in 0..n {
         let message_id = format!("wamid.{client}.{partition}.{i}.{}", stamp());
@@ -42,7 +60,10 @@ fn produce(k: &notiflow_ingest::KafkaConfig, client: &str, partition: i32, n: us
             error_code: None,
         };
         let mut value = Vec::new();
-        json::encode(&ev, &mut value);
+        match schema_id {
+            None => json::encode(&ev, &mut value),
+            Some(id) => notiflow_ingest::codec::avro::encode(&ev, id, &mut value),
+        }
         let rec: BaseRecord<'_, str, [u8]> = BaseRecord::to(&k.topic)
             .partition(partition)
             .key(message_id.as_str())
@@ -123,6 +144,19 @@ async fn a_foreign_key_holds_only_the_partitions_that_write_it() {
             .map_or(0, |m| m.get_gauge().get_value() as i64)
     };
     let others = 30 * (PARTITIONS as u64 - 2);
+    // What a failed wait prints (nextest shows it): the counts, the stored
+    // offsets and the alarms as they were each time.
+    let mut probe = conn.clone();
+    let (stats2, offsets2) = (stats.clone(), offsets.clone());
+    let mut status = async move || {
+        let counted: Option<u64> = probe.hget(&stats2, "counted").await.unwrap();
+        let stored: Vec<(String, String)> = probe.hgetall(&offsets2).await.unwrap();
+        eprintln!(
+            "counted {counted:?}, alarms 0:{} 1:{}, stored {stored:?}",
+            alarm("0"),
+            alarm("1")
+        );
+    };
 
     // The six partitions without the victim's records are counted; the
     // two with them are held, alarmed with the key, nothing of them taken.
@@ -130,12 +164,14 @@ async fn a_foreign_key_holds_only_the_partitions_that_write_it() {
         60,
         "the partitions without the victim counted",
         async || {
+            status().await;
             let n: Option<u64> = conn.hget(&stats, "counted").await.unwrap();
             n == Some(others)
         },
     )
     .await;
     eventually(30, "both partitions alarmed", async || {
+        status().await;
         alarm("0") == 1 && alarm("1") == 1
     })
     .await;
@@ -150,6 +186,7 @@ async fn a_foreign_key_holds_only_the_partitions_that_write_it() {
     // The others keep counting while the key is there.
     produce(&k, "bystander", 5, 10, t);
     eventually(30, "new records of a free partition counted", async || {
+        status().await;
         let n: u64 = conn.hget(&stats, "counted").await.unwrap();
         n == others + 10
     })
@@ -161,6 +198,7 @@ async fn a_foreign_key_holds_only_the_partitions_that_write_it() {
     let _: () = conn.del(&foreign).await.unwrap();
     let all = others + 10 + 2 * (20 + 30);
     eventually(30, "the held partitions counted", async || {
+        status().await;
         let n: u64 = conn.hget(&stats, "counted").await.unwrap();
         n == all
     })

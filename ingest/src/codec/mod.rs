@@ -77,6 +77,16 @@ pub const LOOKUPS_IN_FLIGHT: usize = 16;
 /// records with garbage ids cannot stall a partition.
 const MISS_RETRIES: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(400)];
 
+/// An id the registry did not know.
+#[derive(Debug, Clone, Copy)]
+struct Miss {
+    first: Instant,
+    asked: Instant,
+}
+
+/// How often an id that holds a partition is asked again.
+pub const HELD_ID_RECHECK: Duration = Duration::from_secs(1);
+
 /// Decodes and validates records; holds the compiled Avro plans.
 pub struct Decoder {
     registry: SchemaRegistry,
@@ -84,10 +94,12 @@ pub struct Decoder {
     /// incompatible schema). A registered schema never changes, so these
     /// are kept.
     plans: HashMap<u32, Result<Arc<avro::Plan>, Reject>>,
-    /// Ids the registry did not know, and when it last said so. Not final:
-    /// asked again after `miss_ttl`, so two consumer groups (or a restart)
-    /// reach the same verdict once the registry has the schema.
-    misses: HashMap<u32, Instant>,
+    /// Ids the registry did not know: since when, and when it last said
+    /// so. Asked again after `miss_ttl` (sooner while they hold a
+    /// partition, [`Decoder::recheck`]); their records are dead letters
+    /// only once the registry has not known them for its
+    /// [`SchemaRegistry::unknown_id_grace`] ([`Decoder::undecided`]).
+    misses: HashMap<u32, Miss>,
     miss_ttl: Duration,
 }
 
@@ -153,7 +165,7 @@ impl Decoder {
             let fresh_miss = self
                 .misses
                 .get(&id)
-                .is_some_and(|at| at.elapsed() < self.miss_ttl);
+                .is_some_and(|m| m.asked.elapsed() < self.miss_ttl);
             if !fresh_miss {
                 wanted.insert(id);
             }
@@ -174,7 +186,13 @@ impl Decoder {
             );
             let now = Instant::now();
             for id in unknown {
-                self.misses.insert(id, now);
+                self.misses
+                    .entry(id)
+                    .and_modify(|m| m.asked = now)
+                    .or_insert(Miss {
+                        first: now,
+                        asked: now,
+                    });
             }
         }
         Ok(())
@@ -206,6 +224,61 @@ impl Decoder {
         }
         unknown.sort_unstable();
         Ok(unknown)
+    }
+
+    /// Asks the registry again, once, for those of `ids` it did not know
+    /// and has not been asked about for [`HELD_ID_RECHECK`] (ids that hold
+    /// a partition: a registry that learns them late is seen within a
+    /// second).
+    pub async fn recheck(&mut self, ids: &[u32]) -> Result<(), IngestError> {
+        let due: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|id| {
+                !self.plans.contains_key(id)
+                    && self
+                        .misses
+                        .get(id)
+                        .is_none_or(|m| m.asked.elapsed() >= HELD_ID_RECHECK)
+            })
+            .collect();
+        let now = Instant::now();
+        for id in self.resolve_all(due).await? {
+            self.misses
+                .entry(id)
+                .and_modify(|m| m.asked = now)
+                .or_insert(Miss {
+                    first: now,
+                    asked: now,
+                });
+        }
+        Ok(())
+    }
+
+    /// The schema id of `rec` if the registry has not decided it yet: it
+    /// did not know the id, but not for its whole grace. Such a record is
+    /// neither decoded nor dead-lettered: its partition waits
+    /// (`schema_hold`), so every consumer group reaches the same verdict
+    /// unless the registry learns the id only after the grace.
+    pub fn undecided(&self, rec: &RecordView<'_>) -> Option<u32> {
+        let value = rec.value?;
+        if Format::of(rec.content_type, value) != Ok(Format::Avro) {
+            return None;
+        }
+        let id = avro::schema_id(value).ok()?;
+        (!self.is_decided(id)).then_some(id)
+    }
+
+    /// True when the registry knows `id`, or has not known it for its
+    /// whole grace (its records are dead letters).
+    pub fn is_decided(&self, id: u32) -> bool {
+        let grace = self.registry.unknown_id_grace();
+        self.plans.contains_key(&id)
+            || grace.is_zero()
+            || self
+                .misses
+                .get(&id)
+                .is_some_and(|m| m.first.elapsed() >= grace)
     }
 
     /// Compiles the schema the registry gave for `id`.
