@@ -561,6 +561,10 @@ async fn settle(
         }
         Ok(r) => r,
     };
+    if let Some(Applied::AlreadyApplied) = &result {
+        tracing::info!(partitions = ?pending.offsets.keys().collect::<Vec<_>>(),
+            "batch already applied (an earlier try whose reply was lost, or another member that took the same records): nothing written");
+    }
     match result {
         Some(Applied::Ok(_) | Applied::AlreadyApplied) => {
             stats.batches += 1;

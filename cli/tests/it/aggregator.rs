@@ -411,10 +411,13 @@ fn a_killed_member_and_a_zombie_change_nothing() {
     for (n, p) in [(2, &mut a2), (1, &mut b), (3, &mut c)] {
         assert!(sigterm_and_wait(p).success(), "{}", s.log(n));
     }
+    // Its stale batch wrote nothing: fenced, or, when the others had
+    // applied exactly its records (the generator was done before b built
+    // its batch, so both reached the log end), found already applied.
     let zombie = s.log(1);
     assert!(
-        zombie.contains("batch fenced"),
-        "the zombie's batch was not fenced:\n{zombie}"
+        zombie.contains("batch fenced") || zombie.contains("batch already applied"),
+        "the zombie's batch was neither fenced nor found applied:\n{zombie}"
     );
     s.assert_matches_truth();
 }

@@ -994,7 +994,11 @@ fn the_running_server_conforms_to_its_openapi_document() {
             .arg(format!("http://{addr}/openapi.json"))
             .args(["--header", &format!("Authorization: Bearer {key}")])
             .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"])
-            .args(["--exclude-path", "/v1/stream", "--max-examples", "30", "--workers", "2"])
+            // One worker: with two, schemathesis' coverage phase hit a
+            // race in CPython 3.11 (Debian 12) once in a full run
+            // ("SystemError: AST constructor recursion depth mismatch",
+            // a runtime error of the tool, not a finding).
+            .args(["--exclude-path", "/v1/stream", "--max-examples", "30", "--workers", "1"])
             .args(["--request-timeout", "20"])
             .current_dir(setup.dir.path()) // its cache folder goes there
             .output()
