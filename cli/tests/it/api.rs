@@ -968,11 +968,11 @@ fn redis_outage_answers_stale_then_recovers() {
 fn the_running_server_conforms_to_its_openapi_document() {
     let setup = Setup::new("api-schema", redis_url());
     let addr = format!("127.0.0.1:{}", free_port());
-    // Conformance, not resilience: the shared Redis is slow at times while
-    // the whole suite runs on two cores, and a read past the other tests'
-    // 300 ms (two of them opening the breaker) is a 503, which
-    // schemathesis' not_a_server_error rightly fails (CI failed so once).
-    // Degradation has tests of its own above.
+    // Conformance, not resilience: the shared Redis can be slow while the
+    // whole suite runs on two cores, and a read past the other tests'
+    // 300 ms (two of them opening the breaker) would be a 503, which
+    // schemathesis' not_a_server_error fails. Degradation has tests of its
+    // own above.
     let section = api_section(setup.dir.path(), &addr, "")
         .replace("counter_timeout_ms = 300", "counter_timeout_ms = 10000")
         .replace("breaker_failures = 2", "breaker_failures = 1000");
