@@ -10,8 +10,13 @@
 //! - a second aggregator and a second lake writer joining during catch-up
 //!   and leaving again, and Redis killed -9 during catch-up with
 //!   `appendfsync everysec` (its last second of writes lost);
+//! - Redis restarted from its files of a moment before (acknowledged writes
+//!   lost for real);
 //! - a second outage of both, a compaction with snapshot expiry on a host a
 //!   day ahead, then duplicates of events 23 hours old.
+//!
+//! And, on its own, a schema id the registry learns between the two
+//! groups' reads: both count its records, once.
 //!
 //! Time is simulated in the records: the generator replays stretches of the
 //! past day (`gen --start … --stamp`: each record stamped with its simulated
@@ -43,7 +48,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
-use crate::aggregator::{Setup, start_redis};
+use crate::aggregator::{Setup, redis_url, start_redis};
 use crate::assert_same_cells;
 use crate::lake::{faketime, lake_action, pyiceberg_read, wait_committed};
 use crate::procs::{Proc, free_port, signal, sigterm_and_wait};
@@ -821,4 +826,163 @@ fn a_replaced_log_holds_both_sinks_until_an_operator_accepts_the_gap() {
     assert_same_cells(&status_cells, &lake_cells, "Redis vs the lake (PyIceberg)");
     assert_eq!(day.s.stats().get("counted"), Some(&valid));
     assert_eq!(lake_rows, valid);
+}
+
+/// A loopback schema registry: notiflow's schema as id 44 once `published`,
+/// 404 for anything else.
+fn late_registry(published: std::sync::Arc<std::sync::atomic::AtomicBool>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for sock in listener.incoming() {
+            let Ok(mut sock) = sock else { return };
+            let published = published.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let n = sock.read(&mut buf).unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]);
+                let path = req.split_whitespace().nth(1).unwrap_or("");
+                let known = path == "/schemas/ids/44"
+                    && published.load(std::sync::atomic::Ordering::SeqCst);
+                let (status, body) = if known {
+                    (
+                        "200 OK",
+                        serde_json::json!({ "schema": notiflow_schema::AVRO_SCHEMA }).to_string(),
+                    )
+                } else {
+                    ("404 Not Found", r#"{"error_code":40403}"#.to_string())
+                };
+                let _ = write!(
+                    sock,
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    url
+}
+
+/// One group reads Avro records while the registry does not know their
+/// schema id yet, the other after it learned it: both count them, once.
+/// Before, the first group dead-lettered them at its first 404 and the
+/// second decoded them, and Redis and the lake disagreed for good.
+#[test]
+fn both_sinks_count_what_the_registry_learns_late() {
+    let published = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url = late_registry(published.clone());
+    let lake_dir = tempfile::tempdir().unwrap();
+    let sections = format!(
+        r#"
+[schema_registry]
+url = "{url}"
+unknown_id_grace_secs = 300
+
+[lake]
+group_id = "lake-{{prefix}}"
+warehouse = "{warehouse}"
+catalog_uri = "sqlite://{catalog}"
+catalog_name = "notiflow"
+commit_interval_ms = 1000
+"#,
+        warehouse = lake_dir.path().join("warehouse").display(),
+        catalog = lake_dir.path().join("catalog.db").display(),
+    );
+    let s = Setup::with_sections_on(
+        crate::brokers(),
+        "schema-late",
+        redis_url(),
+        "",
+        "",
+        &sections,
+    );
+    notiflow_loadgen::bench::runtime()
+        .block_on(notiflow_ingest::kafka::ensure_topics(&s.kafka))
+        .unwrap();
+    // Partition 0: 20 Avro events under id 44; the others: 10 JSON events each.
+    let t = (now_ms() - 10 * 60_000) * 1000;
+    let event = |i: usize| Event {
+        event_id: format!("late-{i}").into(),
+        message_id: format!("wamid.late-{i}").into(),
+        client_id: "client-late".into(),
+        recipient: "+5511987654321".into(),
+        status: Status::Delivered,
+        category: Category::Utility,
+        billable: true,
+        country: Country::parse("BR").unwrap(),
+        template: None,
+        event_time: t,
+        error_code: None,
+    };
+    let p: BaseProducer = client_config(&s.kafka).create().unwrap();
+    let send = |partition: i32, ev: &Event<'_>, avro: bool| {
+        let mut value = Vec::new();
+        if avro {
+            notiflow_ingest::codec::avro::encode(ev, 44, &mut value);
+        } else {
+            json::encode(ev, &mut value);
+        }
+        let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&s.kafka.topic)
+            .partition(partition)
+            .key(ev.message_id.as_bytes())
+            .payload(value.as_slice());
+        p.send(rec).map_err(|(e, _)| e).unwrap();
+    };
+    for i in 0..20 {
+        send(0, &event(i), true);
+    }
+    let mut json_events = 0;
+    for partition in 1..PARTITIONS {
+        for i in 0..10 {
+            send(partition, &event(1000 * partition as usize + i), false);
+            json_events += 1;
+        }
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let all = json_events + 20;
+
+    // The aggregator reads them while the registry does not know id 44.
+    let mut agg = s.aggregator(0, &[]);
+    let counted = |s: &Setup| s.stats().get("counted").copied().unwrap_or(0);
+    let give_up = Instant::now() + Duration::from_secs(90);
+    while counted(&s) < json_events {
+        assert!(Instant::now() < give_up, "JSON not counted:\n{}", s.log(0));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2)); // it has asked, and been told 404, more than once
+    assert_eq!(
+        s.stats().get("rejected").copied().unwrap_or(0),
+        0,
+        "the aggregator dead-lettered what the registry did not know yet:\n{}",
+        s.log(0)
+    );
+    assert_eq!(counted(&s), json_events, "partition 0 waits");
+
+    // The registry learns it; the lake writer starts only now.
+    published.store(true, std::sync::atomic::Ordering::SeqCst);
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while counted(&s) < all {
+        assert!(Instant::now() < give_up, "id 44 not counted:\n{}", s.log(0));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = std::fs::File::create(s.dir.path().join("lake.log")).unwrap();
+    let mut lake = Proc(
+        s.command()
+            .args(["run", "lake"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let lake_log = || std::fs::read_to_string(s.dir.path().join("lake.log")).unwrap_or_default();
+    wait_committed(&s.config, &s.kafka, Duration::from_secs(120), lake_log);
+    assert!(sigterm_and_wait(&mut lake).success(), "{}", lake_log());
+    assert!(sigterm_and_wait(&mut agg).success(), "{}", s.log(0));
+
+    // Both sinks hold every event once.
+    assert_eq!(counted(&s), all);
+    assert_eq!(s.stats().get("rejected").copied().unwrap_or(0), 0);
+    let stats: Value = serde_json::from_str(&lake_action(&s.config, "stats", &[])).unwrap();
+    assert_eq!(stats["rows"].as_u64(), Some(all), "{stats}");
 }
