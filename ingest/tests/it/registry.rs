@@ -48,10 +48,15 @@ async fn serve(listener: TcpListener) {
 }
 
 fn value(schema_id: u32) -> Vec<u8> {
+    value_of(schema_id, "ev-1")
+}
+
+/// [`value`] with another event id.
+fn value_of(schema_id: u32, event_id: &str) -> Vec<u8> {
     let mut v = vec![0];
     v.extend_from_slice(&schema_id.to_be_bytes());
     for s in [
-        "ev-1",
+        event_id,
         "wamid.R",
         "acme",
         "+5511987654321",
@@ -324,4 +329,137 @@ async fn thousands_of_garbage_ids_are_asked_once_each_and_at_once() {
         3 * IDS as usize,
         "nothing asked again within the miss window"
     );
+}
+
+/// The validator on the real broker, with a registry that learns id 44
+/// after the validator first asked: the partition with those records waits
+/// (nothing dead-lettered, its offset not committed past them) while the
+/// other partition goes on, then every event is valid. Before, they were
+/// dead letters at the first 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_validator_waits_for_an_id_the_registry_learns_late() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use notiflow_ingest::kafka::{client_config, ensure_topics};
+    use notiflow_ingest::{IngestConfig, Metrics};
+    use notiflow_schema::{Category, Country, Event};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::{Offset, TopicPartitionList};
+    use tokio_util::sync::CancellationToken;
+
+    use crate::support::{fresh_kafka, start_ingest_with};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let published = Arc::new(AtomicBool::new(false));
+    tokio::spawn(serve_late(
+        listener,
+        published.clone(),
+        Arc::new(AtomicUsize::new(0)),
+    ));
+    let registry = SchemaRegistry::http(&url, Duration::from_secs(5))
+        .unwrap()
+        .with_unknown_id_grace(Duration::from_secs(300));
+
+    let kafka = fresh_kafka(2);
+    ensure_topics(&kafka).await.unwrap();
+    let producer: FutureProducer = client_config(&kafka).create().unwrap();
+    // Partition 0: five events under id 44 (the v2 writer schema once
+    // published); partition 1: five JSON events.
+    for i in 0..5 {
+        producer
+            .send(
+                FutureRecord::to(&kafka.topic)
+                    .partition(0)
+                    .key("wamid.R")
+                    .payload(&value_of(44, &format!("ev-late-{i}"))),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        let ev = Event {
+            event_id: format!("ev-json-{i}").into(),
+            message_id: format!("wamid.J{i}").into(),
+            client_id: "acme".into(),
+            recipient: "+5511987654321".into(),
+            status: Status::Sent,
+            category: Category::Utility,
+            billable: true,
+            country: Country::parse("BR").unwrap(),
+            template: None,
+            event_time: 1_793_534_400_000_000,
+            error_code: None,
+        };
+        let mut v = Vec::new();
+        notiflow_ingest::codec::json::encode(&ev, &mut v);
+        producer
+            .send(
+                FutureRecord::to(&kafka.topic)
+                    .partition(1)
+                    .key(&format!("wamid.J{i}"))
+                    .payload(&v),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    let cfg = IngestConfig {
+        group_id: format!("{}-ingest", kafka.topic),
+        batch_max_records: 100,
+        batch_max_wait_ms: 100,
+        dlq_max_record_bytes: 1_000_000,
+        dlq_max_attempts: 3,
+        dlq_timeout_ms: 30_000,
+    };
+    let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
+    let shutdown = CancellationToken::new();
+    let run = start_ingest_with(&kafka, cfg.clone(), registry, &metrics, &shutdown);
+    let reader: BaseConsumer = client_config(&kafka)
+        .set("group.id", &cfg.group_id)
+        .create()
+        .unwrap();
+    let committed = |p: i32| {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&kafka.topic, p);
+        match reader
+            .committed_offsets(tpl, Duration::from_secs(5))
+            .unwrap()
+            .elements()[0]
+            .offset()
+        {
+            Offset::Offset(o) => o,
+            _ => -1,
+        }
+    };
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while committed(1) < 5 {
+        assert!(Instant::now() < give_up, "partition 1 not committed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // asked again, 404 again
+    let dead: u64 = metrics.dlq.with_label_values(&["unknown_schema_id"]).get();
+    assert_eq!(dead, 0, "dead-lettered what the registry did not know yet");
+    assert!(
+        committed(0) <= 0,
+        "partition 0 committed past its waiting records"
+    );
+    assert_eq!(metrics.valid.get(), 5);
+
+    published.store(true, Ordering::SeqCst);
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while committed(0) < 5 {
+        assert!(Instant::now() < give_up, "partition 0 not committed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metrics.valid.get(), 10, "every event valid");
+    assert_eq!(
+        metrics.dlq.with_label_values(&["unknown_schema_id"]).get(),
+        0
+    );
+    shutdown.cancel();
+    let (stats, _) = run.await.unwrap();
+    assert_eq!(stats.rejected_total(), 0);
 }

@@ -110,19 +110,23 @@ pub fn start_ingest(
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> tokio::task::JoinHandle<(Stats, BTreeSet<String>)> {
+    start_ingest_with(kafka, cfg, SchemaRegistry::builtin(), metrics, shutdown)
+}
+
+/// [`start_ingest`] with schemas from `registry`.
+pub fn start_ingest_with(
+    kafka: &KafkaConfig,
+    cfg: IngestConfig,
+    registry: SchemaRegistry,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<(Stats, BTreeSet<String>)> {
     let (kafka, metrics, shutdown) = (kafka.clone(), metrics.clone(), shutdown.clone());
     tokio::spawn(async move {
         let mut sink = Collect::default();
-        let stats = run(
-            &kafka,
-            SchemaRegistry::builtin(),
-            &cfg,
-            &mut sink,
-            metrics,
-            shutdown,
-        )
-        .await
-        .unwrap();
+        let stats = run(&kafka, registry, &cfg, &mut sink, metrics, shutdown)
+            .await
+            .unwrap();
         (stats, sink.0)
     })
 }
