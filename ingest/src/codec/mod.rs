@@ -184,18 +184,23 @@ impl Decoder {
                 first = ?&unknown[..unknown.len().min(5)],
                 "the schema registry has no such ids; their records are rejected for now"
             );
-            let now = Instant::now();
-            for id in unknown {
-                self.misses
-                    .entry(id)
-                    .and_modify(|m| m.asked = now)
-                    .or_insert(Miss {
-                        first: now,
-                        asked: now,
-                    });
-            }
+            self.missed(unknown);
         }
         Ok(())
+    }
+
+    /// The registry said it does not know `ids`, now.
+    fn missed(&mut self, ids: Vec<u32>) {
+        let now = Instant::now();
+        for id in ids {
+            self.misses
+                .entry(id)
+                .and_modify(|m| m.asked = now)
+                .or_insert(Miss {
+                    first: now,
+                    asked: now,
+                });
+        }
     }
 
     /// Asks the registry for `ids`, [`LOOKUPS_IN_FLIGHT`] at a time, and
@@ -242,16 +247,8 @@ impl Decoder {
                         .is_none_or(|m| m.asked.elapsed() >= HELD_ID_RECHECK)
             })
             .collect();
-        let now = Instant::now();
-        for id in self.resolve_all(due).await? {
-            self.misses
-                .entry(id)
-                .and_modify(|m| m.asked = now)
-                .or_insert(Miss {
-                    first: now,
-                    asked: now,
-                });
-        }
+        let unknown = self.resolve_all(due).await?;
+        self.missed(unknown);
         Ok(())
     }
 
