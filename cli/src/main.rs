@@ -158,6 +158,15 @@ enum LakeAction {
         #[arg(long)]
         offset: i64,
     },
+    /// Retire a topic no writer reads any more (after a migration to
+    /// another topic): take it out of the dedup generations, so snapshot
+    /// expiry no longer keeps the files its windows needed (docs/lake.md).
+    /// Its offsets and watermarks stay. Refused for the configured topic.
+    RetireTopic {
+        /// The retired topic.
+        #[arg(long)]
+        topic: String,
+    },
     /// Read every row back and print JSON: rows, distinct offsets, an
     /// order-independent checksum, counts per client × day × status, offsets.
     Stats,
@@ -437,6 +446,21 @@ async fn dispatch(command: Command, mut cfg: Config) -> anyhow::Result<()> {
             println!(
                 "{}",
                 serde_json::json!({"topic": cfg.kafka.topic, "partition": partition, "from": from, "to": offset, "snapshot_id": snapshot})
+            );
+            Ok(())
+        }
+        Command::Lake {
+            action: LakeAction::RetireTopic { topic },
+        } => {
+            anyhow::ensure!(
+                topic != cfg.kafka.topic,
+                "{topic} is the topic this deployment reads (kafka.topic): its writers need its dedup windows"
+            );
+            let lake = notiflow_lake::Lake::open(&cfg.lake).await?;
+            let (had, snapshot) = notiflow_lake::table::retire_topic(&lake, &topic).await?;
+            println!(
+                "{}",
+                serde_json::json!({"topic": topic, "had_generations": had, "snapshot_id": snapshot})
             );
             Ok(())
         }

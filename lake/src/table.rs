@@ -483,6 +483,46 @@ async fn set_carried(
     }
 }
 
+/// Takes `topic` out of the dedup generations and anchors, in a commit of
+/// its own: a topic no writer reads any more (retired after a migration to
+/// another topic) no longer makes snapshot expiry keep the dedup files its
+/// partitions' windows needed, for ever. Its offsets and completeness
+/// watermarks stay (what was read, and the billing gate). Whether the
+/// topic had generations, and the new snapshot's id.
+pub async fn retire_topic(lake: &Lake, topic: &str) -> Result<(bool, i64), LakeError> {
+    loop {
+        let table = lake.load().await?;
+        let md = table.metadata();
+        let mut change = Change::default();
+        carry_forward(md, &mut change.properties)?;
+        // Written even when empty: a snapshot without the property would
+        // let readers find an older snapshot's map, topic included.
+        let mut generations = committed_generations(md)?;
+        let had = generations.remove(topic).is_some();
+        change
+            .properties
+            .insert(GENERATIONS_PROP.into(), to_json(&generations)?);
+        let mut anchors = committed_anchors(md)?;
+        anchors.remove(topic);
+        change
+            .properties
+            .insert(ANCHORS_PROP.into(), to_json(&anchors)?);
+        change
+            .properties
+            .insert("notiflow.operation".into(), "retire-topic".into());
+        let id = new_snapshot_id(md);
+        let staged = stage(&table, id, &change).await?;
+        if lake.swap(&table, staged).await? {
+            tracing::warn!(
+                topic,
+                had,
+                "topic retired: its dedup windows no longer hold snapshots back"
+            );
+            return Ok((had, id));
+        }
+    }
+}
+
 /// Tags `snapshot_id` as `name`, an Iceberg tag kept `max_ref_age_ms`
 /// after the snapshot was committed: expiry keeps a live tag's snapshot,
 /// and orphan removal its files (a billing run pins the snapshot it read

@@ -32,11 +32,16 @@ fn cfg(dir: &std::path::Path) -> LakeConfig {
 }
 
 fn records(n: usize, seed: u64) -> Vec<OwnedRecord> {
+    records_over(n, seed, 3_600_000_000, 1000.0)
+}
+
+/// `n` records from `ago_micros` before now on, `rate` a second.
+fn records_over(n: usize, seed: u64, ago_micros: i64, rate: f64) -> Vec<OwnedRecord> {
     let shape = Shape {
         seed,
         clients: 50,
-        rate: 1000.0,
-        start: notiflow_ingest::source::now_micros() - 3_600_000_000,
+        rate,
+        start: notiflow_ingest::source::now_micros() - ago_micros,
         avro_share: 0.3,
         content_type_share: 0.0,
         duplicate_share: 0.01,
@@ -643,4 +648,86 @@ async fn each_commit_records_how_far_every_partition_is_complete() {
     // Compaction carries them forward unchanged.
     maintenance::compact(&lake, &cfg).await.unwrap();
     assert_eq!(marks(lake.load().await.unwrap().metadata()), after);
+}
+
+/// A topic no writer reads any more kept its generations in the table for
+/// ever, and the expiry cutoff is the oldest window of any topic: every
+/// snapshot after its last commit was kept, for ever. Retiring it takes it
+/// out of the map; the live topic's windows still hold what they need.
+#[tokio::test]
+async fn a_retired_topic_no_longer_holds_snapshots_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cfg(dir.path());
+    let lake = Lake::open(&cfg).await.unwrap();
+    // A topic read long ago: its partition 0 was last at generation 10
+    // (hour 10 of 1970), a commit of its own with its offsets.
+    let table = lake.load().await.unwrap();
+    let md = table.metadata();
+    let mut change = Change::default();
+    let old = std::collections::BTreeMap::from([(
+        "old.topic".to_string(),
+        std::collections::BTreeMap::from([(0, 10u32)]),
+    )]);
+    change
+        .properties
+        .insert(GENERATIONS_PROP.into(), to_json(&old).unwrap());
+    let offsets = std::collections::BTreeMap::from([(
+        "old.topic".to_string(),
+        std::collections::BTreeMap::from([(0, 5i64)]),
+    )]);
+    change
+        .properties
+        .insert(OFFSETS_PROP.into(), to_json(&offsets).unwrap());
+    let staged = stage(&table, new_snapshot_id(md), &change).await.unwrap();
+    assert!(lake.swap(&table, staged).await.unwrap());
+    // The live topic's writer commits three rounds on top, of three days
+    // of its traffic: its own window (24 h) needs only the last two.
+    let recs = records_over(3000, 9, 72 * 3_600_000_000, 3000.0 / (72.0 * 3600.0));
+    let mut w = Writer::new();
+    let mut rounds = Vec::new();
+    for chunk in recs.chunks(1000) {
+        w.commit(&lake, &cfg, chunk).await;
+        let t = lake.load().await.unwrap();
+        rounds.push(t.metadata().current_snapshot().unwrap().snapshot_id());
+    }
+    let kept = |t: &iceberg::table::Table, id: i64| t.metadata().snapshot_by_id(id).is_some();
+    let remembered = |t: std::collections::HashMap<i32, Dedup>| -> u64 {
+        t.values().map(|d| d.len() as u64).sum()
+    };
+    let window = remembered(restore_all(&lake.load().await.unwrap()).await);
+    assert!(window > 0);
+    // Ten days on: the old topic's window pins the first round too.
+    let later = SystemTime::now() + Duration::from_secs(10 * 86_400);
+    maintenance::expire(&lake, &cfg, later).await.unwrap();
+    assert!(
+        kept(&lake.load().await.unwrap(), rounds[0]),
+        "the old topic pinned nothing: the test shows nothing"
+    );
+
+    let (had, _) = notiflow_lake::table::retire_topic(&lake, "old.topic")
+        .await
+        .unwrap();
+    assert!(had);
+    let table = lake.load().await.unwrap();
+    let gens = committed_generations(table.metadata()).unwrap();
+    assert!(!gens.contains_key("old.topic"), "{gens:?}");
+    assert!(!gens.is_empty(), "the live topic's generations stay");
+    assert_eq!(
+        topic_offsets(table.metadata(), "old.topic").unwrap(),
+        std::collections::BTreeMap::from([(0, 5)]),
+        "its offsets stay"
+    );
+    maintenance::expire(&lake, &cfg, later).await.unwrap();
+    let t = lake.load().await.unwrap();
+    assert!(
+        !kept(&t, rounds[0]),
+        "retired, the old topic still pins the first round"
+    );
+    assert!(kept(&t, rounds[2]), "the live topic's last round");
+    // The live topic's windows still restore whole.
+    assert_eq!(
+        remembered(restore_all(&lake.load().await.unwrap()).await),
+        window,
+        "expiry dropped a dedup file the live topic needs"
+    );
 }
