@@ -40,6 +40,10 @@ impl SchemaHolds {
         views: &[RecordView<'_>],
         decoder: &Decoder,
     ) -> Vec<bool> {
+        // The common case, on the hot path: nothing held, nothing to hold.
+        if self.held.is_empty() && !decoder.any_undecided() {
+            return vec![true; batch.len()];
+        }
         batch
             .iter()
             .zip(views)

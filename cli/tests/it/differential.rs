@@ -832,19 +832,25 @@ fn a_replaced_log_holds_both_sinks_until_an_operator_accepts_the_gap() {
 
 /// A loopback schema registry: notiflow's schema as id 44 once `published`,
 /// 404 for anything else.
-fn late_registry(published: std::sync::Arc<std::sync::atomic::AtomicBool>) -> String {
+fn late_registry(
+    published: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> String {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
         for sock in listener.incoming() {
             let Ok(mut sock) = sock else { return };
-            let published = published.clone();
+            let (published, asked) = (published.clone(), asked.clone());
             std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
                 let n = sock.read(&mut buf).unwrap_or(0);
                 let req = String::from_utf8_lossy(&buf[..n]);
                 let path = req.split_whitespace().nth(1).unwrap_or("");
+                if path == "/schemas/ids/44" {
+                    asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
                 let known = path == "/schemas/ids/44"
                     && published.load(std::sync::atomic::Ordering::SeqCst);
                 let (status, body) = if known {
@@ -873,7 +879,8 @@ fn late_registry(published: std::sync::Arc<std::sync::atomic::AtomicBool>) -> St
 #[test]
 fn both_sinks_count_what_the_registry_learns_late() {
     let published = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let url = late_registry(published.clone());
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let url = late_registry(published.clone(), asked.clone());
     let lake_dir = tempfile::tempdir().unwrap();
     let sections = format!(
         r#"
@@ -952,7 +959,14 @@ commit_interval_ms = 1000
         assert!(Instant::now() < give_up, "JSON not counted:\n{}", s.log(0));
         std::thread::sleep(Duration::from_millis(200));
     }
-    std::thread::sleep(Duration::from_secs(2)); // it has asked, and been told 404, more than once
+    // Its first batch asks three times; each later ask is a recheck of the
+    // held id: wait until two rechecks were answered 404 too.
+    let asked_before = asked.load(std::sync::atomic::Ordering::SeqCst);
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while asked.load(std::sync::atomic::Ordering::SeqCst) < asked_before.max(3) + 2 {
+        assert!(Instant::now() < give_up, "the held id was not asked again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(
         s.stats().get("rejected").copied().unwrap_or(0),
         0,

@@ -266,6 +266,14 @@ impl Decoder {
         (!self.is_decided(id)).then_some(id)
     }
 
+    /// True if some id the registry did not know is still within its
+    /// grace: only then can a record be [`Decoder::undecided`] (every id
+    /// of a prepared batch has a plan or a miss).
+    pub fn any_undecided(&self) -> bool {
+        let grace = self.registry.unknown_id_grace();
+        !grace.is_zero() && self.misses.values().any(|m| m.first.elapsed() < grace)
+    }
+
     /// True when the registry knows `id`, or has not known it for its
     /// whole grace (its records are dead letters).
     pub fn is_decided(&self, id: u32) -> bool {

@@ -355,11 +355,8 @@ async fn the_validator_waits_for_an_id_the_registry_learns_late() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let published = Arc::new(AtomicBool::new(false));
-    tokio::spawn(serve_late(
-        listener,
-        published.clone(),
-        Arc::new(AtomicUsize::new(0)),
-    ));
+    let asked = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(serve_late(listener, published.clone(), asked.clone()));
     let registry = SchemaRegistry::http(&url, Duration::from_secs(5))
         .unwrap()
         .with_unknown_id_grace(Duration::from_secs(300));
@@ -439,7 +436,13 @@ async fn the_validator_waits_for_an_id_the_registry_learns_late() {
         assert!(Instant::now() < give_up, "partition 1 not committed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await; // asked again, 404 again
+    // The first batch asks three times; each later ask is a recheck of the
+    // held id: wait until two rechecks were answered 404 too.
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while asked.load(Ordering::SeqCst) < 5 {
+        assert!(Instant::now() < give_up, "the held id was not asked again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let dead: u64 = metrics.dlq.with_label_values(&["unknown_schema_id"]).get();
     assert_eq!(dead, 0, "dead-lettered what the registry did not know yet");
     assert!(
