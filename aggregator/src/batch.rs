@@ -245,7 +245,7 @@ pub fn process<'a>(
             }
         }
         last.note(rec.partition, rec.view);
-        let generation = state.dedup.generation_of(rec.view.timestamp);
+        let generation = state.dedup.generation_of(rec.view.clock);
         let upd = out
             .offsets
             .entry(rec.partition)
@@ -285,7 +285,7 @@ pub fn process<'a>(
             pack(fp, &mut appends);
         }
         out.stats.counted += 1;
-        out.record_ms.push(rec.view.timestamp / 1000);
+        out.record_ms.push(rec.view.clock / 1000);
 
         let client: &str = &event.client_id;
         let ix = match client_ix.get(client) {
@@ -300,7 +300,7 @@ pub fn process<'a>(
         let minute = minute_of(event.event_time);
         // Age on the partition's clock: a hostile CreateTime a year ahead
         // moves the generation one hour, and must not late-drop the event.
-        let age = bounded_time(rec.view.timestamp, generation).saturating_sub(event.event_time);
+        let age = bounded_time(rec.view.clock, generation).saturating_sub(event.event_time);
         let replayed = match state.replay_upto {
             Some(u) if rec.offset < u => true,
             Some(_) => {
@@ -385,6 +385,8 @@ mod tests {
                 value: Some(&r.value),
                 content_type: None,
                 timestamp: r.ts,
+                clock: r.ts,
+                producer_clock: false,
             },
         });
         process(records, owned, &decoder, Retention::new(24, 48, 400))

@@ -387,6 +387,8 @@ impl Sim<'_> {
                     value: Some(&r.value),
                     content_type: None,
                     timestamp: r.ts,
+                    clock: r.ts,
+                    producer_clock: false,
                 },
             }
         });

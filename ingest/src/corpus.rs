@@ -88,6 +88,8 @@ mod tests {
                 value: c.value.as_deref(),
                 content_type: c.content_type.as_deref().map(str::as_bytes),
                 timestamp: 1_795_464_062_000_000,
+                clock: 1_795_464_062_000_000,
+                producer_clock: false,
             })
             .collect();
         let mut dec = Decoder::new(SchemaRegistry::builtin());

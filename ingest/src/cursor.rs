@@ -455,6 +455,8 @@ mod tests {
             value: Some(value),
             content_type: None,
             timestamp: ts,
+            clock: ts,
+            producer_clock: false,
         };
         let base = Anchor::of(&v(1, b"k", b"v"));
         assert_eq!(base, Anchor::of(&v(1, b"k", b"v")));

@@ -224,13 +224,33 @@ pub const SEEK_RETRIES: u32 = 100;
 /// Set once a record stamped by its producer (`CreateTime`) was seen.
 static CREATE_TIME_SEEN: AtomicBool = AtomicBool::new(false);
 
-/// The decoding view of a record; its broker timestamp is the reference
-/// clock for the future-time rule and the dedup generation. The first
-/// record stamped by its producer's clock (`CreateTime`) is logged as a
-/// warning, once per process: a broker may report `LogAppendTime` for a
-/// topic and still stamp `CreateTime` (tansu 0.6 does).
+/// How far ahead of the reading consumer's clock a record's timestamp may
+/// be taken: no record was appended after it was read, so a stamp further
+/// ahead is a producer's (or a broker's) clock that is wrong. One dedup
+/// generation, so a producer clock up to an hour fast is read the same by
+/// every group and every replay; only a stamp further ahead is bounded by
+/// whichever clock read it.
+pub const MAX_AHEAD_OF_READER: Micros = crate::dedup::GENERATION_MICROS;
+
+/// Set once a record stamped further ahead than [`MAX_AHEAD_OF_READER`] was seen.
+static AHEAD_SEEN: AtomicBool = AtomicBool::new(false);
+
+/// The decoding view of a record read now: [`view_at`] with the wall clock.
 pub fn view(m: &OwnedMessage) -> RecordView<'_> {
-    if matches!(m.timestamp(), rdkafka::Timestamp::CreateTime(_))
+    view_at(m, now_micros())
+}
+
+/// The decoding view of a record read at `read_at`; its timestamp, bounded
+/// to [`MAX_AHEAD_OF_READER`] past `read_at`, is the record's `clock`: the
+/// reference of the future-time rule, its dedup generation and watermark
+/// (so no record, the first of a partition included, moves a clock a year
+/// ahead). The first record stamped by its producer's clock (`CreateTime`)
+/// is logged as a warning, once per process: a broker may report
+/// `LogAppendTime` for a topic and still stamp `CreateTime` (tansu 0.6 does);
+/// so is the first stamp bounded.
+pub fn view_at(m: &OwnedMessage, read_at: Micros) -> RecordView<'_> {
+    let producer_clock = matches!(m.timestamp(), rdkafka::Timestamp::CreateTime(_));
+    if producer_clock
         && !CREATE_TIME_SEEN.load(Ordering::Relaxed)
         && !CREATE_TIME_SEEN.swap(true, Ordering::Relaxed)
     {
@@ -239,11 +259,35 @@ pub fn view(m: &OwnedMessage) -> RecordView<'_> {
             partition = m.partition(),
             offset = m.offset(),
             "records carry their producer's clock (CreateTime), not the broker's: the \
-             future-time rule and the dedup generation follow producer clocks (a clock \
-             minutes slow dead-letters valid events). Use a broker that stamps \
-             LogAppendTime on the event topic (docs/events.md)"
+             future-time rule allows producer clocks 10 minutes of slack and the dedup \
+             generation follows producer clocks bounded by this consumer's. Use a broker \
+             that stamps LogAppendTime on the event topic (docs/events.md)"
         );
     }
+    let stamp = m
+        .timestamp()
+        .to_millis()
+        .filter(|&ms| ms >= 0)
+        .and_then(|ms| ms.checked_mul(1000));
+    let bound = read_at.saturating_add(MAX_AHEAD_OF_READER);
+    let timestamp = stamp.unwrap_or(NO_TIMESTAMP);
+    let clock = match stamp {
+        None => NO_TIMESTAMP,
+        Some(t) if t > bound => {
+            if !AHEAD_SEEN.load(Ordering::Relaxed) && !AHEAD_SEEN.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    topic = m.topic(),
+                    partition = m.partition(),
+                    offset = m.offset(),
+                    ahead_secs = (t - read_at) / 1_000_000,
+                    "a record is stamped more than an hour ahead of this consumer's clock: \
+                     its clock is taken as this consumer's plus one hour (docs/events.md)"
+                );
+            }
+            bound
+        }
+        Some(t) => t,
+    };
     RecordView {
         key: m.key(),
         value: m.payload(),
@@ -252,12 +296,9 @@ pub fn view(m: &OwnedMessage) -> RecordView<'_> {
                 .find(|h| h.key.eq_ignore_ascii_case("content-type"))
                 .and_then(|h| h.value)
         }),
-        timestamp: m
-            .timestamp()
-            .to_millis()
-            .filter(|&ms| ms >= 0)
-            .and_then(|ms| ms.checked_mul(1000))
-            .unwrap_or(NO_TIMESTAMP),
+        timestamp,
+        clock,
+        producer_clock,
     }
 }
 
@@ -286,8 +327,13 @@ mod tests {
     use crate::registry::SchemaRegistry;
 
     fn record(ts: Timestamp) -> OwnedMessage {
+        event_record(ts, 1_795_000_000_000_000, "e")
+    }
+
+    /// A valid event `event_id` happening at `event_time`, stamped `ts`.
+    fn event_record(ts: Timestamp, event_time: Micros, event_id: &str) -> OwnedMessage {
         let ev = notiflow_schema::Event {
-            event_id: "e".into(),
+            event_id: event_id.into(),
             message_id: "wamid.1".into(),
             client_id: "acme".into(),
             recipient: "+5511987654321".into(),
@@ -296,7 +342,7 @@ mod tests {
             billable: true,
             country: notiflow_schema::Country::parse("BR").unwrap(),
             template: None,
-            event_time: 1_795_000_000_000_000,
+            event_time,
             error_code: None,
         };
         let mut value = Vec::new();
@@ -331,5 +377,68 @@ mod tests {
                 "{ts:?}"
             );
         }
+    }
+
+    /// A producer clock a year fast: its records' clock is the reader's
+    /// plus an hour, the first record of a partition included, so it keeps
+    /// dedup on, moves no generation past the next hour, and carries no
+    /// far-future event in. A producer six minutes slow loses nothing.
+    #[test]
+    fn no_record_moves_a_clock_past_the_readers_by_more_than_an_hour() {
+        use crate::dedup::{Dedup, fingerprint, generation};
+        let hour = 3_600_000_000;
+        let read = 1_795_000_000_000_000; // 2026-11-18T09:46:40Z
+        let year = 365 * 24 * hour;
+        let decoder = Decoder::new(SchemaRegistry::builtin());
+
+        // First record of a fresh partition: stamped a year ahead, its
+        // event an hour old (valid).
+        let first = event_record(
+            Timestamp::CreateTime((read + year) / 1000),
+            read - hour,
+            "a",
+        );
+        let v = view_at(&first, read);
+        assert_eq!(v.timestamp, read + year, "the log's stamp is kept");
+        assert_eq!(v.clock, read + hour);
+        assert!(v.producer_clock);
+        assert!(decoder.decode(&v).is_ok());
+        let mut dedup = Dedup::new(24);
+        let g = dedup.generation_of(v.clock);
+        assert_eq!(
+            g,
+            generation(read) + 1,
+            "one hour past the reader, not a year"
+        );
+        assert!(dedup.insert(fingerprint("a"), g));
+        // An honest record and its retry: counted once (a generation a
+        // year ahead made the retry new again).
+        for (i, want) in [(0, true), (1, false)] {
+            let m = event_record(Timestamp::CreateTime(read / 1000 + i), read, "b");
+            let v = view_at(&m, read);
+            let g = dedup.generation_of(v.clock);
+            assert_eq!(dedup.insert(fingerprint("b"), g), want, "record {i}");
+        }
+
+        // Stamped a year ahead, happening a year ahead: a future event.
+        let future = event_record(
+            Timestamp::CreateTime((read + year) / 1000),
+            read + year,
+            "c",
+        );
+        assert_eq!(
+            decoder.decode(&view_at(&future, read)).unwrap_err().code(),
+            "future_timestamp"
+        );
+
+        // A producer six minutes slow: its events are six minutes ahead of
+        // its stamps. Valid on its clock; the broker's clock has no slack.
+        let six = 6 * 60_000_000;
+        let slow = event_record(Timestamp::CreateTime((read - six) / 1000), read, "d");
+        assert!(decoder.decode(&view_at(&slow, read)).is_ok());
+        let broker = event_record(Timestamp::LogAppendTime((read - six) / 1000), read, "d");
+        let v = view_at(&broker, read);
+        assert!(!v.producer_clock);
+        assert_eq!(decoder.decode(&v).unwrap_err().code(), "future_timestamp");
     }
 }

@@ -2,17 +2,37 @@
 //!
 //! Decoders check types and enumerations; this module checks values: lengths,
 //! character sets, E.164, ISO codes, the future limit and `error_code` use.
-//! The reference clock is the record's broker timestamp, not the consumer's
-//! wall clock, so every consumer group (and every replay) reaches the same
-//! verdict for the same record.
+//! The reference clock is the record's timestamp (as `source::view` bounds
+//! it), not the consumer's wall clock, so every consumer group (and every
+//! replay) reaches the same verdict for the same record. A timestamp its
+//! producer stamped (`CreateTime`) is that producer's clock: the future rule
+//! then allows [`limits::PRODUCER_CLOCK_SLACK_MICROS`] more
+//! ([`future_limit`]), so a producer minutes slow does not dead-letter valid
+//! events, while one far ahead cannot carry far-future events in (its stamp
+//! is bounded by the reader's clock).
 
 use notiflow_schema::event::limits;
 use notiflow_schema::{Event, Micros, Status};
 
 use crate::error::Reject;
 
-/// Checks every value rule of SPEC §2 on a decoded event.
-pub fn validate(ev: &Event<'_>, reference_time: Micros) -> Result<(), Reject> {
+/// How far `event_time` may be ahead of a record's timestamp: SPEC §2's
+/// five minutes, plus the producer clock slack when the producer stamped it.
+pub fn future_limit(producer_clock: bool) -> Micros {
+    if producer_clock {
+        limits::MAX_FUTURE_MICROS + limits::PRODUCER_CLOCK_SLACK_MICROS
+    } else {
+        limits::MAX_FUTURE_MICROS
+    }
+}
+
+/// Checks every value rule of SPEC §2 on a decoded event; `event_time` may
+/// be at most `future_limit` ahead of `reference_time`.
+pub fn validate(
+    ev: &Event<'_>,
+    reference_time: Micros,
+    future_limit: Micros,
+) -> Result<(), Reject> {
     length("event_id", &ev.event_id, limits::EVENT_ID_MAX)?;
     length("message_id", &ev.message_id, limits::MESSAGE_ID_MAX)?;
     length("client_id", &ev.client_id, limits::CLIENT_ID_MAX)?;
@@ -39,7 +59,7 @@ pub fn validate(ev: &Event<'_>, reference_time: Micros) -> Result<(), Reject> {
         )));
     }
     let ahead = ev.event_time.saturating_sub(reference_time);
-    if ahead > limits::MAX_FUTURE_MICROS {
+    if ahead > future_limit {
         return Err(Reject::FutureTimestamp {
             ahead_secs: ahead / 1_000_000,
         });
@@ -84,6 +104,8 @@ mod tests {
     use notiflow_schema::{Category, Country};
     use std::borrow::Cow;
 
+    const LIMIT: Micros = limits::MAX_FUTURE_MICROS;
+
     fn event() -> Event<'static> {
         Event {
             event_id: "ev-1".into(),
@@ -102,7 +124,7 @@ mod tests {
 
     #[test]
     fn a_good_event_passes() {
-        assert_eq!(validate(&event(), 1_000_000_000), Ok(()));
+        assert_eq!(validate(&event(), 1_000_000_000, LIMIT), Ok(()));
     }
 
     #[test]
@@ -135,7 +157,7 @@ mod tests {
         for (i, (mutate, code)) in cases.into_iter().enumerate() {
             let mut e = event();
             mutate(&mut e);
-            let got = validate(&e, 1_000_000_000).expect_err(&format!("case {i} passed"));
+            let got = validate(&e, 1_000_000_000, LIMIT).expect_err(&format!("case {i} passed"));
             assert_eq!(got.code(), code, "case {i}: {got}");
         }
     }
@@ -156,12 +178,16 @@ mod tests {
         ] {
             let mut e = event();
             e.event_time = t;
-            assert_eq!(validate(&e, reference).unwrap_err().code(), code, "{t}");
+            assert_eq!(
+                validate(&e, reference, LIMIT).unwrap_err().code(),
+                code,
+                "{t}"
+            );
         }
         for t in [first, end - 1] {
             let mut e = event();
             e.event_time = t;
-            assert_eq!(validate(&e, t), Ok(()), "{t} is in range");
+            assert_eq!(validate(&e, t, LIMIT), Ok(()), "{t} is in range");
         }
     }
 
@@ -174,7 +200,31 @@ mod tests {
         e.event_time += 300_000_000;
         e.status = Status::Failed;
         e.error_code = Some(1);
-        assert_eq!(validate(&e, 1_000_000_000), Ok(()));
+        assert_eq!(validate(&e, 1_000_000_000, LIMIT), Ok(()));
+    }
+
+    #[test]
+    fn a_producer_stamp_allows_a_slow_clock_a_broker_stamp_does_not() {
+        // Six minutes ahead of the stamp: a producer clock six minutes slow.
+        let mut e = event();
+        e.event_time += 6 * 60_000_000;
+        assert_eq!(
+            validate(&e, 1_000_000_000, future_limit(false))
+                .unwrap_err()
+                .code(),
+            "future_timestamp"
+        );
+        assert_eq!(validate(&e, 1_000_000_000, future_limit(true)), Ok(()));
+        // 5 + 10 minutes is the most a producer's stamp allows.
+        e.event_time = 1_000_000_000 + 15 * 60_000_000;
+        assert_eq!(validate(&e, 1_000_000_000, future_limit(true)), Ok(()));
+        e.event_time += 1;
+        assert_eq!(
+            validate(&e, 1_000_000_000, future_limit(true))
+                .unwrap_err()
+                .code(),
+            "future_timestamp"
+        );
     }
 
     #[test]

@@ -216,8 +216,8 @@ impl Round {
             // on the partition's bounded clock: a CreateTime far ahead
             // moves it one generation at most, never a year. Kept per run
             // of one partition, written to the map once per run.
-            let g = st.dedup.generation_of(rec.view.timestamp);
-            let mark = bounded_time(rec.view.timestamp, g) / 1000;
+            let g = st.dedup.generation_of(rec.view.clock);
+            let mark = bounded_time(rec.view.clock, g) / 1000;
             match &mut run_mark {
                 Some((q, m)) if *q == p => *m = (*m).max(mark),
                 other => {
@@ -245,7 +245,7 @@ impl Round {
             self.buffer.push(
                 &event,
                 Origin {
-                    ingest_time: rec.view.timestamp,
+                    ingest_time: rec.view.clock,
                     partition: p,
                     offset: rec.offset,
                 },

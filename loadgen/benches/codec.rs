@@ -53,6 +53,8 @@ fn decode(c: &mut Criterion) {
                 value: Some(v),
                 content_type: (!ct.is_empty()).then_some(ct.as_bytes()),
                 timestamp: *ts,
+                clock: *ts,
+                producer_clock: false,
             })
             .collect();
         let mut dec = Decoder::new(SchemaRegistry::builtin());

@@ -36,6 +36,8 @@ impl OwnedRecord {
             value: self.value.as_deref(),
             content_type: self.content_type.as_deref().map(str::as_bytes),
             timestamp: self.timestamp,
+            clock: self.timestamp,
+            producer_clock: false,
         }
     }
 

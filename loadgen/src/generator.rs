@@ -103,6 +103,8 @@ impl<'a> Record<'a> {
             value: self.value,
             content_type: self.content_type.map(str::as_bytes),
             timestamp: self.arrival,
+            clock: self.arrival,
+            producer_clock: false,
         }
     }
 }
@@ -428,6 +430,8 @@ mod tests {
                 value: va.as_deref(),
                 content_type: ct.as_deref().map(str::as_bytes),
                 timestamp: arrival,
+                clock: arrival,
+                producer_clock: false,
             };
             match (kind, dec.decode(&view)) {
                 (Kind::Valid, Ok(ev)) => {

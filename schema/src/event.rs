@@ -25,8 +25,14 @@ pub mod limits {
     pub const RECIPIENT_DIGITS_MAX: usize = 15;
     /// `template`: WhatsApp caps template names at 512 characters.
     pub const TEMPLATE_MAX: usize = 512;
-    /// `event_time` may be at most this far ahead of the consumer's clock.
+    /// `event_time` may be at most this far ahead of its record's
+    /// timestamp (the broker's clock on a `LogAppendTime` topic).
     pub const MAX_FUTURE_MICROS: i64 = 5 * 60 * 1_000_000;
+    /// On a record stamped by its producer (`CreateTime`) the future rule
+    /// allows this much more: the stamp is the producer's clock, and a
+    /// producer minutes slow must not dead-letter valid events. Fixed, not
+    /// configured, so every consumer group reaches the same verdict.
+    pub const PRODUCER_CLOCK_SLACK_MICROS: i64 = 10 * 60 * 1_000_000;
     /// Earliest `event_time`: 0000-01-01T00:00:00Z, the first instant RFC 3339
     /// can write (an Avro long can hold any i64; nothing downstream has to
     /// do arithmetic near its limits).

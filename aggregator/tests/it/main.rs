@@ -16,6 +16,7 @@ use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
 mod beyond;
+mod clocks;
 mod outage;
 mod refused;
 mod schema_late;

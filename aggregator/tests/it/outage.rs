@@ -68,6 +68,8 @@ fn batch(recs: &[Rec], owned: &mut Owned) -> Pending {
             value: Some(&r.value),
             content_type: None,
             timestamp: r.ts,
+            clock: r.ts,
+            producer_clock: false,
         },
     });
     process(records, owned, &decoder, Retention::new(24, 48, 400))

@@ -5,8 +5,11 @@
 //!
 //! - an aggregator outage and a lake writer outage of four simulated hours
 //!   each while producers go on, with a compaction during the outage;
-//! - a producer whose clock is 6 minutes slow, and one record stamped a year
-//!   ahead by its producer (a hostile CreateTime);
+//! - a producer whose clock is 6 minutes slow (a replayed stretch 6 minutes
+//!   behind the others, and records whose events are 6 minutes ahead of
+//!   their stamps: valid), one record stamped a year ahead by its producer
+//!   (a hostile CreateTime, its event valid) and one whose stamp and event
+//!   are both a year ahead (a future event: rejected by both);
 //! - a second aggregator and a second lake writer joining during catch-up
 //!   and leaving again, and Redis killed -9 during catch-up with
 //!   `appendfsync everysec` (its last second of writes lost);
@@ -369,29 +372,36 @@ fn redis_the_lake_and_the_truth_agree_after_a_worst_day() {
     );
     let real = now_ms();
     let hostile_time = real - 22 * HOUR_MS - 30 * 60_000;
-    let hostile = Event {
-        event_id: "diff-hostile-create-time".into(),
-        message_id: "wamid.diff-hostile".into(),
-        client_id: "client-hostile".into(),
-        recipient: "+5511987654321".into(),
-        status: Status::Sent,
-        category: Category::Marketing,
-        billable: true,
-        country: Country::parse("BR").unwrap(),
-        template: None,
-        event_time: hostile_time * 1000,
-        error_code: None,
-    };
-    let mut value = Vec::new();
-    json::encode(&hostile, &mut value);
     let year_ahead = real + 365 * 24 * HOUR_MS;
-    day.produce(&[Raw {
-        partition: 0,
-        key: b"wamid.diff-hostile".to_vec(),
-        value,
-        headers: None,
-        ts: year_ahead,
-    }]);
+    // One record stamped a year ahead by its producer (its event is valid);
+    // one stamped and happening a year ahead (a future event: rejected);
+    // and a producer whose clock is 6 minutes slow: its events are 6
+    // minutes ahead of their stamps, valid on a producer's clock.
+    let mut raws = vec![event_raw(
+        "diff-hostile-create-time",
+        "client-hostile",
+        hostile_time,
+        year_ahead,
+        0,
+    )];
+    raws.push(event_raw(
+        "diff-far-future",
+        "client-hostile",
+        year_ahead,
+        year_ahead,
+        1,
+    ));
+    let slow_time = real - 22 * HOUR_MS - 40 * 60_000;
+    for i in 0..SLOW_EVENTS {
+        raws.push(event_raw(
+            &format!("diff-slow-{i}"),
+            "client-slow",
+            slow_time + i * 1000,
+            slow_time + i * 1000 - 6 * 60_000,
+            (i % i64::from(PARTITIONS)) as i32,
+        ));
+    }
+    day.produce(&raws);
 
     // 22 h ago: both restart and catch up while traffic flows; a second
     // member of each joins and leaves, and Redis crashes mid-catch-up.
@@ -547,17 +557,23 @@ fn redis_the_lake_and_the_truth_agree_after_a_worst_day() {
     assert!(sigterm_and_wait(&mut lake).success(), "{}", day.lake_log(3));
 
     // The rule, by hand: every generator's distinct events once, plus the
-    // hostile record's event in its own minute; retries add nothing.
+    // hostile record's event in its own minute and each slow producer's
+    // event in its own; the far-future event nowhere; retries add nothing.
     let (mut want, valid, dups, rejected) = day.truth();
-    let hostile_minute = minute_of(hostile_time * 1000);
-    for slot in [
-        status_slot(Status::Sent),
-        sent_category_slot(Category::Marketing),
-    ] {
-        *want
-            .entry(("client-hostile".into(), hostile_minute, slot))
-            .or_default() += 1;
+    let hand: Vec<(&str, i64)> = std::iter::once(("client-hostile", hostile_time))
+        .chain((0..SLOW_EVENTS).map(|i| ("client-slow", slow_time + i * 1000)))
+        .collect();
+    for (client, t) in &hand {
+        for slot in [
+            status_slot(Status::Sent),
+            sent_category_slot(Category::Marketing),
+        ] {
+            *want
+                .entry((client.to_string(), minute_of(t * 1000), slot))
+                .or_default() += 1;
+        }
     }
+    let hand = hand.len() as u64;
     let redis_cells = day.s.minute_counters();
     let status_cells: Cells = redis_cells
         .iter()
@@ -575,21 +591,52 @@ fn redis_the_lake_and_the_truth_agree_after_a_worst_day() {
     assert_same_cells(&want_status, &lake_cells, "truth vs the lake (PyIceberg)");
 
     let stats = day.s.stats();
-    assert_eq!(stats.get("counted"), Some(&(valid + 1)), "{stats:?}");
+    assert_eq!(stats.get("counted"), Some(&(valid + hand)), "{stats:?}");
     assert_eq!(
         stats.get("duplicates").copied().unwrap_or(0) + stats.get("rejected").copied().unwrap_or(0),
-        dups + rejected + retries.len() as u64,
+        dups + rejected + 1 + retries.len() as u64,
         "each retry is a duplicate or a reject again: {stats:?}"
     );
-    assert_eq!(lake_rows, valid + 1);
+    assert_eq!(lake_rows, valid + hand);
     let lake_stats: Value = serde_json::from_str(&day.lake("stats", None)).unwrap();
-    assert_eq!(lake_stats["rows"].as_u64(), Some(valid + 1));
+    assert_eq!(lake_stats["rows"].as_u64(), Some(valid + hand));
     assert_eq!(
         lake_stats["distinct_offsets"], lake_stats["rows"],
         "a record written twice"
     );
     let _ = redis.kill();
     let _ = redis.wait();
+}
+
+/// Events of the producer whose clock is 6 minutes slow.
+const SLOW_EVENTS: i64 = 40;
+
+/// A sent marketing event `event_id` of `client` at `event_time_ms`, on
+/// `partition`, stamped `ts_ms` by its producer.
+fn event_raw(event_id: &str, client: &str, event_time_ms: i64, ts_ms: i64, partition: i32) -> Raw {
+    let message_id = format!("wamid.{event_id}");
+    let ev = Event {
+        event_id: event_id.into(),
+        message_id: message_id.as_str().into(),
+        client_id: client.into(),
+        recipient: "+5511987654321".into(),
+        status: Status::Sent,
+        category: Category::Marketing,
+        billable: true,
+        country: Country::parse("BR").unwrap(),
+        template: None,
+        event_time: event_time_ms * 1000,
+        error_code: None,
+    };
+    let mut value = Vec::new();
+    json::encode(&ev, &mut value);
+    Raw {
+        partition,
+        key: message_id.into_bytes(),
+        value,
+        headers: None,
+        ts: ts_ms,
+    }
 }
 
 /// Copies the files of `from` into `to` (`cp -a`): Redis' data directory

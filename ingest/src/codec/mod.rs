@@ -18,7 +18,7 @@ use notiflow_schema::{Event, Micros};
 
 use crate::error::{IngestError, Reject};
 use crate::registry::SchemaRegistry;
-use crate::validate::{check_key, validate};
+use crate::validate::{check_key, future_limit, validate};
 
 /// The parts of a Kafka record that decoding reads.
 #[derive(Debug, Clone, Copy, Default)]
@@ -29,8 +29,15 @@ pub struct RecordView<'a> {
     pub value: Option<&'a [u8]>,
     /// Value of the `content-type` header, if any.
     pub content_type: Option<&'a [u8]>,
-    /// The record's timestamp: the reference clock for the future-time rule.
+    /// The record's timestamp as the log holds it (its identity: anchors).
     pub timestamp: Micros,
+    /// The record's clock: its timestamp bounded by the reader's clock
+    /// (`source::view_at`). The reference of the future-time rule, the
+    /// dedup generation, the lake's watermark and `ingest_time`.
+    pub clock: Micros,
+    /// True when the record's producer stamped it (`CreateTime`): the
+    /// timestamp is that producer's clock, not the broker's.
+    pub producer_clock: bool,
 }
 
 /// Which encoding a value is in.
@@ -298,7 +305,8 @@ impl Decoder {
 
     /// Decodes and validates one record. Avro ids must have been [`prepare`](Self::prepare)d.
     pub fn decode<'a>(&self, rec: &RecordView<'a>) -> Result<Event<'a>, Reject> {
-        if rec.timestamp == crate::source::NO_TIMESTAMP {
+        if rec.timestamp == crate::source::NO_TIMESTAMP || rec.clock == crate::source::NO_TIMESTAMP
+        {
             return Err(Reject::MissingTimestamp);
         }
         let value = match rec.value {
@@ -316,7 +324,7 @@ impl Decoder {
                 }
             }
         };
-        validate(&event, rec.timestamp)?;
+        validate(&event, rec.clock, future_limit(rec.producer_clock))?;
         check_key(rec.key, &event.message_id)?;
         Ok(event)
     }

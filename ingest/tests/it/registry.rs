@@ -86,6 +86,8 @@ async fn schemas_come_from_the_registry_by_id() {
         value: Some(v),
         content_type: None,
         timestamp: 1_793_534_400_000_000,
+        clock: 1_793_534_400_000_000,
+        producer_clock: false,
     });
     dec.prepare(&views).await.unwrap();
     let ev = dec.decode(&views[0]).unwrap();
@@ -155,6 +157,8 @@ fn view(v: &[u8]) -> RecordView<'_> {
         value: Some(v),
         content_type: None,
         timestamp: 1_793_534_400_000_000,
+        clock: 1_793_534_400_000_000,
+        producer_clock: false,
     }
 }
 
@@ -300,6 +304,8 @@ async fn thousands_of_garbage_ids_are_asked_once_each_and_at_once() {
             value: Some(v),
             content_type: None,
             timestamp: 1_793_534_400_000_000,
+            clock: 1_793_534_400_000_000,
+            producer_clock: false,
         })
         .collect();
     let t0 = std::time::Instant::now();
