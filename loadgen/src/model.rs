@@ -125,7 +125,9 @@ impl Population {
             dial,
             subscriber,
             category,
-            billable: category != Category::Service && !rng.chance(0.01),
+            // The platform flags service messages billable: whether they
+            // are charged is the rate card's rule (free before 2026-10-01).
+            billable: category == Category::Service || !rng.chance(0.01),
             template,
             created: t,
         }

@@ -6,9 +6,11 @@
 //! - `minute_counts`: client × UTC minute × status → events;
 //! - `sent_by_category`: client × UTC minute × category → `sent` events;
 //! - `billable`: client × billing day × category × country → billable messages
-//!   (SPEC §5: a `delivered` or `read` with `billable = true`, category not
-//!   `service`, billed once on the billing day and under the category and
-//!   country of the first such event, whatever later statuses report);
+//!   (SPEC §5: a `delivered` or `read` with `billable = true` whose category
+//!   is charged on its billing day — `service` only from 2026-10-01, Meta's
+//!   rule written out here by hand — billed once on the billing day and
+//!   under the category and country of the first such event, whatever later
+//!   statuses report);
 //! - `dlq_by_reason`: malformed records sent, per expected reason.
 //!
 //! It is computed here, independently of the aggregator, lake and reports,
@@ -103,6 +105,10 @@ impl GroundTruth {
     }
 }
 
+/// The first billing day Meta charges `service` messages on (SPEC §5;
+/// free before).
+pub const SERVICE_CHARGED_FROM: &str = "2026-10-01";
+
 /// Accumulates the truth while the generator runs.
 pub struct TruthBuilder {
     seed: u64,
@@ -148,7 +154,8 @@ impl TruthBuilder {
         let (category, country) = m.reported(status);
         if matches!(status, Status::Delivered | Status::Read)
             && m.billable
-            && category != Category::Service
+            && (category != Category::Service
+                || self.tz.billing_day(event_time).as_str() >= SERVICE_CHARGED_FROM)
         {
             let first = (m.client, category, country, event_time);
             let e = self.first_billable.entry(m.seq).or_insert(first);

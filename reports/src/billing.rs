@@ -103,6 +103,35 @@ impl Window {
     }
 }
 
+/// The instants a card's free row covers, in the billing zone: its
+/// category's delivered and read events in `[from, to)` (either end open
+/// when `None`) are not billable events. Engines take these, so a free day
+/// is the billing zone's day, exactly as the rate card's prices are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreeSpan {
+    /// Pricing category.
+    pub category: String,
+    /// First instant, UTC micros.
+    pub from: Option<Micros>,
+    /// First instant after, UTC micros.
+    pub to: Option<Micros>,
+}
+
+/// The free spans of `card`'s `[[free]]` rows, as instants of `tz`.
+pub fn free_spans(card: &RateCard, tz: Tz) -> Result<Vec<FreeSpan>, ReportError> {
+    let at = |d: Option<NaiveDate>| d.map(|d| day_start(tz, d)).transpose();
+    card.free()
+        .iter()
+        .map(|f| {
+            Ok(FreeSpan {
+                category: f.category.clone(),
+                from: at(f.from)?,
+                to: at(f.to)?,
+            })
+        })
+        .collect()
+}
+
 /// Messages first billed in the window, per client × category × country
 /// (what an engine returns, sorted).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -1,7 +1,9 @@
 //! The rate card: price in integer micros per category × country, with
-//! effective dates and a `*` country fallback (SPEC §5). Loaded from TOML and
-//! checked whole before any report uses it; a billed cell without a price is
-//! an error, never a silent zero.
+//! effective dates and a `*` country fallback, and which categories are
+//! free on which billing days (SPEC §5: Meta's rules change over time, so
+//! they are card rows, not code). Loaded from TOML and checked whole before
+//! any report uses it; a billed cell without a price is an error, never a
+//! silent zero, and nothing is free unless a `[[free]]` row says so.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -40,6 +42,30 @@ pub struct Rate {
     pub to: Option<NaiveDate>,
 }
 
+/// One free row as written in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFree {
+    category: String,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+}
+
+/// A category that is not charged on the billing days `[from, to)` (either
+/// end open when absent): its delivered and read events are not billable
+/// events on those days, whatever the platform's `billable` flag says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Free {
+    /// Pricing category.
+    pub category: String,
+    /// First billing day it is free on (open when absent).
+    pub from: Option<NaiveDate>,
+    /// First billing day it is charged again (open when absent).
+    pub to: Option<NaiveDate>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
@@ -47,6 +73,8 @@ struct File {
     currency: String,
     #[serde(default)]
     rates: Vec<RawRate>,
+    #[serde(default)]
+    free: Vec<RawFree>,
 }
 
 /// A validated rate card.
@@ -61,6 +89,8 @@ pub struct RateCard {
     pub currency: String,
     /// Rates per (category, country), sorted by `from`, not overlapping.
     rates: BTreeMap<(String, String), Vec<Rate>>,
+    /// What is not charged, and on which billing days.
+    free: Vec<Free>,
 }
 
 /// The demo rate card embedded in the binary.
@@ -163,11 +193,59 @@ impl RateCard {
                 }
             }
         }
+        let mut free = Vec::with_capacity(file.free.len());
+        for (i, raw) in file.free.into_iter().enumerate() {
+            let at = format!("free[{i}]");
+            let date = |field: &str, v: Option<&str>| {
+                v.map(|v| {
+                    v.parse::<NaiveDate>().map_err(|_| {
+                        ReportError::RateCard(format!(
+                            "{at}.{field}: '{v}' is not a date (YYYY-MM-DD)"
+                        ))
+                    })
+                })
+                .transpose()
+            };
+            let f = Free {
+                from: date("from", raw.from.as_deref())?,
+                to: date("to", raw.to.as_deref())?,
+                category: raw.category,
+            };
+            if Category::parse(&f.category).is_none() {
+                return Err(ReportError::RateCard(format!(
+                    "{at}.category: unknown category '{}'",
+                    f.category
+                )));
+            }
+            if let (Some(from), Some(to)) = (f.from, f.to)
+                && to <= from
+            {
+                return Err(ReportError::RateCard(format!(
+                    "{at}.to: must be after from ({from})"
+                )));
+            }
+            free.push(f);
+        }
         Ok(RateCard {
             sha256: hex::encode(sha2::Sha256::digest(text.as_bytes())),
             version: file.version,
             currency: file.currency,
             rates,
+            free,
+        })
+    }
+
+    /// What the card leaves free, and when.
+    pub fn free(&self) -> &[Free] {
+        &self.free
+    }
+
+    /// True when `category` is free on billing day `day`.
+    pub fn is_free(&self, category: &str, day: NaiveDate) -> bool {
+        self.free.iter().any(|f| {
+            f.category == category
+                && f.from.is_none_or(|from| from <= day)
+                && f.to.is_none_or(|to| day < to)
         })
     }
 
@@ -262,6 +340,48 @@ from = "2026-11-15"
             c.price("marketing", "BR", day("2026-11-22")).unwrap(),
             62500
         );
+    }
+
+    #[test]
+    fn free_rows_say_what_is_not_charged_and_when() {
+        let card = format!(
+            "{CARD}[[free]]\ncategory = \"service\"\nto = \"2026-10-01\"\n\
+             [[free]]\ncategory = \"utility\"\nfrom = \"2026-01-01\"\nto = \"2026-02-01\"\n"
+        );
+        let c = RateCard::parse(&card).unwrap();
+        assert!(c.is_free("service", day("2026-09-30")));
+        assert!(!c.is_free("service", day("2026-10-01")));
+        assert!(!c.is_free("utility", day("2025-12-31")));
+        assert!(c.is_free("utility", day("2026-01-31")));
+        assert!(!c.is_free("utility", day("2026-02-01")));
+        assert!(
+            !c.is_free("marketing", day("2026-09-30")),
+            "no row, charged"
+        );
+        for (row, want) in [
+            ("[[free]]\ncategory = \"spam\"\n", "free[0].category"),
+            (
+                "[[free]]\ncategory = \"service\"\nfrom = \"2026-10-01\"\nto = \"2026-10-01\"\n",
+                "free[0].to",
+            ),
+            (
+                "[[free]]\ncategory = \"service\"\nto = \"10/01\"\n",
+                "free[0].to",
+            ),
+        ] {
+            let e = RateCard::parse(&format!("{CARD}{row}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_demo_card_charges_service_from_2026_10_01() {
+        let c = RateCard::configured("").unwrap();
+        assert!(c.is_free("service", day("2026-09-30")));
+        assert!(!c.is_free("service", day("2026-10-01")));
+        assert!(c.price("service", "BR", day("2026-10-01")).is_ok());
     }
 
     #[test]

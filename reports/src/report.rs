@@ -163,7 +163,8 @@ impl Reports {
         if req.snapshot_id.is_none() {
             self.check_complete(&src, &w)?;
         }
-        let counts = engine::billing_counts(engine, &src, &w, self.billing_limits()).await?;
+        let free = billing::free_spans(&self.card, self.tz)?;
+        let counts = engine::billing_counts(engine, &src, &w, &free, self.billing_limits()).await?;
         let lines = billing::price(&counts, &self.card, req.day)?;
         let batch = billing::to_batch(req.day, &lines, &self.card.currency)?;
         let schema = billing::schema();

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{Limits, Source, counts_of, plan_files, range_predicate};
-use crate::billing::{Count, Window};
+use crate::billing::{Count, FreeSpan, Window};
 use crate::config::DuckS3Input;
 use crate::detail::DetailQuery;
 use crate::error::ReportError;
@@ -279,9 +279,27 @@ where
     ran
 }
 
+/// The SQL condition of a billable event: delivered or read, `billable`,
+/// and not in one of the card's free spans.
+fn billable_sql(free: &[FreeSpan]) -> String {
+    let mut sql = String::from("status IN ('delivered', 'read') AND billable");
+    for f in free {
+        let mut span = vec![format!("category = {}", quote(&f.category))];
+        if let Some(t) = f.from {
+            span.push(format!("event_time >= {}", ts(t)));
+        }
+        if let Some(t) = f.to {
+            span.push(format!("event_time < {}", ts(t)));
+        }
+        sql.push_str(&format!(" AND NOT ({})", span.join(" AND ")));
+    }
+    sql
+}
+
 pub(super) async fn billing_counts(
     src: &Source,
     w: &Window,
+    free: &[FreeSpan],
     limits: Limits,
 ) -> Result<Vec<Count>, ReportError> {
     let pred = range_predicate(w.lookback_start, w.end, None);
@@ -296,8 +314,8 @@ pub(super) async fn billing_counts(
     // ties by `event_id`) names its category and country, whatever its
     // later events say; a message is (client, message id): two clients may
     // use the same id.
+    let billable = billable_sql(free);
     let sql = move |rel: &str| {
-        let billable = "status IN ('delivered', 'read') AND billable AND category <> 'service'";
         format!(
             "SELECT client_id, f.category, f.country, count(*)::BIGINT AS messages FROM (
                SELECT b.client_id, b.message_id,

@@ -15,7 +15,7 @@ use iceberg_datafusion::IcebergStaticTableProvider;
 use tokio::sync::mpsc;
 
 use super::{Limits, Source, counts_of};
-use crate::billing::{Count, Window};
+use crate::billing::{Count, FreeSpan, Window};
 use crate::detail::DetailQuery;
 use crate::error::ReportError;
 
@@ -43,9 +43,29 @@ fn ts(t: i64) -> Expr {
     ))
 }
 
+/// A billable event: delivered or read, `billable`, and not in one of the
+/// card's free spans.
+fn billable(free: &[FreeSpan]) -> Expr {
+    let mut e = col("status")
+        .in_list(vec![lit("delivered"), lit("read")], false)
+        .and(col("billable").eq(lit(true)));
+    for f in free {
+        let mut span = col("category").eq(lit(f.category.as_str()));
+        if let Some(t) = f.from {
+            span = span.and(col("event_time").gt_eq(ts(t)));
+        }
+        if let Some(t) = f.to {
+            span = span.and(col("event_time").lt(ts(t)));
+        }
+        e = e.and(!span);
+    }
+    e
+}
+
 pub(super) async fn billing_counts(
     src: &Source,
     w: &Window,
+    free: &[FreeSpan],
     limits: Limits,
 ) -> Result<Vec<Count>, ReportError> {
     // Each message's (client, message id: two clients may use one id)
@@ -65,9 +85,7 @@ pub(super) async fn billing_counts(
             col("event_time")
                 .gt_eq(ts(w.lookback_start))
                 .and(col("event_time").lt(ts(w.end)))
-                .and(col("status").in_list(vec![lit("delivered"), lit("read")], false))
-                .and(col("billable").eq(lit(true)))
-                .and(col("category").not_eq(lit("service"))),
+                .and(billable(free)),
         )?
         .aggregate(
             vec![col("client_id"), col("message_id")],

@@ -22,7 +22,7 @@ use iceberg::table::Table;
 use notiflow_lake::{Lake, S3Config};
 use tokio::sync::mpsc;
 
-use crate::billing::{Count, Window};
+use crate::billing::{Count, FreeSpan, Window};
 use crate::config::{DuckS3Input, EngineKind, ReportsConfig};
 use crate::detail::DetailQuery;
 use crate::error::ReportError;
@@ -88,19 +88,21 @@ impl From<&ReportsConfig> for Limits {
     }
 }
 
-/// Billing counts of `w`, sorted by client, category, country.
+/// Billing counts of `w`, sorted by client, category, country; a delivered
+/// or read event in one of `free` is not a billable event.
 pub async fn billing_counts(
     kind: EngineKind,
     src: &Source,
     w: &Window,
+    free: &[FreeSpan],
     limits: Limits,
 ) -> Result<Vec<Count>, ReportError> {
     if src.snapshot_id.is_none() {
         return Ok(Vec::new());
     }
     let mut counts = match kind {
-        EngineKind::DuckDb => duck::billing_counts(src, w, limits).await?,
-        EngineKind::DataFusion => fusion::billing_counts(src, w, limits).await?,
+        EngineKind::DuckDb => duck::billing_counts(src, w, free, limits).await?,
+        EngineKind::DataFusion => fusion::billing_counts(src, w, free, limits).await?,
     };
     counts.sort();
     Ok(counts)

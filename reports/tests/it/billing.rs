@@ -94,7 +94,36 @@ async fn billing_equals_the_ground_truth_times_the_rate_card_with_both_engines()
     let s = Setup::new(Store::Folder, "truth");
     // 02:00 UTC on the 20th: the generated traffic spans the São Paulo
     // midnight (03:00 UTC) and messages get their reads hours later.
-    let truth = s.generate(30_000, t("2026-11-20T02:00:00Z"), 5.0, 7).await;
+    let mut truth = s.generate(30_000, t("2026-11-20T02:00:00Z"), 5.0, 7).await;
+    // And across Meta's change (SPEC §5): São Paulo's 30 September into
+    // 1 October, where service messages start being charged (the truth
+    // writes that rule out by hand; the engines take it from the card).
+    let around = s.generate(30_000, t("2026-10-01T02:00:00Z"), 5.0, 8).await;
+    let service_on = |d: &str| {
+        around
+            .billable
+            .iter()
+            .filter(|b| b.category == C::Service && b.billing_day == d)
+            .map(|b| b.messages)
+            .sum::<u64>()
+    };
+    assert_eq!(
+        service_on("2026-09-30"),
+        0,
+        "service is free before October"
+    );
+    assert!(
+        service_on("2026-10-01") > 0,
+        "service is charged from October"
+    );
+    assert!(
+        around
+            .billable
+            .iter()
+            .any(|b| b.billing_day == "2026-09-30"),
+        "the load should bill other categories on the 30th"
+    );
+    truth.billable.extend(around.billable);
     let r = s.reports().await;
     let card = RateCard::parse(CARD).unwrap();
     let mut days: Vec<String> = truth
@@ -215,7 +244,8 @@ fn crafted() -> Vec<notiflow_schema::Event<'static>> {
             "MX",
             "2026-11-22T02:30:00Z",
         ),
-        // m3: service is free; m4: billable = false is free.
+        // m3 and m4: billable = false is free (m3's service is charged in
+        // November, but not when the platform says it is not billable).
         ev(
             "e6",
             "m3",
@@ -590,8 +620,9 @@ async fn both_engines_report_from_a_lake_on_s3() {
 /// every status carries the category), ties on `event_time`, a `service`
 /// first event, and one message id used by two clients. The rule (SPEC §5):
 /// a message is billed once, on the day and under the category and country
-/// of its first billable event (a `delivered`/`read` with `billable` and a
-/// category other than `service`; earliest `event_time`, ties by `event_id`).
+/// of its first billable event (a `delivered`/`read` with `billable` whose
+/// category the card charges that day; earliest `event_time`, ties by
+/// `event_id`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_is_billed_once_under_its_first_billable_event() {
     let s = Setup::new(Store::Folder, "drift");
@@ -640,8 +671,8 @@ async fn a_message_is_billed_once_under_its_first_billable_event() {
             "AR",
             "2026-11-21T14:00:00Z",
         ),
-        // m12: delivered as service (free), read as marketing: the read is
-        // its first billable event, marketing × BR.
+        // m12: delivered as service (charged since 2026-10-01), read as
+        // marketing: the delivered is its first billable event, service × BR.
         ev(
             "s1",
             "m12",
@@ -731,16 +762,17 @@ async fn a_message_is_billed_once_under_its_first_billable_event() {
     let r = s.reports().await;
     let k = |c: &str, cat: &str, co: &str| (c.to_string(), cat.to_string(), co.to_string());
     // The card's prices written out: utility * 4,000; authentication *
-    // 13,500; marketing BR 70,000 (from the 15th); marketing * 25,000.
+    // 13,500; marketing BR 70,000 (from the 15th); marketing * 25,000;
+    // service BR 6,000 (from 2026-10-01).
     let want_21 = BTreeMap::from([
         (k("acme", "authentication", "AR"), (1, 13_500, 13_500)),
-        (k("acme", "marketing", "BR"), (1, 70_000, 70_000)),
+        (k("acme", "service", "BR"), (1, 6_000, 6_000)),
         (k("acme", "utility", "AR"), (1, 4_000, 4_000)),
         (k("acme", "utility", "BR"), (1, 4_000, 4_000)),
         (k("beta", "marketing", "MX"), (1, 25_000, 25_000)),
     ]);
     let want_totals_21 = BTreeMap::from([
-        ("acme".to_string(), (4, 91_500)),
+        ("acme".to_string(), (4, 27_500)),
         ("beta".to_string(), (1, 25_000)),
     ]);
     let want_20 = BTreeMap::from([(k("acme", "marketing", "BR"), (1, 70_000, 70_000))]);
@@ -763,6 +795,97 @@ async fn a_message_is_billed_once_under_its_first_billable_event() {
         assert_eq!(items, want_20, "{engine:?}");
     }
     assert_eq!(files[0], files[1], "the engines' files differ");
+}
+
+/// Meta charges `service` messages since 2026-10-01 (SPEC §5): a card row,
+/// not code. Around the change, in São Paulo's billing days, on both
+/// engines, priced by hand from the test card.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_is_free_until_2026_10_01_and_charged_from_that_day() {
+    let s = Setup::new(Store::Folder, "svc");
+    s.append(&[
+        // sa: a free service delivered on the 30th, then a marketing read:
+        // the read is its first billable event, marketing × BR.
+        ev(
+            "sa1",
+            "sa",
+            "acme",
+            S::Delivered,
+            C::Service,
+            true,
+            "BR",
+            "2026-09-30T12:00:00Z",
+        ),
+        ev(
+            "sa2",
+            "sa",
+            "acme",
+            S::Read,
+            C::Marketing,
+            true,
+            "BR",
+            "2026-09-30T13:00:00Z",
+        ),
+        // sb: 02:30 UTC on the 1st is 23:30 on the 30th in São Paulo: free.
+        ev(
+            "sb1",
+            "sb",
+            "acme",
+            S::Delivered,
+            C::Service,
+            true,
+            "BR",
+            "2026-10-01T02:30:00Z",
+        ),
+        // sc: 03:00 UTC on the 1st is its first minute there: charged.
+        ev(
+            "sc1",
+            "sc",
+            "acme",
+            S::Delivered,
+            C::Service,
+            true,
+            "BR",
+            "2026-10-01T03:00:00Z",
+        ),
+        // sd: a service read to MX on the 1st: the `*` service rate.
+        ev(
+            "sd1",
+            "sd",
+            "acme",
+            S::Read,
+            C::Service,
+            true,
+            "MX",
+            "2026-10-01T12:00:00Z",
+        ),
+    ])
+    .await;
+    let r = s.reports().await;
+    let k = |c: &str, cat: &str, co: &str| (c.to_string(), cat.to_string(), co.to_string());
+    // marketing BR 62,500 before the 15th of November; service BR 6,000
+    // and service * 3,000 from 2026-10-01.
+    let want_30 = BTreeMap::from([(k("acme", "marketing", "BR"), (1, 62_500, 62_500))]);
+    let want_1 = BTreeMap::from([
+        (k("acme", "service", "BR"), (1, 6_000, 6_000)),
+        (k("acme", "service", "MX"), (1, 3_000, 3_000)),
+    ]);
+    for engine in [EngineKind::DuckDb, EngineKind::DataFusion] {
+        let m = r
+            .billing(&billing("2026-09-30", engine), now())
+            .await
+            .unwrap();
+        let (items, totals) = parse(&read(&r, &m.files[0].path).await);
+        assert_eq!(items, want_30, "{engine:?}");
+        assert_eq!(totals, BTreeMap::from([("acme".to_string(), (1, 62_500))]));
+        let m = r
+            .billing(&billing("2026-10-01", engine), now())
+            .await
+            .unwrap();
+        let (items, totals) = parse(&read(&r, &m.files[0].path).await);
+        assert_eq!(items, want_1, "{engine:?}");
+        assert_eq!(totals, BTreeMap::from([("acme".to_string(), (2, 9_000))]));
+    }
 }
 
 /// A DuckDB billing day and detail export of one snapshot: what their files

@@ -43,6 +43,19 @@ category = "authentication"
 country = "*"
 price_micros = 13500
 from = "2020-01-01"
+[[rates]]
+category = "service"
+country = "*"
+price_micros = 3000
+from = "2026-10-01"
+[[rates]]
+category = "service"
+country = "BR"
+price_micros = 6000
+from = "2026-10-01"
+[[free]]
+category = "service"
+to = "2026-10-01"
 "#;
 
 pub fn t(s: &str) -> Micros {
