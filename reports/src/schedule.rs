@@ -1,8 +1,9 @@
 //! The scheduler: on start and on every tick, each job's due slots within
 //! the catch-up window that have not ended (succeeded, or failed for good)
-//! run in order, one run at a time; a failed attempt is recorded and
-//! retried with exponential back-off up to `max_attempts`, then the slot is
-//! left failed (a metric and an alert tell it; ticks do not run it again);
+//! run in order, one run at a time; a failed attempt is recorded as
+//! retrying with the end of its exponential back-off, and the first tick
+//! after that end tries again (a tick never waits a back-off out: the other
+//! slots and jobs run on), up to `max_attempts`; then the slot is left failed (a metric and an alert tell it; ticks do not run it again);
 //! bad input (a missing price, say) fails at once without retrying.
 //!
 //! **Billing slots come from the calendar**, not from cron firings: one per
@@ -247,8 +248,24 @@ pub enum SlotOutcome {
     Failed(String),
     /// The lake is not complete enough yet; why. Tried again next tick.
     Waiting(String),
+    /// This attempt failed; the first tick from `retry_at` (UTC micros)
+    /// tries again. Nothing waits for it meanwhile: other slots and jobs
+    /// run on.
+    Retrying {
+        /// The attempt's error.
+        error: String,
+        /// When the next attempt is due.
+        retry_at: Micros,
+    },
     /// Already done, or held by another process.
     Skipped,
+}
+
+/// How long after attempt `attempt` (1, 2, …) failed the next one is due:
+/// `base_seconds`, doubling, at most 15 minutes.
+pub fn backoff(base_seconds: u64, attempt: i64) -> Duration {
+    let exp = u32::try_from(attempt - 1).unwrap_or(16).min(16);
+    Duration::from_secs(base_seconds.saturating_mul(1 << exp).min(900))
 }
 
 /// The scheduler over `reports`' configured jobs.
@@ -278,117 +295,109 @@ impl Scheduler {
         })
     }
 
-    /// Runs one slot of `job` with retries; records every attempt.
-    pub async fn run_slot(
-        &self,
-        job: &JobConfig,
-        due: Slot,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Result<SlotOutcome, ReportError> {
+    /// Runs one attempt of one slot of `job` and records it. A failure
+    /// that another attempt may cure is recorded as retrying with the time
+    /// its back-off ends ([`SlotOutcome::Retrying`]); this call does not
+    /// wait for it, so one failing job cannot hold the others.
+    pub async fn run_slot(&self, job: &JobConfig, due: Slot) -> Result<SlotOutcome, ReportError> {
         let slot = due.at;
         let s = &self.reports.config().scheduler;
         let lease = (s.lease_seconds as i64) * 1_000_000;
-        let mut retry_failed = true;
-        loop {
-            let now = now_micros();
-            let Some(attempt) = self
-                .ledger
-                .claim(&job.name, slot, &self.owner, now, lease, retry_failed)
-                .await?
-            else {
-                return Ok(SlotOutcome::Skipped);
-            };
-            retry_failed = false;
-            tracing::info!(job = %job.name, slot = %notiflow_schema::time::format_rfc3339(slot), attempt, "report run started");
-            let renewer = {
-                let ledger = self.ledger.clone();
-                let (name, owner) = (job.name.clone(), self.owner.clone());
-                tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(Duration::from_micros((lease / 3) as u64)).await;
-                        if let Err(e) = ledger
-                            .renew(&name, slot, &owner, now_micros() + lease)
-                            .await
-                        {
-                            tracing::warn!(error = %e, "lease renewal failed");
-                        }
+        let now = now_micros();
+        let Some(attempt) = self
+            .ledger
+            .claim(&job.name, slot, &self.owner, now, lease, true)
+            .await?
+        else {
+            return Ok(SlotOutcome::Skipped);
+        };
+        tracing::info!(job = %job.name, slot = %notiflow_schema::time::format_rfc3339(slot), attempt, "report run started");
+        let renewer = {
+            let ledger = self.ledger.clone();
+            let (name, owner) = (job.name.clone(), self.owner.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_micros((lease / 3) as u64)).await;
+                    if let Err(e) = ledger
+                        .renew(&name, slot, &owner, now_micros() + lease)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "lease renewal failed");
                     }
-                })
-            };
-            let result = run_job(&self.reports, job, due, now_micros()).await;
-            renewer.abort();
-            let end = now_micros();
-            match result {
-                Ok(m) => {
-                    let out = serde_json::to_string(&m.outputs()).unwrap_or_default();
-                    let ending = End {
-                        status: Status::Succeeded,
-                        at: end,
-                        outputs: Some(&out),
-                        error: None,
-                    };
-                    if !self.record_end(job, slot, attempt, ending).await? {
-                        return Ok(SlotOutcome::Skipped);
-                    }
-                    tracing::info!(job = %job.name, attempt, rows = m.rows, "report run succeeded");
+                }
+            })
+        };
+        let result = run_job(&self.reports, job, due, now_micros()).await;
+        renewer.abort();
+        let end = now_micros();
+        match result {
+            Ok(m) => {
+                let out = serde_json::to_string(&m.outputs()).unwrap_or_default();
+                let ending = End {
+                    status: Status::Succeeded,
+                    at: end,
+                    outputs: Some(&out),
+                    error: None,
+                };
+                if !self.record_end(job, slot, attempt, ending).await? {
+                    return Ok(SlotOutcome::Skipped);
+                }
+                tracing::info!(job = %job.name, attempt, rows = m.rows, "report run succeeded");
+                if let Some(metrics) = self.reports.metrics() {
+                    metrics
+                        .job_last_success
+                        .with_label_values(&[job.name.as_str()])
+                        .set(end as f64 / 1e6);
+                }
+                Ok(SlotOutcome::Succeeded(attempt))
+            }
+            Err(e) if e.is_waiting() => {
+                let msg = e.to_string();
+                let ending = End {
+                    status: Status::Waiting,
+                    at: end,
+                    outputs: None,
+                    error: Some(&msg),
+                };
+                if !self.record_end(job, slot, attempt, ending).await? {
+                    return Ok(SlotOutcome::Skipped);
+                }
+                tracing::info!(job = %job.name, day = %due.day, reason = %msg, "report run waits for data");
+                Ok(SlotOutcome::Waiting(msg))
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let last = e.is_input() || attempt >= i64::from(s.max_attempts);
+                let status = if last {
+                    Status::Failed
+                } else {
+                    Status::Retrying
+                };
+                let ending = End {
+                    status,
+                    at: end,
+                    outputs: None,
+                    error: Some(&msg),
+                };
+                if !self.record_end(job, slot, attempt, ending).await? {
+                    return Ok(SlotOutcome::Skipped);
+                }
+                if last {
+                    tracing::error!(job = %job.name, attempt, error = %msg, "report run failed");
                     if let Some(metrics) = self.reports.metrics() {
                         metrics
-                            .job_last_success
+                            .job_failures
                             .with_label_values(&[job.name.as_str()])
-                            .set(end as f64 / 1e6);
+                            .inc();
                     }
-                    return Ok(SlotOutcome::Succeeded(attempt));
+                    return Ok(SlotOutcome::Failed(msg));
                 }
-                Err(e) if e.is_waiting() => {
-                    let msg = e.to_string();
-                    let ending = End {
-                        status: Status::Waiting,
-                        at: end,
-                        outputs: None,
-                        error: Some(&msg),
-                    };
-                    if !self.record_end(job, slot, attempt, ending).await? {
-                        return Ok(SlotOutcome::Skipped);
-                    }
-                    tracing::info!(job = %job.name, day = %due.day, reason = %msg, "report run waits for data");
-                    return Ok(SlotOutcome::Waiting(msg));
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    let last = e.is_input() || attempt >= i64::from(s.max_attempts);
-                    let status = if last {
-                        Status::Failed
-                    } else {
-                        Status::Retrying
-                    };
-                    let ending = End {
-                        status,
-                        at: end,
-                        outputs: None,
-                        error: Some(&msg),
-                    };
-                    if !self.record_end(job, slot, attempt, ending).await? {
-                        return Ok(SlotOutcome::Skipped);
-                    }
-                    if last {
-                        tracing::error!(job = %job.name, attempt, error = %msg, "report run failed");
-                        if let Some(metrics) = self.reports.metrics() {
-                            metrics
-                                .job_failures
-                                .with_label_values(&[job.name.as_str()])
-                                .inc();
-                        }
-                        return Ok(SlotOutcome::Failed(msg));
-                    }
-                    let exp = u32::try_from(attempt - 1).unwrap_or(16).min(16);
-                    let wait =
-                        Duration::from_secs(s.backoff_seconds.saturating_mul(1 << exp).min(900));
-                    tracing::warn!(job = %job.name, attempt, error = %msg, retry_in = ?wait, "report run failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = stop.changed() => return Ok(SlotOutcome::Failed(msg)),
-                    }
-                }
+                let wait = backoff(s.backoff_seconds, attempt);
+                tracing::warn!(job = %job.name, attempt, error = %msg, retry_in = ?wait, "report run failed; retrying");
+                Ok(SlotOutcome::Retrying {
+                    error: msg,
+                    retry_at: end + wait.as_micros() as Micros,
+                })
             }
         }
     }
@@ -466,10 +475,20 @@ impl Scheduler {
                         failed += 1;
                         continue;
                     }
+                    // Its back-off has not ended: later ticks try again.
+                    Some(r)
+                        if r.status == Status::Retrying
+                            && now
+                                < r.finished_at.unwrap_or(r.started_at)
+                                    + backoff(s.backoff_seconds, r.attempts).as_micros()
+                                        as Micros =>
+                    {
+                        continue;
+                    }
                     _ => {}
                 }
-                match self.run_slot(job, slot, stop).await? {
-                    SlotOutcome::Skipped => {}
+                match self.run_slot(job, slot).await? {
+                    SlotOutcome::Skipped | SlotOutcome::Retrying { .. } => {}
                     SlotOutcome::Waiting(_) => waiting += 1,
                     SlotOutcome::Failed(_) => {
                         failed += 1;

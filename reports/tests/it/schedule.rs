@@ -95,32 +95,21 @@ async fn a_failed_run_is_recorded_and_retried_with_backoff() {
         .unwrap();
     let slot = due.at;
     let (_tx, mut rx) = watch::channel(false);
-    let fixer = {
-        let ledger = ledger.clone();
-        tokio::spawn(async move {
-            // Once the first failure is recorded, unblock the output.
-            loop {
-                if let Some(r) = ledger.get("daily-billing", slot).await.unwrap()
-                    && r.status == Status::Retrying
-                {
-                    assert!(r.error.is_some());
-                    std::fs::remove_file(&blocked).unwrap();
-                    return r;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        })
+    let out = sched.run_slot(&job("daily-billing"), due).await.unwrap();
+    let SlotOutcome::Retrying { error, retry_at } = out else {
+        panic!("{out:?}");
     };
-    let out = sched
-        .run_slot(&job("daily-billing"), due, &mut rx)
-        .await
-        .unwrap();
-    let failed = fixer.await.unwrap();
-    assert!(
-        failed.error.as_deref().unwrap().contains("output store"),
-        "{failed:?}"
-    );
-    assert_eq!(out, SlotOutcome::Succeeded(2));
+    assert!(error.contains("output store"), "{error}");
+    let failed = ledger.get("daily-billing", slot).await.unwrap().unwrap();
+    assert_eq!((failed.status, failed.attempts), (Status::Retrying, 1));
+    // The back-off (1 s, the first attempt) is counted from its end.
+    assert_eq!(retry_at, failed.finished_at.unwrap() + 1_000_000);
+    std::fs::remove_file(&blocked).unwrap();
+    // A tick before the back-off ends leaves it; one after runs it again.
+    assert_eq!(sched.tick(retry_at - 1, &mut rx).await.unwrap(), 0);
+    let r = ledger.get("daily-billing", slot).await.unwrap().unwrap();
+    assert_eq!((r.status, r.attempts), (Status::Retrying, 1));
+    assert_eq!(sched.tick(retry_at, &mut rx).await.unwrap(), 1);
     let r = ledger.get("daily-billing", slot).await.unwrap().unwrap();
     assert_eq!(
         (r.status, r.attempts, r.error),
@@ -140,21 +129,47 @@ async fn bad_input_fails_at_once_and_is_recorded() {
     let sched = Scheduler::new(reports.clone(), ledger.clone(), "me".into()).unwrap();
     // The slot that bills the 21st (the crafted event's day).
     let slot = t("2026-11-22T03:15:00Z");
-    let (_tx, mut rx) = watch::channel(false);
     let due = Slot {
         at: slot,
         day: day("2026-11-21"),
     };
-    let out = sched
-        .run_slot(&job("daily-billing"), due, &mut rx)
-        .await
-        .unwrap();
+    let out = sched.run_slot(&job("daily-billing"), due).await.unwrap();
     assert!(
         matches!(&out, SlotOutcome::Failed(e) if e.contains("no price for marketing × BR")),
         "{out:?}"
     );
     let r = ledger.get("daily-billing", slot).await.unwrap().unwrap();
     assert_eq!((r.status, r.attempts), (Status::Failed, 1));
+}
+
+/// A failed attempt's back-off is not slept inside the tick: a job whose
+/// next attempt is an hour away held every other job (and every later
+/// slot) for that hour. Now the tick records it and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_backing_off_holds_no_other_job() {
+    let (mut s, ledger) = setup("hold").await;
+    // The output folder is a file: every attempt fails (not bad input).
+    let blocked = s.path("blocked");
+    std::fs::write(&blocked, b"not a folder").unwrap();
+    s.cfg.output = blocked.display().to_string();
+    s.cfg.scheduler.catch_up_days = 1;
+    s.cfg.scheduler.backoff_seconds = 3600;
+    s.cfg.jobs = vec![job("billing-a"), job("billing-b")];
+    let reports = Arc::new(s.reports().await);
+    let sched = Scheduler::new(reports.clone(), ledger.clone(), "me".into()).unwrap();
+    let (_tx, mut rx) = watch::channel(false);
+    let tick = sched.tick(now(), &mut rx);
+    tokio::time::timeout(std::time::Duration::from_secs(60), tick)
+        .await
+        .expect("a tick waited out a back-off")
+        .unwrap();
+    for name in ["billing-a", "billing-b"] {
+        let runs = ledger.list(Some(name), 10).await.unwrap();
+        assert!(!runs.is_empty(), "{name} was not tried");
+        for r in runs {
+            assert_eq!((r.status, r.attempts), (Status::Retrying, 1), "{name}");
+        }
+    }
 }
 
 /// A slot that failed after all its attempts stays failed: later ticks do
@@ -174,7 +189,10 @@ async fn a_slot_that_failed_for_good_is_not_run_again_by_later_ticks() {
     let reports = Arc::new(s.reports().await.with_metrics(metrics.clone()));
     let sched = Scheduler::new(reports.clone(), ledger.clone(), "me".into()).unwrap();
     let (_tx, mut rx) = watch::channel(false);
-    assert_eq!(sched.tick(now(), &mut rx).await.unwrap(), 1);
+    // The first attempt fails and backs off (1 s); the tick after it
+    // makes the second and last.
+    assert_eq!(sched.tick(now(), &mut rx).await.unwrap(), 0);
+    assert_eq!(sched.tick(now() + 2_000_000, &mut rx).await.unwrap(), 1);
     let runs = ledger.list(Some("daily-billing"), 10).await.unwrap();
     assert_eq!(runs.len(), 1);
     assert_eq!((runs[0].status, runs[0].attempts), (Status::Failed, 2));
@@ -262,7 +280,6 @@ async fn a_billing_day_waits_until_every_partition_is_complete_past_its_end() {
         .unwrap();
     let reports = Arc::new(s.reports().await);
     let sched = Scheduler::new(reports.clone(), ledger.clone(), "me".into()).unwrap();
-    let (_tx, mut rx) = watch::channel(false);
     let due = Slot {
         at: t("2026-11-22T03:15:00Z"),
         day: day("2026-11-21"),
@@ -271,10 +288,7 @@ async fn a_billing_day_waits_until_every_partition_is_complete_past_its_end() {
         SlotOutcome::Waiting(why) => assert!(why.contains(want), "{why}"),
         other => panic!("not waiting ({want}): {other:?}"),
     };
-    let out = sched
-        .run_slot(&job("daily-billing"), due, &mut rx)
-        .await
-        .unwrap();
+    let out = sched.run_slot(&job("daily-billing"), due).await.unwrap();
     waits(out, "partition 1 of t has no watermark yet");
     let r = ledger.get("daily-billing", due.at).await.unwrap().unwrap();
     assert_eq!((r.status, r.attempts), (Status::Waiting, 0));
@@ -283,10 +297,7 @@ async fn a_billing_day_waits_until_every_partition_is_complete_past_its_end() {
     set_watermark(&lake, "t", 1, ms("2026-11-22T04:00:00Z"))
         .await
         .unwrap();
-    let out = sched
-        .run_slot(&job("daily-billing"), due, &mut rx)
-        .await
-        .unwrap();
+    let out = sched.run_slot(&job("daily-billing"), due).await.unwrap();
     waits(
         out,
         "partition 0 of t is committed up to 2026-11-22T03:05:00.000000Z (broker time); billing day 2026-11-21 needs everything up to 2026-11-22T03:10:00.000000Z",
@@ -300,10 +311,7 @@ async fn a_billing_day_waits_until_every_partition_is_complete_past_its_end() {
     set_watermark(&lake, "t", 0, ms("2026-11-22T03:10:00Z"))
         .await
         .unwrap();
-    let out = sched
-        .run_slot(&job("daily-billing"), due, &mut rx)
-        .await
-        .unwrap();
+    let out = sched.run_slot(&job("daily-billing"), due).await.unwrap();
     assert_eq!(out, SlotOutcome::Succeeded(1));
     let r = ledger.get("daily-billing", due.at).await.unwrap().unwrap();
     assert_eq!((r.status, r.attempts), (Status::Succeeded, 1));
