@@ -106,6 +106,26 @@ async fn topic_exists(cfg: &KafkaConfig, topic: &str) -> bool {
     .unwrap_or(false)
 }
 
+/// How many partitions the broker's metadata lists for `topic` (`None` when
+/// it cannot say): what a sink records so that a partition it never
+/// committed still counts (the lake's completeness).
+pub async fn partition_count(cfg: &KafkaConfig, topic: &str) -> Option<i32> {
+    let consumer = client_config(cfg).create::<BaseConsumer>().ok()?;
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let md = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .ok()?;
+        md.topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.partitions().len() as i32)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 /// The topic setting that makes the broker's clock, not a producer's, the
 /// record timestamp every consumer group reads: notiflow creates its
 /// topics with `LogAppendTime`.

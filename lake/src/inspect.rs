@@ -14,7 +14,10 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::LakeError;
 use crate::rows::day_of;
-use crate::table::{TopicOffsets, committed_offsets};
+use crate::table::{
+    Completeness, TopicOffsets, TopicWatermarks, committed_offsets, committed_watermarks,
+    complete_until,
+};
 
 /// A summary of the table's current snapshot.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -33,6 +36,23 @@ pub struct Stats {
     pub counts: Vec<(String, String, String, u64)>,
     /// Next offsets per topic and partition, from the snapshot summary.
     pub offsets: TopicOffsets,
+    /// Completeness watermarks (broker time, ms) per topic and partition.
+    pub watermarks: TopicWatermarks,
+    /// How far the table is complete (what billing waits for), and the
+    /// partition that holds it back: `None` when no writer recorded
+    /// offsets.
+    pub complete_until: Option<Held>,
+}
+
+/// The partition furthest behind, and up to when it is committed.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Held {
+    /// Broker time, ms (`None`: no watermark yet).
+    pub until_ms: Option<i64>,
+    /// Its topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
 }
 
 /// Reads every row of `table`'s current snapshot.
@@ -41,6 +61,19 @@ pub async fn stats(table: &Table) -> Result<Stats, LakeError> {
     let mut out = Stats {
         snapshot_id: md.current_snapshot().map(|s| s.snapshot_id()),
         offsets: committed_offsets(md)?,
+        watermarks: committed_watermarks(md)?,
+        complete_until: match complete_until(md)? {
+            Completeness::Unrecorded => None,
+            Completeness::Until {
+                until_ms,
+                topic,
+                partition,
+            } => Some(Held {
+                until_ms: (until_ms != i64::MIN).then_some(until_ms),
+                topic,
+                partition,
+            }),
+        },
         ..Default::default()
     };
     if out.snapshot_id.is_none() {

@@ -22,8 +22,8 @@ use crate::files::{FileOptions, RoundFiles};
 use crate::rows::{Origin, RowBuffer};
 use crate::table::{
     ANCHORS_PROP, Change, DEDUP_MAX_GEN_PROP, DEDUP_PROP, GENERATIONS_PROP, Lake, OFFSETS_PROP,
-    WATERMARKS_PROP, committed_anchors, committed_generations, committed_offsets,
-    committed_watermarks, new_snapshot_id, stage, to_json,
+    PARTITIONS_PROP, WATERMARKS_PROP, committed_anchors, committed_generations, committed_offsets,
+    committed_partition_counts, committed_watermarks, new_snapshot_id, stage, to_json,
 };
 
 /// What a writer knows of a partition it owns.
@@ -94,6 +94,9 @@ pub struct Round {
     /// Completeness watermark of each partition after the round (broker
     /// time, ms; see `table::WATERMARKS_PROP`).
     pub watermarks: BTreeMap<i32, i64>,
+    /// The topic's partition count as the writer last saw it, recorded
+    /// with the round (`table::PARTITIONS_PROP`).
+    pub partitions: Option<i32>,
     fps: Fingerprints,
     /// When the round's first record arrived.
     pub started: Option<Instant>,
@@ -140,6 +143,7 @@ impl Round {
             generations: BTreeMap::new(),
             anchors: BTreeMap::new(),
             watermarks: BTreeMap::new(),
+            partitions: None,
             fps: Fingerprints::new(),
             started: None,
             rows: 0,
@@ -275,6 +279,16 @@ impl Round {
         note_mark(&mut self.watermarks, p, watermark_ms);
     }
 
+    /// A heartbeat of a partition that never committed and whose log is
+    /// empty: it commits its first offset, 0, with the watermark (fenced on
+    /// nothing being stored for it yet), so it counts as complete instead
+    /// of holding billing back for ever.
+    pub fn heartbeat_empty(&mut self, p: i32, watermark_ms: i64) {
+        self.expected.entry(p).or_insert(None);
+        self.next.entry(p).or_insert(0);
+        note_mark(&mut self.watermarks, p, watermark_ms);
+    }
+
     /// Encodes the buffered rows into the round's open data files.
     pub async fn flush(&mut self, table: &Table) -> Result<(), LakeError> {
         if self.buffer.is_empty() {
@@ -370,6 +384,15 @@ impl Round {
             change
                 .properties
                 .insert(WATERMARKS_PROP.into(), to_json(&marks)?);
+            let mut counts = committed_partition_counts(table.metadata())?;
+            if let Some(n) = self.partitions {
+                counts.insert(topic.to_string(), n);
+            }
+            if !counts.is_empty() {
+                change
+                    .properties
+                    .insert(PARTITIONS_PROP.into(), to_json(&counts)?);
+            }
             let snapshot_id = new_snapshot_id(table.metadata());
             let staged = stage(&table, snapshot_id, &change).await?;
             if lake.swap(&table, staged).await? {

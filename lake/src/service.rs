@@ -22,7 +22,7 @@ use iceberg::table::Table;
 use notiflow_ingest::cursor::{Anchor, Cursor};
 use notiflow_ingest::dedup::Dedup;
 use notiflow_ingest::failpoint;
-use notiflow_ingest::kafka::{ensure_topics, wait_for_broker};
+use notiflow_ingest::kafka::{ensure_topics, partition_count, wait_for_broker};
 use notiflow_ingest::member::{
     Member, MemberState, SINK_CONSUMER, StateStore, log_hold, set_gauges,
 };
@@ -163,6 +163,9 @@ struct Writer<'a> {
     rounds: u64,
     /// When a snapshot last landed (or a heartbeat was considered).
     last_commit: Instant,
+    /// The topic's partition count (broker metadata), looked up at start
+    /// and on each heartbeat, recorded with every commit.
+    partitions: Option<i32>,
 }
 
 /// How far behind the writer's clock a heartbeat puts a caught-up
@@ -216,6 +219,7 @@ pub async fn run(
         },
         rounds: 0,
         last_commit: Instant::now(),
+        partitions: partition_count(kafka, &kafka.topic).await,
     };
     let watermark_every = Duration::from_millis(cfg.watermark_interval_ms);
     let interval = Duration::from_millis(cfg.commit_interval_ms);
@@ -256,9 +260,10 @@ pub async fn run(
         }
         let due = w.round.started.is_some_and(|s| s.elapsed() >= interval);
         if !w.round.is_empty() && (due || stopping) {
+            w.beat_idle(&handoff);
             w.commit_round(&shutdown).await?;
         } else if w.round.is_empty() && !stopping && w.last_commit.elapsed() >= watermark_every {
-            w.heartbeat(&handoff, &shutdown).await?;
+            w.heartbeat(kafka, &handoff, &shutdown).await?;
         }
         set_gauges(
             &handoff,
@@ -372,6 +377,7 @@ impl Writer<'_> {
 
     /// Closes the files, then fences and commits.
     async fn try_commit(&mut self) -> Result<Outcome, LakeError> {
+        self.round.partitions = self.partitions;
         let files = self.round.close_files(&self.table).await?;
         self.rounds += 1;
         if self
@@ -403,31 +409,59 @@ impl Writer<'_> {
 
     /// With nothing else to commit: moves the watermark of every owned
     /// partition read to its log end (nothing pending, the committed
-    /// offset at the high watermark) to about now, in a snapshot without
-    /// data files, fenced like a round.
+    /// offset at the high watermark; or nothing ever committed and an
+    /// empty log) to about now, in a snapshot without data files, fenced
+    /// like a round. Looks the topic's partition count up again (added
+    /// partitions then count for completeness).
     async fn heartbeat(
         &mut self,
+        kafka: &KafkaConfig,
         handoff: &notiflow_ingest::rebalance::Handoff<PartState>,
         shutdown: &CancellationToken,
     ) -> Result<(), LakeError> {
         self.last_commit = Instant::now();
-        let mark = notiflow_ingest::source::now_micros() / 1000 - HEARTBEAT_MARGIN_MS;
-        for (&p, st) in &self.owned {
-            let Some(c) = st.committed else { continue };
-            // Only a log proven to be the offset's own is read whole.
-            if st.cursor.checked() && st.cursor.next() == Some(c) && handoff.high(p) == Some(c) {
-                self.round.heartbeat(p, c, mark);
-            }
+        if let Some(n) = partition_count(kafka, &self.topic).await {
+            self.partitions = Some(n);
         }
+        self.beat_idle(handoff);
         if self.round.is_empty() {
             return Ok(());
         }
         tracing::debug!(
             partitions = self.round.next.len(),
-            watermark_ms = mark,
             "advancing the watermarks of caught-up partitions"
         );
         self.commit_round(shutdown).await
+    }
+
+    /// Adds to the round every owned partition it does not hold that is
+    /// read to its log end (or never committed with an empty log), its
+    /// watermark at about now: a busy writer's commits carry its idle
+    /// partitions along, so they do not hold billing back.
+    fn beat_idle(&mut self, handoff: &notiflow_ingest::rebalance::Handoff<PartState>) {
+        let mark = notiflow_ingest::source::now_micros() / 1000 - HEARTBEAT_MARGIN_MS;
+        for (&p, st) in &self.owned {
+            if self.round.next.contains_key(&p) {
+                continue;
+            }
+            let high = handoff.high(p);
+            match st.committed {
+                // An empty log: nothing in it can be missed.
+                None if st.cursor.next().is_none() && high == Some(0) => {
+                    self.round.heartbeat_empty(p, mark);
+                }
+                Some(0) if high == Some(0) && st.cursor.next().is_none_or(|n| n == 0) => {
+                    self.round.heartbeat(p, 0, mark);
+                }
+                // Only a log proven to be the offset's own is read whole.
+                Some(c)
+                    if st.cursor.checked() && st.cursor.next() == Some(c) && high == Some(c) =>
+                {
+                    self.round.heartbeat(p, c, mark);
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Book-keeping after a commit landed.

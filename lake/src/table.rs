@@ -65,6 +65,13 @@ pub const ANCHORS_PROP: &str = "notiflow.anchors";
 /// or, for a partition the writer had caught up with, the time it checked).
 pub const WATERMARKS_PROP: &str = "notiflow.watermarks";
 
+/// Summary property: `{"<topic>": <partitions>}`, written and carried with
+/// the offsets: how many partitions the topic had when a writer last looked
+/// (its metadata). Completeness counts every one of them, not only those
+/// that ever committed: a partition no writer committed yet holds billing
+/// back instead of being left out.
+pub const PARTITIONS_PROP: &str = "notiflow.partitions";
+
 /// Next offsets per topic, then partition.
 pub type TopicOffsets = BTreeMap<String, BTreeMap<i32, i64>>;
 /// Completeness watermarks (broker time, ms) per topic, then partition.
@@ -256,6 +263,12 @@ pub fn committed_anchors(md: &TableMetadata) -> Result<TopicAnchors, LakeError> 
     carried(md, ANCHORS_PROP)
 }
 
+/// The partition count of each topic, as [`committed_offsets`] (tables
+/// written before it was recorded have none).
+pub fn committed_partition_counts(md: &TableMetadata) -> Result<BTreeMap<String, i32>, LakeError> {
+    carried(md, PARTITIONS_PROP)
+}
+
 /// The completeness watermarks, as [`committed_offsets`] (tables written
 /// before they were recorded have none).
 pub fn committed_watermarks(md: &TableMetadata) -> Result<TopicWatermarks, LakeError> {
@@ -263,16 +276,18 @@ pub fn committed_watermarks(md: &TableMetadata) -> Result<TopicWatermarks, LakeE
 }
 
 /// How complete the table is: the broker time up to which every partition
-/// that has committed offsets is committed, and the partition that holds
-/// it back.
+/// of every topic is committed (each partition the topic has, by its
+/// recorded count, or else each that has committed offsets), and the
+/// partition that holds it back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Completeness {
     /// No writer ever committed offsets (a table loaded in bulk only):
     /// there is nothing to wait for.
     Unrecorded,
     /// Everything up to `until_ms` is committed; `topic`/`partition` is
-    /// the one furthest behind (`until_ms` = `i64::MIN` when it has
-    /// offsets but no watermark yet: written before they were recorded).
+    /// the one furthest behind (`until_ms` = `i64::MIN` when it has no
+    /// watermark yet: nothing of it committed, or written before
+    /// watermarks were recorded).
     Until {
         /// Broker time, ms.
         until_ms: i64,
@@ -287,9 +302,14 @@ pub enum Completeness {
 pub fn complete_until(md: &TableMetadata) -> Result<Completeness, LakeError> {
     let offsets = committed_offsets(md)?;
     let marks = committed_watermarks(md)?;
+    let counts = committed_partition_counts(md)?;
     let mut worst: Option<Completeness> = None;
     for (topic, parts) in &offsets {
-        for p in parts.keys() {
+        let mut all: Vec<i32> = parts.keys().copied().collect();
+        all.extend(0..counts.get(topic).copied().unwrap_or(0));
+        all.sort_unstable();
+        all.dedup();
+        for p in &all {
             let until_ms = marks
                 .get(topic)
                 .and_then(|m| m.get(p))
@@ -341,6 +361,10 @@ fn carry_forward(
     let generations = committed_generations(md)?;
     if !generations.is_empty() {
         properties.insert(GENERATIONS_PROP.into(), to_json(&generations)?);
+    }
+    let counts = committed_partition_counts(md)?;
+    if !counts.is_empty() {
+        properties.insert(PARTITIONS_PROP.into(), to_json(&counts)?);
     }
     let watermarks = committed_watermarks(md)?;
     if !watermarks.is_empty() {

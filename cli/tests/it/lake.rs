@@ -711,3 +711,103 @@ pub(crate) fn faketime(offset: &'static str) -> [(&'static str, &'static str); 3
         ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
     ]
 }
+
+/// Produces `n` valid sent events stamped now on `partition`.
+fn produce_on(kafka: &KafkaConfig, partition: i32, n: usize, tag: &str) {
+    use notiflow_schema::{Category, Country, Event, Status};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let p: BaseProducer = notiflow_ingest::kafka::client_config(kafka)
+        .create()
+        .unwrap();
+    let now = notiflow_ingest::source::now_micros();
+    for i in 0..n {
+        let message_id = format!("wamid.{tag}.{partition}.{i}.{now}");
+        let ev = Event {
+            event_id: format!("ev.{message_id}").into(),
+            message_id: message_id.as_str().into(),
+            client_id: "idle".into(),
+            recipient: "+5511987654321".into(),
+            status: Status::Sent,
+            category: Category::Utility,
+            billable: true,
+            country: Country::parse("BR").unwrap(),
+            template: None,
+            event_time: now,
+            error_code: None,
+        };
+        let mut value = Vec::new();
+        notiflow_ingest::codec::json::encode(&ev, &mut value);
+        let rec: BaseRecord<'_, str, [u8]> = BaseRecord::to(&kafka.topic)
+            .partition(partition)
+            .key(message_id.as_str())
+            .payload(value.as_slice());
+        p.send(rec).map_err(|(e, _)| e).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// Completeness covers every partition of the topic and moves for idle
+/// ones while the writer is busy (issue 31). Before, a writer that
+/// committed a round at least every `watermark_interval_ms` never ran its
+/// heartbeat, so a partition that went quiet kept its last record's
+/// watermark and held billing back until it got a record; and a partition
+/// that never committed (an empty log here) was left out of completeness
+/// altogether.
+#[test]
+fn a_busy_writer_moves_its_idle_partitions_watermarks_and_counts_every_partition() {
+    let s = Setup::new("lake-idle", Store::Folder, 1000);
+    // No heartbeat of its own in this test: only the rounds carry them.
+    let mut w = s.writer(0, &[("NOTIFLOW__LAKE__WATERMARK_INTERVAL_MS", "3600000")]);
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while !s.log(0).contains("partition assigned") {
+        assert!(Instant::now() < give_up, "no assignment:\n{}", s.log(0));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stats = || -> Value { serde_json::from_str(&s.lake("stats", &[])).unwrap() };
+    let mark = |v: &Value, p: i32| v["watermarks"][&s.kafka.topic][p.to_string()].as_i64();
+    // Partition 1 gets records, then goes quiet.
+    produce_on(&s.kafka, 1, 10, "quiet");
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        let v = stats();
+        if v["offsets"][&s.kafka.topic]["1"].as_i64() == Some(10) {
+            break v;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "p1 not committed: {v}\n{}",
+            s.log(0)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let quiet_mark = mark(&first, 1).expect("p1 has a watermark");
+    // Partition 0 stays busy; partition 1's watermark must follow.
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let busy = loop {
+        produce_on(&s.kafka, 0, 20, "busy");
+        std::thread::sleep(Duration::from_millis(400));
+        let v = stats();
+        if mark(&v, 1).is_some_and(|m| m > quiet_mark + 1000) {
+            break v;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "the quiet partition's watermark stayed at {quiet_mark}: {}\n{}",
+            v["watermarks"],
+            s.log(0)
+        );
+    };
+    // Every partition of the topic counts: the empty ones are committed
+    // at offset 0 with a watermark, none is left out.
+    for p in 0..PARTITIONS {
+        assert!(
+            busy["offsets"][&s.kafka.topic][p.to_string()].is_i64(),
+            "p{p} has no offset: {}",
+            busy["offsets"]
+        );
+        assert!(mark(&busy, p).is_some(), "p{p}: {}", busy["watermarks"]);
+    }
+    let held = &busy["complete_until"];
+    assert!(held["until_ms"].is_i64(), "{held}");
+    assert!(sigterm_and_wait(&mut w).success(), "{}", s.log(0));
+}

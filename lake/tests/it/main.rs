@@ -650,6 +650,46 @@ async fn each_commit_records_how_far_every_partition_is_complete() {
     assert_eq!(marks(lake.load().await.unwrap().metadata()), after);
 }
 
+/// A partition no writer has committed yet (a writer slow to start, a
+/// partition just added) used to be left out of completeness: billing
+/// opened on the partitions that had committed. With the topic's partition
+/// count recorded, it holds completeness until it commits.
+#[tokio::test]
+async fn a_partition_that_never_committed_holds_completeness() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cfg(dir.path());
+    let lake = Lake::open(&cfg).await.unwrap();
+    let recs = records(2000, 6);
+    let first: Vec<_> = recs.iter().filter(|r| r.partition != 2).cloned().collect();
+    let mut w = Writer::new();
+    let (mut round, files) = w.round(&lake, &cfg, &first).await;
+    round.partitions = Some(PARTITIONS);
+    let table = lake.load().await.unwrap();
+    let out = round
+        .commit(&lake, "t", &table, files, || {})
+        .await
+        .unwrap();
+    assert!(matches!(out, Outcome::Committed { .. }), "{out:?}");
+    assert_eq!(
+        complete_until(lake.load().await.unwrap().metadata()).unwrap(),
+        Completeness::Until {
+            until_ms: i64::MIN,
+            topic: "t".into(),
+            partition: 2,
+        }
+    );
+    // Carried by later commits that do not say it again (compaction).
+    maintenance::compact(&lake, &cfg).await.unwrap();
+    assert!(matches!(
+        complete_until(lake.load().await.unwrap().metadata()).unwrap(),
+        Completeness::Until {
+            partition: 2,
+            until_ms: i64::MIN,
+            ..
+        }
+    ));
+}
+
 /// A topic no writer reads any more kept its generations in the table for
 /// ever, and the expiry cutoff is the oldest window of any topic: every
 /// snapshot after its last commit was kept, for ever. Retiring it takes it
