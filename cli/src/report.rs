@@ -198,7 +198,15 @@ pub async fn command(action: ReportAction, cfg: &Config) -> anyhow::Result<()> {
             );
             let m = recorded(&ledger, reports.billing(&req, now())).await;
             pb.finish_and_clear();
-            m?
+            let m = m?;
+            let owner = format!("cli-{}", std::process::id());
+            for job in
+                notiflow_reports::schedule::settle_failed_slots(&reports, &ledger, &m, &owner)
+                    .await?
+            {
+                println!("the failed slot of job {job} for {date} is settled by this run");
+            }
+            m
         }
         ReportAction::Detail {
             client,

@@ -251,6 +251,33 @@ impl Ledger {
         Ok(updated == 1)
     }
 
+    /// Marks `job`'s run of `slot` succeeded with `outputs` if it failed
+    /// for good: an operator fixed the cause and ran it on demand. True
+    /// when it was failed (and is now settled).
+    pub async fn settle_failed(
+        &self,
+        job: &str,
+        slot: i64,
+        owner: &str,
+        now: i64,
+        outputs: &str,
+    ) -> Result<bool, ReportError> {
+        let updated = sqlx::query(&self.sql(&format!(
+            "UPDATE {TABLE} SET status = 'succeeded', finished_at = ?, outputs = ?, error = NULL,
+                    owner = ?
+             WHERE job = ? AND scheduled_for = ? AND status = 'failed'"
+        )))
+        .bind(now)
+        .bind(outputs)
+        .bind(owner)
+        .bind(job)
+        .bind(slot)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated == 1)
+    }
+
     /// Runs `work` as a recorded on-demand run of `job` at `slot` (UTC
     /// micros, e.g. the request time): claimed before, finished after with
     /// its outputs or error. The CLI and the API record their runs so.

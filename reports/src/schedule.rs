@@ -174,6 +174,20 @@ impl Plan {
         Ok(v)
     }
 
+    /// The slot of billing day `day` (None for a cron plan).
+    pub fn slot_of(&self, tz: Tz, day: NaiveDate) -> Result<Option<Slot>, ReportError> {
+        let Plan::Calendar { delay } = self else {
+            return Ok(None);
+        };
+        let next = day
+            .succ_opt()
+            .ok_or_else(|| ReportError::input(format!("bad day {day}")))?;
+        Ok(Some(Slot {
+            at: day_start(tz, next)? + delay,
+            day,
+        }))
+    }
+
     /// The first slot due after `now`.
     fn next_after(&self, tz: Tz, now: Micros) -> Option<Micros> {
         match self {
@@ -259,6 +273,46 @@ pub enum SlotOutcome {
     },
     /// Already done, or held by another process.
     Skipped,
+}
+
+/// An on-demand billing run that succeeded settles the slot of its day of
+/// every configured billing job that had failed for good: recorded as
+/// succeeded with the run's outputs, so the failed-slots gauge and its
+/// alert clear on the next tick (before, the slot stayed failed and paged
+/// for the whole catch-up window though the day was billed). The CLI and
+/// the API call it after a recorded billing run; the names of the jobs
+/// whose slot it settled.
+pub async fn settle_failed_slots(
+    reports: &Reports,
+    ledger: &Ledger,
+    m: &Manifest,
+    owner: &str,
+) -> Result<Vec<String>, ReportError> {
+    let Ok(day) = m.date.parse::<NaiveDate>() else {
+        return Ok(Vec::new());
+    };
+    if m.kind != "billing" {
+        return Ok(Vec::new());
+    }
+    let outputs = serde_json::to_string(&m.outputs())
+        .map_err(|e| ReportError::Other(format!("encoding outputs: {e}")))?;
+    let mut settled = Vec::new();
+    for job in &reports.config().jobs {
+        if job.kind != JobKind::Billing {
+            continue;
+        }
+        let Some(slot) = Plan::of(job)?.slot_of(reports.tz(), day)? else {
+            continue;
+        };
+        if ledger
+            .settle_failed(&job.name, slot.at, owner, now_micros(), &outputs)
+            .await?
+        {
+            tracing::info!(job = %job.name, %day, "failed slot settled by an on-demand run");
+            settled.push(job.name.clone());
+        }
+    }
+    Ok(settled)
 }
 
 /// How long after attempt `attempt` (1, 2, …) failed the next one is due:

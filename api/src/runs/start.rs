@@ -223,13 +223,23 @@ async fn execute(app: Arc<App>, reports: Arc<Reports>, id: String, job: Job) {
                     ))),
                 }
             };
-            ledger
+            let out = ledger
                 .record("on-demand", now(), &owner, work)
                 .await
                 .map_err(|e| {
                     tracing::warn!(run = %id, error = %e, "report run failed");
                     public_failure(&e, &id)
-                })
+                });
+            // A billing run settles the day's failed scheduled slots; the
+            // run itself stands whatever that finds.
+            if let Ok(m) = &out
+                && let Err(e) =
+                    notiflow_reports::schedule::settle_failed_slots(&reports, ledger, m, &owner)
+                        .await
+            {
+                tracing::warn!(run = %id, error = %e, "settling failed scheduled slots failed");
+            }
+            out
         }
     };
     let outcome = if out.is_ok() { "succeeded" } else { "failed" };

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use notiflow_lake::table::{set_offset, set_watermark};
 use notiflow_reports::ledger::{End, Ledger, Status};
 use notiflow_reports::schedule::{Plan, Scheduler, Slot, SlotOutcome};
-use notiflow_reports::{Format, JobConfig, JobKind};
+use notiflow_reports::{EngineKind, Format, JobConfig, JobKind};
 use notiflow_schema::time::DAY_MICROS;
 use notiflow_schema::{Category as C, Status as S};
 use tokio::sync::watch;
@@ -211,6 +211,34 @@ async fn a_slot_that_failed_for_good_is_not_run_again_by_later_ticks() {
         .unwrap();
     assert_eq!((r.status, r.attempts), (Status::Failed, 2));
     assert_eq!(gauge.get(), 1);
+
+    // The operator fixes the cause and bills the day on demand: that
+    // settles the failed slot, and the gauge (its alert) clears.
+    std::fs::remove_file(&blocked).unwrap();
+    let day = notiflow_reports::schedule::day_for(reports.tz(), r.scheduled_for);
+    let m = ledger
+        .record(
+            "on-demand",
+            now(),
+            "operator",
+            reports.billing(&billing(&day.to_string(), EngineKind::DuckDb), now()),
+        )
+        .await
+        .unwrap();
+    let settled =
+        notiflow_reports::schedule::settle_failed_slots(&reports, &ledger, &m, "operator")
+            .await
+            .unwrap();
+    assert_eq!(settled, vec!["daily-billing".to_string()]);
+    let r = ledger
+        .get("daily-billing", r.scheduled_for)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((r.status, r.error), (Status::Succeeded, None));
+    assert!(r.outputs.unwrap().contains(&format!("billing-{day}")));
+    assert_eq!(sched.tick(now(), &mut rx).await.unwrap(), 0);
+    assert_eq!(gauge.get(), 0, "the alert clears");
 }
 
 /// A process whose lease ran out learns it when it ends its attempt: the
