@@ -22,8 +22,9 @@ use crate::files::{FileOptions, RoundFiles};
 use crate::rows::{Origin, RowBuffer};
 use crate::table::{
     ANCHORS_PROP, Change, DEDUP_MAX_GEN_PROP, DEDUP_PROP, GENERATIONS_PROP, Lake, OFFSETS_PROP,
-    PARTITIONS_PROP, WATERMARKS_PROP, committed_anchors, committed_generations, committed_offsets,
-    committed_partition_counts, committed_watermarks, new_snapshot_id, stage, to_json,
+    PARTITIONS_PROP, RETIRED_PROP, WATERMARKS_PROP, committed_anchors, committed_generations,
+    committed_offsets, committed_partition_counts, committed_watermarks, new_snapshot_id,
+    retired_topics, stage, to_json,
 };
 
 /// What a writer knows of a partition it owns.
@@ -384,6 +385,14 @@ impl Round {
             change
                 .properties
                 .insert(WATERMARKS_PROP.into(), to_json(&marks)?);
+            // A topic read again is no longer retired. Written with every
+            // commit, like the maps above, so expiry never loses it.
+            let mut retired = retired_topics(table.metadata())?;
+            if retired.remove(topic) || !retired.is_empty() {
+                change
+                    .properties
+                    .insert(RETIRED_PROP.into(), to_json(&retired)?);
+            }
             let mut counts = committed_partition_counts(table.metadata())?;
             if let Some(n) = self.partitions {
                 counts.insert(topic.to_string(), n);

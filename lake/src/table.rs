@@ -72,6 +72,12 @@ pub const WATERMARKS_PROP: &str = "notiflow.watermarks";
 /// back instead of being left out.
 pub const PARTITIONS_PROP: &str = "notiflow.partitions";
 
+/// Summary property: `["<topic>", …]`, carried forward: topics retired by
+/// `notiflow lake retire-topic` (no writer reads them any more). Their
+/// offsets and watermarks stay, but completeness no longer waits for them;
+/// a writer committing a retired topic again takes it off the list.
+pub const RETIRED_PROP: &str = "notiflow.retired-topics";
+
 /// Next offsets per topic, then partition.
 pub type TopicOffsets = BTreeMap<String, BTreeMap<i32, i64>>;
 /// Completeness watermarks (broker time, ms) per topic, then partition.
@@ -269,6 +275,11 @@ pub fn committed_partition_counts(md: &TableMetadata) -> Result<BTreeMap<String,
     carried(md, PARTITIONS_PROP)
 }
 
+/// The retired topics, as [`committed_offsets`].
+pub fn retired_topics(md: &TableMetadata) -> Result<std::collections::BTreeSet<String>, LakeError> {
+    carried(md, RETIRED_PROP)
+}
+
 /// The completeness watermarks, as [`committed_offsets`] (tables written
 /// before they were recorded have none).
 pub fn committed_watermarks(md: &TableMetadata) -> Result<TopicWatermarks, LakeError> {
@@ -303,8 +314,9 @@ pub fn complete_until(md: &TableMetadata) -> Result<Completeness, LakeError> {
     let offsets = committed_offsets(md)?;
     let marks = committed_watermarks(md)?;
     let counts = committed_partition_counts(md)?;
+    let retired = retired_topics(md)?;
     let mut worst: Option<Completeness> = None;
-    for (topic, parts) in &offsets {
+    for (topic, parts) in offsets.iter().filter(|(t, _)| !retired.contains(*t)) {
         let mut all: Vec<i32> = parts.keys().copied().collect();
         all.extend(0..counts.get(topic).copied().unwrap_or(0));
         all.sort_unstable();
@@ -365,6 +377,10 @@ fn carry_forward(
     let counts = committed_partition_counts(md)?;
     if !counts.is_empty() {
         properties.insert(PARTITIONS_PROP.into(), to_json(&counts)?);
+    }
+    let retired = retired_topics(md)?;
+    if !retired.is_empty() {
+        properties.insert(RETIRED_PROP.into(), to_json(&retired)?);
     }
     let watermarks = committed_watermarks(md)?;
     if !watermarks.is_empty() {
@@ -531,6 +547,11 @@ pub async fn retire_topic(lake: &Lake, topic: &str) -> Result<(bool, i64), LakeE
         change
             .properties
             .insert(ANCHORS_PROP.into(), to_json(&anchors)?);
+        let mut retired = retired_topics(md)?;
+        retired.insert(topic.to_string());
+        change
+            .properties
+            .insert(RETIRED_PROP.into(), to_json(&retired)?);
         change
             .properties
             .insert("notiflow.operation".into(), "retire-topic".into());
@@ -540,7 +561,8 @@ pub async fn retire_topic(lake: &Lake, topic: &str) -> Result<(bool, i64), LakeE
             tracing::warn!(
                 topic,
                 had,
-                "topic retired: its dedup windows no longer hold snapshots back"
+                "topic retired: its dedup windows no longer hold snapshots back, nor does it hold \
+                 completeness (billing)"
             );
             return Ok((had, id));
         }

@@ -759,4 +759,14 @@ async fn a_retired_topic_no_longer_holds_snapshots_back() {
         "retired, the old topic still pins the first round"
     );
     assert!(kept(&t, rounds[2]), "the live topic's last round");
+    // Nor does it hold completeness (billing waited for it for ever: its
+    // partition has offsets and no watermark); the live topic does, and
+    // still does after a compaction.
+    let held = |t: &iceberg::table::Table| match complete_until(t.metadata()).unwrap() {
+        Completeness::Until { topic, .. } => topic,
+        Completeness::Unrecorded => String::new(),
+    };
+    assert_eq!(held(&t), "t");
+    maintenance::compact(&lake, &cfg).await.unwrap();
+    assert_eq!(held(&lake.load().await.unwrap()), "t");
 }
