@@ -251,6 +251,28 @@ impl Ledger {
         Ok(updated == 1)
     }
 
+    /// True while `owner` holds `job`'s run of `slot`: running, its lease
+    /// not over at `now`.
+    pub async fn holds(
+        &self,
+        job: &str,
+        slot: i64,
+        owner: &str,
+        now: i64,
+    ) -> Result<bool, ReportError> {
+        let row = sqlx::query(&self.sql(&format!(
+            "SELECT 1 FROM {TABLE} WHERE job = ? AND scheduled_for = ? AND owner = ?
+               AND status = 'running' AND lease_until > ?"
+        )))
+        .bind(job)
+        .bind(slot)
+        .bind(owner)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
     /// Marks `job`'s run of `slot` succeeded with `outputs` if it failed
     /// for good: an operator fixed the cause and ran it on demand. True
     /// when it was failed (and is now settled).

@@ -65,6 +65,39 @@ pub struct Reports {
     metrics: Option<Metrics>,
 }
 
+/// A scheduled run's hold on its slot in the run ledger (see
+/// [`Reports::billing_leased`]).
+pub struct Lease<'a> {
+    /// The ledger.
+    pub ledger: &'a crate::ledger::Ledger,
+    /// The job.
+    pub job: &'a str,
+    /// The slot, UTC micros.
+    pub slot: Micros,
+    /// This process.
+    pub owner: &'a str,
+}
+
+impl Lease<'_> {
+    /// An error unless the lease is still held now.
+    pub async fn check(&self) -> Result<(), ReportError> {
+        let now = chrono::Utc::now().timestamp_micros();
+        if self
+            .ledger
+            .holds(self.job, self.slot, self.owner, now)
+            .await?
+        {
+            return Ok(());
+        }
+        Err(ReportError::Other(format!(
+            "lost the lease of {} at {} to another process before publishing: nothing \
+             published (that process's run is the one recorded)",
+            self.job,
+            notiflow_schema::time::format_rfc3339(self.slot)
+        )))
+    }
+}
+
 impl Reports {
     /// Validates `cfg`, loads the rate card, opens the lake and the store.
     pub async fn open(cfg: &ReportsConfig, lake_cfg: &LakeConfig) -> Result<Reports, ReportError> {
@@ -143,8 +176,21 @@ impl Reports {
         req: &BillingRequest,
         now: Micros,
     ) -> Result<Manifest, ReportError> {
+        self.billing_leased(req, now, None).await
+    }
+
+    /// [`Reports::billing`] of a scheduled slot held under `lease`: checked
+    /// again just before the manifest is published, so a run that lost its
+    /// lease to another process (a stall longer than the lease) publishes
+    /// nothing (its files are removed) instead of a second invoice.
+    pub async fn billing_leased(
+        &self,
+        req: &BillingRequest,
+        now: Micros,
+        lease: Option<Lease<'_>>,
+    ) -> Result<Manifest, ReportError> {
         let engine = req.engine.unwrap_or(self.cfg.engine);
-        self.observed("billing", engine, self.billing_run(req, now))
+        self.observed("billing", engine, self.billing_run(req, now, lease))
             .await
     }
 
@@ -152,6 +198,7 @@ impl Reports {
         &self,
         req: &BillingRequest,
         now: Micros,
+        lease: Option<Lease<'_>>,
     ) -> Result<Manifest, ReportError> {
         if req.formats.is_empty() {
             return Err(ReportError::input("no output format asked for"));
@@ -195,6 +242,11 @@ impl Reports {
                 if let (Some(id), Some(tag)) = (src.snapshot_id, &tag) {
                     let keep_ms = i64::from(self.cfg.dispute_days) * 86_400_000;
                     tag_snapshot(&self.lake, tag, id, keep_ms).await?;
+                }
+                // Last thing before the manifest: a scheduled run that
+                // lost its slot publishes nothing.
+                if let Some(l) = &lease {
+                    l.check().await?;
                 }
                 Ok(files)
             })

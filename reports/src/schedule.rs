@@ -30,7 +30,7 @@ use crate::detail::DetailQuery;
 use crate::error::ReportError;
 use crate::ledger::{End, Ledger, Status};
 use crate::output::Manifest;
-use crate::report::{BillingRequest, DetailRequest, Reports};
+use crate::report::{BillingRequest, DetailRequest, Lease, Reports};
 
 /// Parses a cron expression (`sec min hour day month weekday [year]`).
 pub fn parse_cron(expr: &str) -> Result<Schedule, ReportError> {
@@ -207,13 +207,14 @@ pub async fn run_job(
     job: &JobConfig,
     slot: Slot,
     now: Micros,
+    lease: Option<Lease<'_>>,
 ) -> Result<Manifest, ReportError> {
     let tz = reports.tz();
     let day = slot.day;
     match job.kind {
         JobKind::Billing => {
             reports
-                .billing(
+                .billing_leased(
                     &BillingRequest {
                         day,
                         engine: job.engine,
@@ -221,6 +222,7 @@ pub async fn run_job(
                         snapshot_id: None,
                     },
                     now,
+                    lease,
                 )
                 .await
         }
@@ -381,7 +383,13 @@ impl Scheduler {
                 }
             })
         };
-        let result = run_job(&self.reports, job, due, now_micros()).await;
+        let lease_of = Lease {
+            ledger: &self.ledger,
+            job: &job.name,
+            slot,
+            owner: &self.owner,
+        };
+        let result = run_job(&self.reports, job, due, now_micros(), Some(lease_of)).await;
         renewer.abort();
         let end = now_micros();
         match result {

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use notiflow_lake::table::{set_offset, set_watermark};
 use notiflow_reports::ledger::{End, Ledger, Status};
-use notiflow_reports::schedule::{Plan, Scheduler, Slot, SlotOutcome};
+use notiflow_reports::report::Lease;
+use notiflow_reports::schedule::{Plan, Scheduler, Slot, SlotOutcome, run_job};
 use notiflow_reports::{EngineKind, Format, JobConfig, JobKind};
 use notiflow_schema::time::DAY_MICROS;
 use notiflow_schema::{Category as C, Status as S};
@@ -239,6 +240,75 @@ async fn a_slot_that_failed_for_good_is_not_run_again_by_later_ticks() {
     assert!(r.outputs.unwrap().contains(&format!("billing-{day}")));
     assert_eq!(sched.tick(now(), &mut rx).await.unwrap(), 0);
     assert_eq!(gauge.get(), 0, "the alert clears");
+}
+
+/// A scheduled billing run that lost its slot to another process (a stall
+/// longer than the lease) published its files and manifest anyway: a
+/// second, equally valid invoice of the day. Its lease is checked last
+/// before the manifest now: it publishes nothing, and the holder does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_lost_its_lease_publishes_nothing() {
+    let (s, ledger) = setup("lost").await;
+    let reports = Arc::new(s.reports().await);
+    let due = Slot {
+        at: t("2026-11-22T03:15:00Z"),
+        day: day("2026-11-21"),
+    };
+    // "me" claims with a lease over at once; "other" takes the run over.
+    let claim = |owner: &'static str, lease: i64| {
+        let ledger = ledger.clone();
+        async move {
+            ledger
+                .claim("daily-billing", due.at, owner, now(), lease, false)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(claim("me", 1).await, Some(1));
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert_eq!(claim("other", 60_000_000).await, Some(2));
+    let lease = |owner| Lease {
+        ledger: &ledger,
+        job: "daily-billing",
+        slot: due.at,
+        owner,
+    };
+    let manifests = || {
+        let mut n = 0;
+        let mut stack = vec![std::path::PathBuf::from(&s.cfg.output)];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.to_string_lossy().ends_with(".manifest.json") {
+                    n += 1;
+                }
+            }
+        }
+        n
+    };
+    let err = run_job(
+        &reports,
+        &job("daily-billing"),
+        due,
+        now(),
+        Some(lease("me")),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("lost the lease"), "{err}");
+    assert_eq!(manifests(), 0, "the run that lost its lease published");
+    run_job(
+        &reports,
+        &job("daily-billing"),
+        due,
+        now(),
+        Some(lease("other")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(manifests(), 1);
 }
 
 /// A process whose lease ran out learns it when it ends its attempt: the
