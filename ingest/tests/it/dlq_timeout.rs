@@ -89,10 +89,6 @@ async fn a_dead_letter_topic_that_times_out_holds_only_the_partitions_it_owes() 
         let (k, v) = valid(i);
         send(0, &k, &v).await;
     }
-    for i in 10..30 {
-        let (k, v) = valid(i);
-        send(1, &k, &v).await;
-    }
 
     let cfg = IngestConfig {
         group_id: "g".into(),
@@ -100,7 +96,7 @@ async fn a_dead_letter_topic_that_times_out_holds_only_the_partitions_it_owes() 
         batch_max_wait_ms: 100,
         dlq_max_record_bytes: 1_000_000,
         dlq_max_attempts: 2,
-        dlq_timeout_ms: 3000,
+        dlq_timeout_ms: 5000,
     };
     let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
     let shutdown = CancellationToken::new();
@@ -108,11 +104,26 @@ async fn a_dead_letter_topic_that_times_out_holds_only_the_partitions_it_owes() 
     let run = start_ingest(&kafka, cfg, &metrics, &shutdown);
     let reader: BaseConsumer = client_config(&kafka).set("group.id", "g").create().unwrap();
 
-    // Partition 1 owes nothing: committed to its end while every letter
-    // of partition 0 is still in flight (none given up yet). Partition 0
-    // stays below its first poison record (offset 1).
+    // Partition 0's three letters are in flight (none given up yet).
     // (librdkafka's mock answers no DescribeConfigs: start-up waits 10 s
     // for that warning.)
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while metrics.dlq_pending.get() < 3 {
+        assert!(
+            Instant::now() < give_up,
+            "the letters never got in flight: pending {}, failures {}",
+            metrics.dlq_pending.get(),
+            metrics.dlq_failures.get()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Partition 1's records arrive now: it owes nothing, so it is
+    // committed to its end while every letter of partition 0 is still in
+    // flight. Partition 0 stays below its first poison record (offset 1).
+    for i in 10..30 {
+        let (k, v) = valid(i);
+        send(1, &k, &v).await;
+    }
     let give_up = Instant::now() + Duration::from_secs(60);
     while committed(&reader, "src", 1) < 20 {
         assert!(
@@ -140,7 +151,7 @@ async fn a_dead_letter_topic_that_times_out_holds_only_the_partitions_it_owes() 
     );
 
     // The letters are given up with the alarm within their bound
-    // (2 attempts × 3 s plus the back-off); partition 0 then moves on.
+    // (2 attempts × 5 s plus the back-off); partition 0 then moves on.
     let give_up = Instant::now() + Duration::from_secs(60);
     while committed(&reader, "src", 0) < 13 {
         assert!(Instant::now() < give_up, "partition 0 not committed");
