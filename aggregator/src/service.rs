@@ -24,7 +24,7 @@ use notiflow_ingest::member::{
 use notiflow_ingest::rebalance::{Change, Handoff, forget_partition};
 use notiflow_ingest::retry::Backoff;
 use notiflow_ingest::schema_hold::SchemaHolds;
-use notiflow_ingest::source::{now_micros, sleep_or_cancel, view};
+use notiflow_ingest::source::{now_micros, sleep_or_cancel, views};
 use notiflow_ingest::{Decoder, KafkaConfig, SchemaRegistry, Source};
 use notiflow_schema::counters::Keys;
 use rdkafka::Offset;
@@ -252,7 +252,7 @@ pub async fn run(
         };
         let mut groups: Vec<Pending> = Vec::new();
         if !batch.is_empty() {
-            let views: Vec<_> = batch.iter().map(view).collect();
+            let views = views(&batch);
             decoder.prepare_retrying(&views, &shutdown).await?;
             // A partition waits at a record whose schema id the registry
             // has not decided (ingest::schema_hold).

@@ -32,7 +32,7 @@ use crate::metrics::{Metrics, set_lag};
 use crate::rebalance::Handoff;
 use crate::registry::SchemaRegistry;
 use crate::schema_hold::SchemaHolds;
-use crate::source::{Source, sleep_or_cancel, view};
+use crate::source::{Source, sleep_or_cancel, views};
 
 /// Consumer context that keeps the high watermarks librdkafka's statistics
 /// report, for the lag gauge.
@@ -144,7 +144,7 @@ pub async fn run(
             continue;
         }
         let started = Instant::now();
-        let views: Vec<_> = batch.iter().map(view).collect();
+        let views = views(&batch);
         decoder.prepare_retrying(&views, &shutdown).await?;
         // A partition waits at a record whose schema id the registry has
         // not decided (schema_hold): nothing of it from there is taken or

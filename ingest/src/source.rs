@@ -240,6 +240,13 @@ pub fn view(m: &OwnedMessage) -> RecordView<'_> {
     view_at(m, now_micros())
 }
 
+/// The decoding views of a batch read now: the wall clock is read once
+/// for the whole batch, not once a record.
+pub fn views(batch: &[OwnedMessage]) -> Vec<RecordView<'_>> {
+    let read_at = now_micros();
+    batch.iter().map(|m| view_at(m, read_at)).collect()
+}
+
 /// The decoding view of a record read at `read_at`; its timestamp, bounded
 /// to [`MAX_AHEAD_OF_READER`] past `read_at`, is the record's `clock`: the
 /// reference of the future-time rule, its dedup generation and watermark

@@ -274,19 +274,13 @@ impl Round {
     /// watermark moves to `watermark_ms` (broker time up to which its log
     /// was read whole) at the offset it has committed, fenced like any
     /// round. An idle partition would otherwise hold billing back forever.
-    pub fn heartbeat(&mut self, p: i32, committed: i64, watermark_ms: i64) {
-        self.expected.entry(p).or_insert(Some(committed));
-        self.next.entry(p).or_insert(committed);
-        note_mark(&mut self.watermarks, p, watermark_ms);
-    }
-
-    /// A heartbeat of a partition that never committed and whose log is
-    /// empty: it commits its first offset, 0, with the watermark (fenced on
+    /// `committed` is `None` for a partition that never committed and
+    /// whose log is empty: it commits its first offset, 0 (fenced on
     /// nothing being stored for it yet), so it counts as complete instead
     /// of holding billing back for ever.
-    pub fn heartbeat_empty(&mut self, p: i32, watermark_ms: i64) {
-        self.expected.entry(p).or_insert(None);
-        self.next.entry(p).or_insert(0);
+    pub fn heartbeat(&mut self, p: i32, committed: Option<i64>, watermark_ms: i64) {
+        self.expected.entry(p).or_insert(committed);
+        self.next.entry(p).or_insert(committed.unwrap_or(0));
         note_mark(&mut self.watermarks, p, watermark_ms);
     }
 

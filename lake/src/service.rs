@@ -28,7 +28,7 @@ use notiflow_ingest::member::{
 };
 use notiflow_ingest::rebalance::{Change, forget_partition};
 use notiflow_ingest::retry::Backoff;
-use notiflow_ingest::source::{sleep_or_cancel, view};
+use notiflow_ingest::source::{sleep_or_cancel, views};
 use notiflow_ingest::{Decoder, KafkaConfig, SchemaRegistry, Source};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
@@ -246,7 +246,7 @@ pub async fn run(
             w.apply_changes(pending, &shutdown).await?;
         }
         if !batch.is_empty() {
-            let views: Vec<_> = batch.iter().map(view).collect();
+            let views = views(&batch);
             decoder.prepare_retrying(&views, &shutdown).await?;
             // A partition waits at a record whose schema id the registry
             // has not decided (ingest::schema_hold).
@@ -448,16 +448,16 @@ impl Writer<'_> {
             match st.committed {
                 // An empty log: nothing in it can be missed.
                 None if st.cursor.next().is_none() && high == Some(0) => {
-                    self.round.heartbeat_empty(p, mark);
+                    self.round.heartbeat(p, None, mark);
                 }
                 Some(0) if high == Some(0) && st.cursor.next().is_none_or(|n| n == 0) => {
-                    self.round.heartbeat(p, 0, mark);
+                    self.round.heartbeat(p, Some(0), mark);
                 }
                 // Only a log proven to be the offset's own is read whole.
                 Some(c)
                     if st.cursor.checked() && st.cursor.next() == Some(c) && high == Some(c) =>
                 {
-                    self.round.heartbeat(p, c, mark);
+                    self.round.heartbeat(p, Some(c), mark);
                 }
                 _ => {}
             }

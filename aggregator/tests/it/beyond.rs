@@ -49,27 +49,14 @@ async fn a_stored_offset_past_the_log_end_holds_the_partition_with_an_alarm() {
 
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry).unwrap();
-    let run = {
-        let (k, rcfg, acfg, metrics, shutdown) = (
-            k.clone(),
-            rcfg.clone(),
-            acfg.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        );
-        tokio::spawn(async move {
-            service::run(
-                &k,
-                SchemaRegistry::builtin(),
-                &rcfg,
-                &acfg,
-                metrics,
-                &[],
-                shutdown,
-            )
-            .await
-        })
-    };
+    let run = crate::spawn_aggregator(
+        &k,
+        SchemaRegistry::builtin(),
+        &rcfg,
+        &acfg,
+        metrics.clone(),
+        &shutdown,
+    );
     let beyond = |m: &Metrics| m.beyond_log_end.with_label_values(&["0"]).get();
     eventually(90, "the alarm on partition 0", async || {
         beyond(&metrics) > 0

@@ -78,21 +78,14 @@ async fn producer_clocks_neither_switch_dedup_off_nor_let_future_events_in() {
 
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry).unwrap();
-    let run = {
-        let (k, rcfg, acfg, shutdown) = (k.clone(), rcfg.clone(), acfg.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            service::run(
-                &k,
-                SchemaRegistry::builtin(),
-                &rcfg,
-                &acfg,
-                metrics,
-                &[],
-                shutdown,
-            )
-            .await
-        })
-    };
+    let run = crate::spawn_aggregator(
+        &k,
+        SchemaRegistry::builtin(),
+        &rcfg,
+        &acfg,
+        metrics,
+        &shutdown,
+    );
     let stats = target.keys.stats(&target.group, &target.topic);
     let offsets = target.keys.offsets(&target.group, &target.topic);
     eventually(60, "partition 0 applied to its end", async || {

@@ -33,6 +33,23 @@ pub(crate) fn redis_cfg(prefix: &str) -> RedisConfig {
     }
 }
 
+/// Runs the aggregator service on `k` in a task of its own until `shutdown`.
+pub(crate) fn spawn_aggregator(
+    k: &notiflow_ingest::KafkaConfig,
+    registry: SchemaRegistry,
+    rcfg: &RedisConfig,
+    acfg: &AggregatorConfig,
+    metrics: notiflow_aggregator::metrics::Metrics,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<
+    Result<notiflow_aggregator::service::RunStats, notiflow_aggregator::error::AggregatorError>,
+> {
+    let (k, rcfg, acfg, shutdown) = (k.clone(), rcfg.clone(), acfg.clone(), shutdown.clone());
+    tokio::spawn(
+        async move { service::run(&k, registry, &rcfg, &acfg, metrics, &[], shutdown).await },
+    )
+}
+
 pub(crate) fn agg_cfg() -> AggregatorConfig {
     AggregatorConfig {
         group_id: "it".into(),

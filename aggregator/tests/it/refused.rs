@@ -100,27 +100,14 @@ async fn a_foreign_key_holds_only_the_partitions_that_write_it() {
 
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry).unwrap();
-    let run = {
-        let (k, rcfg, acfg, metrics, shutdown) = (
-            k.clone(),
-            rcfg.clone(),
-            acfg.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        );
-        tokio::spawn(async move {
-            service::run(
-                &k,
-                SchemaRegistry::builtin(),
-                &rcfg,
-                &acfg,
-                metrics,
-                &[],
-                shutdown,
-            )
-            .await
-        })
-    };
+    let run = crate::spawn_aggregator(
+        &k,
+        SchemaRegistry::builtin(),
+        &rcfg,
+        &acfg,
+        metrics.clone(),
+        &shutdown,
+    );
     let stats = target.keys.stats(&target.group, &target.topic);
     let offsets = target.keys.offsets(&target.group, &target.topic);
     let field = minute_field(m, status_slot(Status::Accepted));

@@ -83,12 +83,7 @@ async fn a_schema_the_registry_learns_late_is_counted_and_an_unknown_one_waits_i
     let mut conn = service::connect(&rcfg, &shutdown).await.unwrap();
     let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
     let started = std::time::Instant::now();
-    let run = {
-        let (k, rcfg, acfg, shutdown) = (k.clone(), rcfg.clone(), acfg.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            service::run(&k, registry, &rcfg, &acfg, metrics, &[], shutdown).await
-        })
-    };
+    let run = crate::spawn_aggregator(&k, registry, &rcfg, &acfg, metrics, &shutdown);
     let stats = target.keys.stats(&target.group, &target.topic);
     let field = |f: &'static str| {
         let stats = stats.clone();

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use notiflow_ingest::kafka::client_config;
-use notiflow_ingest::source::view;
+use notiflow_ingest::source::views;
 use notiflow_ingest::{Decoder, KafkaConfig, SchemaRegistry};
 use notiflow_loadgen::GroundTruth;
 use notiflow_schema::time::{MINUTE_MICROS, format_rfc3339, minute_of};
@@ -110,7 +110,7 @@ async fn generated_records_match_their_ground_truth() {
 
     // Count independently: decode, dedup by event_id, bucket by minute.
     let mut decoder = Decoder::new(SchemaRegistry::builtin());
-    let views: Vec<_> = records.iter().map(view).collect();
+    let views = views(&records);
     decoder.prepare(&views).await.unwrap();
     let mut seen = HashSet::with_capacity(EVENTS as usize);
     let mut minutes: HashMap<(String, i64, String), u64> = HashMap::new();

@@ -305,8 +305,8 @@ impl Decoder {
 
     /// Decodes and validates one record. Avro ids must have been [`prepare`](Self::prepare)d.
     pub fn decode<'a>(&self, rec: &RecordView<'a>) -> Result<Event<'a>, Reject> {
-        if rec.timestamp == crate::source::NO_TIMESTAMP || rec.clock == crate::source::NO_TIMESTAMP
-        {
+        // `clock` is NO_TIMESTAMP exactly when the record has none (view_at).
+        if rec.clock == crate::source::NO_TIMESTAMP {
             return Err(Reject::MissingTimestamp);
         }
         let value = match rec.value {

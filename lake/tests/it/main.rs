@@ -617,7 +617,7 @@ async fn each_commit_records_how_far_every_partition_is_complete() {
         &cfg,
     );
     let now_ms = notiflow_ingest::source::now_micros() / 1000;
-    beat.heartbeat(q, committed, now_ms);
+    beat.heartbeat(q, Some(committed), now_ms);
     let out = beat
         .commit(&lake, "t", &table, Vec::new(), || {})
         .await
@@ -639,7 +639,7 @@ async fn each_commit_records_how_far_every_partition_is_complete() {
         arrow_schema(table.metadata().current_schema()).unwrap(),
         &cfg,
     );
-    zombie.heartbeat(q, committed - 1, now_ms + 60_000);
+    zombie.heartbeat(q, Some(committed - 1), now_ms + 60_000);
     let out = zombie
         .commit(&lake, "t", &table, Vec::new(), || {})
         .await
