@@ -8,7 +8,10 @@
 //! and the list of expired generations. The in-memory Redis does what the
 //! two Lua scripts do (compare the stored offsets, then write offsets,
 //! generations, fingerprints, counters; delete the generations that left
-//! the window), so a change to either script must be mirrored here.
+//! the window), so a change to either script must be mirrored here: a
+//! second test runs schedules with every call also sent to the real scripts
+//! on a real Redis and fails on any difference in replies, stored offsets,
+//! generations, fingerprints or roll-ups.
 //!
 //! Faults, at random per step: batches of random size per partition, stale
 //! copies after a seek, fetches that raced a seek (a gap) and seeks that
@@ -243,6 +246,143 @@ struct Sim<'a> {
     /// What dashboards summed from the deltas stream (entries Redis lost
     /// later included: they were seen live).
     dashboard: HashMap<(String, i64, &'static str), u64>,
+    /// The real scripts on a real Redis, run beside the model.
+    twin: Option<Twin>,
+}
+
+/// The real `APPLY` and `LOAD` on a real Redis (`REDIS_URL`), fed every
+/// call the model gets: the model's replies and state must be theirs, so
+/// a change to a script that the model does not mirror fails
+/// [`the_model_does_what_the_lua_scripts_do`].
+struct Twin {
+    conn: redis::Connection,
+    scripts: crate::sink::Scripts,
+    target: crate::sink::Target,
+    /// Differences seen, first ones kept.
+    diffs: Vec<String>,
+}
+
+impl Twin {
+    fn open(prefix: &str) -> Twin {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let client = redis::Client::open(url.as_str()).unwrap_or_else(|e| panic!("{url}: {e}"));
+        let conn = client
+            .get_connection()
+            .unwrap_or_else(|e| panic!("a real Redis at {url} (infra/up.sh --for tests): {e}"));
+        // Nothing of the schedule may expire while it is compared.
+        let century = 100 * 365 * 86_400;
+        Twin {
+            conn,
+            scripts: crate::sink::Scripts::default(),
+            target: crate::sink::Target {
+                keys: notiflow_schema::counters::Keys::new(prefix),
+                group: "sim".into(),
+                topic: "t".into(),
+                minute_retention_secs: century,
+                rollup_retention_secs: century,
+                dedup_window: WINDOW,
+                delta_stream_len: 100,
+            },
+            diffs: Vec::new(),
+        }
+    }
+
+    fn differs(&mut self, what: String) {
+        if self.diffs.len() < 5 {
+            self.diffs.push(what);
+        }
+    }
+
+    /// The real APPLY of `pending`, compared with the model's `reply`.
+    fn apply(&mut self, pending: &Pending, reply: &[String]) {
+        let call = self.scripts.prepare(&self.target, pending, 0);
+        let real = self
+            .scripts
+            .apply_raw_blocking(&mut self.conn, &call)
+            .unwrap_or_else(|e| panic!("APPLY: {e}"));
+        // The model has no stream: an `ok` names no entry id.
+        let same = match (reply.first(), real.first()) {
+            (Some(a), Some(b)) if a == "ok" && b == "ok" => true,
+            _ => real == reply,
+        };
+        if !same {
+            self.differs(format!("APPLY: model {reply:?}, Lua {real:?}"));
+        }
+    }
+
+    /// The real LOAD of `part`, compared with the model's `reply`: the
+    /// offset, the generation and each generation's fingerprints.
+    fn load(&mut self, part: i32, reply: &[Vec<u8>]) {
+        let real = self
+            .scripts
+            .load_raw_blocking(&mut self.conn, &self.target, part)
+            .unwrap_or_else(|e| panic!("LOAD: {e}"));
+        let sections = |r: &[Vec<u8>]| -> BTreeMap<Vec<u8>, Vec<u64>> {
+            r.get(3..)
+                .unwrap_or_default()
+                .chunks(2)
+                .map(|c| {
+                    let mut fps: Vec<u64> = c[1]
+                        .chunks_exact(8)
+                        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+                        .collect();
+                    fps.sort_unstable();
+                    (c[0].clone(), fps)
+                })
+                .filter(|(_, fps)| !fps.is_empty())
+                .collect()
+        };
+        let gens = |s: &BTreeMap<Vec<u8>, Vec<u64>>| -> Vec<String> {
+            s.keys()
+                .map(|g| String::from_utf8_lossy(g).into_owned())
+                .collect()
+        };
+        // (The model keeps no anchors: reply[2] is not compared.)
+        if real.get(..2) != reply.get(..2) || sections(&real) != sections(reply) {
+            let text = |r: &[Vec<u8>]| {
+                r.iter()
+                    .take(2)
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .collect::<Vec<_>>()
+            };
+            self.differs(format!(
+                "LOAD p{part}: model {:?} {:?}, Lua {:?} {:?}",
+                text(reply),
+                gens(&sections(reply)),
+                text(&real),
+                gens(&sections(&real))
+            ));
+        }
+    }
+
+    /// The hourly roll-ups Redis holds for `client` in UTC hour `h` (the
+    /// sum of every cell the scripts counted, minute buckets kept or not).
+    fn hour(&mut self, client: &str, h: i64) -> Vec<u64> {
+        let key = self.target.keys.hours(client, h * 60);
+        (0..SLOTS)
+            .map(|slot| {
+                let field = notiflow_schema::counters::hour_field(h * 60, slot);
+                redis::cmd("HGET")
+                    .arg(&key)
+                    .arg(field)
+                    .query::<Option<u64>>(&mut self.conn)
+                    .unwrap_or_else(|e| panic!("HGET: {e}"))
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
+    /// Deletes every key of the schedule.
+    fn clear(&mut self) {
+        let pattern = format!("{}:*", self.target.keys.prefix());
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(&pattern)
+            .query(&mut self.conn)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query(&mut self.conn);
+        }
+    }
 }
 
 impl Sim<'_> {
@@ -267,6 +407,9 @@ impl Sim<'_> {
     /// APPLY, and what a dashboard sees of it when it ran.
     fn redis_apply(&mut self, pending: &Pending) -> Vec<String> {
         let reply = self.redis.apply(pending);
+        if let Some(t) = &mut self.twin {
+            t.apply(pending, &reply);
+        }
         trace!(
             "  APPLY {:?} counted {} -> {:?}",
             pending
@@ -292,7 +435,11 @@ impl Sim<'_> {
 
     /// Loads `p` from Redis into member `m` and seeks there.
     fn reload(&mut self, m: usize, p: i32) {
-        let st = parse_load(&self.redis.load(p), WINDOW)
+        let reply = self.redis.load(p);
+        if let Some(t) = &mut self.twin {
+            t.load(p, &reply);
+        }
+        let st = parse_load(&reply, WINDOW)
             .unwrap_or_else(|e| panic!("{e}"))
             .reloaded(self.members[m].owned.get(&p));
         trace!(
@@ -493,6 +640,14 @@ impl Sim<'_> {
 
 /// Runs schedule `seed`; the first difference from the truth, if any.
 fn schedule(seed: u64) -> Result<(), String> {
+    schedule_with(seed, None)
+}
+
+/// [`schedule`], with the real scripts beside the model when `twin` is
+/// given (Redis then never loses writes: a real Redis cannot be put back
+/// to the model's snapshot).
+fn schedule_with(seed: u64, twin: Option<Twin>) -> Result<(), String> {
+    let twinned = twin.is_some();
     let mut rng = Rng(seed);
     let partitions = 1 + rng.below(4);
     let members = 1 + rng.below(3);
@@ -512,6 +667,7 @@ fn schedule(seed: u64) -> Result<(), String> {
         decoder: Decoder::new(SchemaRegistry::builtin()),
         faults: true,
         dashboard: HashMap::new(),
+        twin,
     };
     for p in 0..partitions {
         sim.reload(p % members, p as i32);
@@ -529,7 +685,7 @@ fn schedule(seed: u64) -> Result<(), String> {
             80..=86 if !off("rebalance") => sim.rebalance(),
             87..=89 if !off("crash") => sim.crash(),
             90..=95 => sim.snapshot = sim.redis.clone(),
-            96.. if !off("redis") => {
+            96.. if !off("redis") && !twinned => {
                 trace!(
                     "redis loses writes: offsets back to {:?}",
                     sim.snapshot.offsets
@@ -575,6 +731,32 @@ fn schedule(seed: u64) -> Result<(), String> {
             if n > 0 {
                 got.insert((client.clone(), *m, slot_name(slot)), n);
             }
+        }
+    }
+    if let Some(mut t) = sim.twin.take() {
+        let mut hours: BTreeMap<(String, i64), Vec<u64>> = BTreeMap::new();
+        for ((client, m), counts) in &sim.redis.cells {
+            let h = hours
+                .entry((client.clone(), m.div_euclid(60)))
+                .or_insert_with(|| vec![0; SLOTS]);
+            for (a, n) in h.iter_mut().zip(counts) {
+                *a += n;
+            }
+        }
+        for ((client, h), want) in &hours {
+            let real = t.hour(client, *h);
+            if &real != want {
+                t.differs(format!(
+                    "hour {h} of {client}: model {want:?}, Lua {real:?}"
+                ));
+            }
+        }
+        t.clear();
+        if !t.diffs.is_empty() {
+            return Err(format!(
+                "the model and the Lua scripts differ: {:?}",
+                t.diffs
+            ));
         }
     }
     if got != log.truth {
@@ -650,4 +832,29 @@ fn every_schedule_counts_each_event_exactly_once() {
         "{} (replay one: NOTIFLOW_SIM_SEED=<seed> cargo test -p notiflow-aggregator sim)",
         failed.join("\n")
     );
+}
+
+/// The model is pinned to the real scripts: schedules run with every
+/// APPLY and LOAD also sent to a real Redis (`REDIS_URL`), whose replies,
+/// stored state and roll-ups must be the model's. Fewer schedules than the
+/// model alone runs (each call is a round trip); replay one with
+/// `NOTIFLOW_SIM_SEED`.
+#[test]
+fn the_model_does_what_the_lua_scripts_do() {
+    let seeds: Vec<u64> = match std::env::var("NOTIFLOW_SIM_SEED") {
+        Ok(s) => vec![s.parse().expect("NOTIFLOW_SIM_SEED is a number")],
+        Err(_) => (1..=40).collect(),
+    };
+    let run = std::process::id();
+    let failed: Vec<String> = seeds
+        .iter()
+        .filter_map(|&s| {
+            let twin = Twin::open(&format!("nf-sim-{run}-{s}"));
+            schedule_with(s, Some(twin))
+                .err()
+                .map(|e| format!("seed {s}: {e}"))
+        })
+        .take(3)
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
 }

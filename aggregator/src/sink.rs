@@ -357,6 +357,28 @@ impl Scripts {
         Ok(from)
     }
 
+    /// The raw replies of a prepared APPLY and of LOAD, blocking: the
+    /// simulation checks its model of the scripts against them (`sim`).
+    #[cfg(test)]
+    pub(crate) fn apply_raw_blocking(
+        &self,
+        conn: &mut redis::Connection,
+        call: &Invocation<'_>,
+    ) -> redis::RedisResult<Vec<String>> {
+        call.inv.invoke(conn)
+    }
+
+    /// See [`Scripts::apply_raw_blocking`].
+    #[cfg(test)]
+    pub(crate) fn load_raw_blocking(
+        &self,
+        conn: &mut redis::Connection,
+        target: &Target,
+        p: i32,
+    ) -> redis::RedisResult<Vec<Vec<u8>>> {
+        self.load_call(target, p).invoke(conn)
+    }
+
     fn load_call(&self, t: &Target, p: i32) -> redis::ScriptInvocation<'_> {
         let dedup_prefix = t.keys.dedup(&t.group, &t.topic, p, 0);
         let dedup_prefix = &dedup_prefix[..dedup_prefix.len() - 1];

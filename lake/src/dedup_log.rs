@@ -22,7 +22,9 @@ use iceberg::table::Table;
 use notiflow_ingest::dedup::{Dedup, GENERATION_MICROS};
 
 use crate::error::LakeError;
-use crate::table::{DEDUP_MAX_GEN_PROP, DEDUP_PROP, committed_generations, committed_offsets};
+use crate::table::{
+    DEDUP_MAX_GEN_PROP, DEDUP_PROP, DEDUP_WHOLE_PROP, committed_generations, committed_offsets,
+};
 
 const MAGIC: &[u8; 4] = b"NFD1";
 
@@ -94,18 +96,17 @@ pub async fn restore(
         .iter()
         .map(|&p| (p, Dedup::new(window)))
         .collect();
-    let floor = partitions
+    let floors: BTreeMap<i32, u32> = partitions
         .iter()
-        .filter_map(|p| gens.get(p))
-        .map(|g| g.saturating_sub(window))
-        .min();
+        .filter_map(|p| Some((*p, gens.get(p)?.saturating_sub(window))))
+        .collect();
     // Partitions committed before generations were recorded: their files
     // are found by commit time, as they were then.
     let legacy = partitions
         .iter()
         .any(|p| offsets.contains_key(p) && !gens.contains_key(p));
     let io = table.file_io().clone();
-    let mut reads = futures::stream::iter(files_needed(md, floor, legacy, window))
+    let mut reads = futures::stream::iter(files_needed(md, topic, &floors, legacy, window))
         .map(move |path| read(io.clone(), path))
         .buffer_unordered(PARALLEL_READS);
     let (mut files, mut missing) = (0usize, Vec::new());
@@ -253,13 +254,58 @@ fn max_generation(s: &SnapshotRef) -> Option<u32> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Dedup files that may hold a generation `≥ floor`: those whose newest
-/// generation reaches it, wherever in the history they were committed (a
-/// writer outage of hours, a compaction or another writer's commit since
-/// change nothing). Files of snapshots from before generations were
-/// recorded are taken by commit time within the window (plus an hour) of
-/// the newest of them, when `legacy` partitions need them.
-fn files_needed(md: &TableMetadata, floor: Option<u32>, legacy: bool, window: u32) -> Vec<String> {
+/// Whether a caught-up partition's whole window should be checkpointed
+/// now ([`crate::round::Round::checkpoint`]): when what a restore of it
+/// would read reaches back further than halfway from the window to the
+/// snapshot expiry age. `now_generation` is the writer's clock's hour;
+/// `newest` the partition's newest generation; `last` the generation at
+/// which this writer last checkpointed it, if it did. A busy partition
+/// reaches back one window and is never due (expiry exceeds the window,
+/// validated); a quiet one is due once every half of the slack, so snapshot
+/// expiry is never pinned by it for longer than that. Only ever a trigger:
+/// what a checkpoint holds depends on the log alone.
+pub fn checkpoint_due(
+    now_generation: u32,
+    newest: u32,
+    last: Option<u32>,
+    window: u32,
+    expire_after_hours: u32,
+) -> bool {
+    if newest == 0 {
+        return false; // nothing seen: no window to keep
+    }
+    let reach = newest.saturating_sub(window).max(last.unwrap_or(0));
+    let slack = expire_after_hours.saturating_sub(window);
+    now_generation.saturating_sub(reach) > window + slack / 2
+}
+
+/// The partitions of `topic` whose whole window snapshot `s`'s dedup file
+/// holds (`DEDUP_WHOLE_PROP`).
+fn whole_partitions(s: &SnapshotRef, topic: &str) -> Vec<i32> {
+    s.summary()
+        .additional_properties
+        .get(DEDUP_WHOLE_PROP)
+        .and_then(|v| serde_json::from_str::<BTreeMap<String, Vec<i32>>>(v).ok())
+        .and_then(|mut m| m.remove(topic))
+        .unwrap_or_default()
+}
+
+/// The snapshots, newest first, whose dedup files `topic`'s partitions
+/// with window floors `floors` need: a file whose newest generation
+/// reaches the lowest floor still open, wherever in the history it was
+/// committed (a writer outage of hours, a compaction or another writer's
+/// commit since change nothing). A partition is closed by its newest
+/// checkpoint (the file holds its whole window): nothing older is read for
+/// it. Files of snapshots from before generations were recorded are taken
+/// by commit time within the window (plus an hour) of the newest of them,
+/// when `legacy` partitions need them.
+fn snapshots_needed<'a>(
+    md: &'a TableMetadata,
+    topic: &str,
+    floors: &BTreeMap<i32, u32>,
+    legacy: bool,
+    window: u32,
+) -> Vec<&'a SnapshotRef> {
     let span_ms = i64::from(window + 1) * GENERATION_MICROS / 1000;
     let legacy_cutoff = ancestry(md)
         .find(|s| {
@@ -267,44 +313,103 @@ fn files_needed(md: &TableMetadata, floor: Option<u32>, legacy: bool, window: u3
                 && s.summary().additional_properties.contains_key(DEDUP_PROP)
         })
         .map(|s| s.timestamp_ms() - span_ms);
-    ancestry(md)
-        .filter_map(|s| {
-            let path = s.summary().additional_properties.get(DEDUP_PROP)?;
-            let wanted = match max_generation(s) {
-                Some(g) => floor.is_some_and(|f| g >= f),
-                None => {
-                    (legacy || floor.is_some())
-                        && legacy_cutoff.is_some_and(|c| s.timestamp_ms() >= c)
-                }
-            };
-            wanted.then(|| path.clone())
-        })
+    let mut open = floors.clone();
+    let mut out = Vec::new();
+    for s in ancestry(md) {
+        if open.is_empty() && !legacy {
+            break;
+        }
+        let floor = open.values().min().copied();
+        let whole = whole_partitions(s, topic);
+        let closes = whole.iter().any(|p| open.contains_key(p));
+        if s.summary().additional_properties.contains_key(DEDUP_PROP) {
+            let wanted = closes
+                || match max_generation(s) {
+                    Some(g) => floor.is_some_and(|f| g >= f),
+                    None => {
+                        (legacy || floor.is_some())
+                            && legacy_cutoff.is_some_and(|c| s.timestamp_ms() >= c)
+                    }
+                };
+            if wanted {
+                out.push(s);
+            }
+        } else if closes {
+            // A checkpoint of partitions with nothing left in their window.
+            out.push(s);
+        }
+        for p in whole {
+            open.remove(&p);
+        }
+    }
+    out
+}
+
+/// The dedup files of [`snapshots_needed`].
+fn files_needed(
+    md: &TableMetadata,
+    topic: &str,
+    floors: &BTreeMap<i32, u32>,
+    legacy: bool,
+    window: u32,
+) -> Vec<String> {
+    snapshots_needed(md, topic, floors, legacy, window)
+        .into_iter()
+        .filter_map(|s| s.summary().additional_properties.get(DEDUP_PROP).cloned())
         .collect()
 }
 
 /// Commit time (ms) of the oldest snapshot whose dedup file some
 /// partition's window still needs (any topic): snapshot expiry keeps it
 /// and everything after, so a writer away for longer than the expiry age
-/// still finds its window.
+/// still finds its window. A partition's newest checkpoint bounds what it
+/// needs, so a partition gone quiet pins nothing older than that.
 pub fn oldest_needed_ms(md: &TableMetadata, window: u32) -> Result<Option<i64>, LakeError> {
-    let floor = committed_generations(md)?
-        .values()
-        .flat_map(|parts| parts.values())
-        .map(|g| g.saturating_sub(window))
-        .min();
-    let Some(floor) = floor else {
-        return Ok(None);
-    };
-    Ok(ancestry(md)
-        .filter(|s| max_generation(s).is_some_and(|g| g >= floor))
-        .map(|s| s.timestamp_ms())
-        .min())
+    let mut oldest: Option<i64> = None;
+    for (topic, parts) in committed_generations(md)? {
+        let floors: BTreeMap<i32, u32> = parts
+            .iter()
+            .map(|(p, g)| (*p, g.saturating_sub(window)))
+            .collect();
+        // Files from before generations were recorded never pinned expiry.
+        let needed = snapshots_needed(md, &topic, &floors, false, window)
+            .into_iter()
+            .filter(|s| {
+                max_generation(s).is_some()
+                    || !s.summary().additional_properties.contains_key(DEDUP_PROP)
+            })
+            .map(|s| s.timestamp_ms())
+            .min();
+        oldest = match (oldest, needed) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(oldest)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use notiflow_ingest::dedup::pack;
+
+    #[test]
+    fn a_quiet_partition_is_checkpointed_before_it_pins_expiry() {
+        // Window 24 h, expiry 168 h: due when the reach is over 24 + 72 h old.
+        let due = |now, newest, last| checkpoint_due(now, newest, last, 24, 168);
+        assert!(!due(1000, 1000, None), "busy: reaches back one window");
+        assert!(!due(1000, 1000 - 72, None), "quiet 72 h: reaches back 96 h");
+        assert!(due(1000, 1000 - 73, None), "quiet 73 h: 97 h");
+        assert!(
+            !due(1000, 1000 - 500, Some(1000 - 96)),
+            "checkpointed 96 h ago"
+        );
+        assert!(
+            due(1000, 1000 - 500, Some(1000 - 97)),
+            "checkpointed 97 h ago"
+        );
+        assert!(!due(1000, 0, None), "nothing seen yet: no window");
+    }
 
     #[test]
     fn files_round_trip() {

@@ -21,10 +21,10 @@ use crate::error::LakeError;
 use crate::files::{FileOptions, RoundFiles};
 use crate::rows::{Origin, RowBuffer};
 use crate::table::{
-    ANCHORS_PROP, Change, DEDUP_MAX_GEN_PROP, DEDUP_PROP, GENERATIONS_PROP, Lake, OFFSETS_PROP,
-    PARTITIONS_PROP, RETIRED_PROP, WATERMARKS_PROP, committed_anchors, committed_generations,
-    committed_offsets, committed_partition_counts, committed_watermarks, new_snapshot_id,
-    retired_topics, stage, to_json,
+    ANCHORS_PROP, Change, DEDUP_MAX_GEN_PROP, DEDUP_PROP, DEDUP_WHOLE_PROP, GENERATIONS_PROP, Lake,
+    OFFSETS_PROP, PARTITIONS_PROP, RETIRED_PROP, WATERMARKS_PROP, committed_anchors,
+    committed_generations, committed_offsets, committed_partition_counts, committed_watermarks,
+    new_snapshot_id, retired_topics, stage, to_json,
 };
 
 /// What a writer knows of a partition it owns.
@@ -99,6 +99,8 @@ pub struct Round {
     /// with the round (`table::PARTITIONS_PROP`).
     pub partitions: Option<i32>,
     fps: Fingerprints,
+    /// Partitions whose whole window the round's dedup file holds.
+    whole: Vec<i32>,
     /// When the round's first record arrived.
     pub started: Option<Instant>,
     /// Rows in the round.
@@ -146,6 +148,7 @@ impl Round {
             watermarks: BTreeMap::new(),
             partitions: None,
             fps: Fingerprints::new(),
+            whole: Vec::new(),
             started: None,
             rows: 0,
             opts: FileOptions::from(cfg),
@@ -156,6 +159,11 @@ impl Round {
     /// True when no record was taken (nothing to commit).
     pub fn is_empty(&self) -> bool {
         self.next.is_empty()
+    }
+
+    /// Partitions checkpointed in this round ([`Round::checkpoint`]).
+    pub fn checkpointed(&self) -> &[i32] {
+        &self.whole
     }
 
     /// How often this round closed its open files to open another day's
@@ -284,6 +292,23 @@ impl Round {
         note_mark(&mut self.watermarks, p, watermark_ms);
     }
 
+    /// Writes partition `p`'s whole dedup window (`dedup`, as of the round)
+    /// into the round's dedup file and marks the snapshot as holding all of
+    /// it (`table::DEDUP_WHOLE_PROP`): from then on neither a restore nor
+    /// snapshot expiry looks further back for `p`. The partition joins the
+    /// round's fence at `committed`, as a heartbeat does, so a checkpoint
+    /// of a partition another writer moved on is never committed.
+    pub fn checkpoint(&mut self, p: i32, committed: Option<i64>, dedup: &Dedup) {
+        self.expected.entry(p).or_insert(committed);
+        self.next.entry(p).or_insert(committed.unwrap_or(0));
+        for (fp, g) in dedup.live() {
+            pack(fp, self.fps.entry((p, g)).or_default());
+        }
+        if !self.whole.contains(&p) {
+            self.whole.push(p);
+        }
+    }
+
     /// Encodes the buffered rows into the round's open data files.
     pub async fn flush(&mut self, table: &Table) -> Result<(), LakeError> {
         if self.buffer.is_empty() {
@@ -337,6 +362,12 @@ impl Round {
             change
                 .properties
                 .insert(DEDUP_MAX_GEN_PROP.into(), newest.to_string());
+        }
+        if !self.whole.is_empty() {
+            let whole = BTreeMap::from([(topic.to_string(), self.whole.clone())]);
+            change
+                .properties
+                .insert(DEDUP_WHOLE_PROP.into(), to_json(&whole)?);
         }
         loop {
             let table = lake.load().await?;

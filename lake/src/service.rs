@@ -166,6 +166,9 @@ struct Writer<'a> {
     /// The topic's partition count (broker metadata), looked up at start
     /// and on each heartbeat, recorded with every commit.
     partitions: Option<i32>,
+    /// The generation at which this writer last checkpointed each
+    /// partition's whole dedup window (`dedup_log::checkpoint_due`).
+    checkpoints: HashMap<i32, u32>,
 }
 
 /// How far behind the writer's clock a heartbeat puts a caught-up
@@ -220,6 +223,7 @@ pub async fn run(
         rounds: 0,
         last_commit: Instant::now(),
         partitions: partition_count(kafka, &kafka.topic).await,
+        checkpoints: HashMap::new(),
     };
     let watermark_every = Duration::from_millis(cfg.watermark_interval_ms);
     let interval = Duration::from_millis(cfg.commit_interval_ms);
@@ -439,27 +443,38 @@ impl Writer<'_> {
     /// watermark at about now: a busy writer's commits carry its idle
     /// partitions along, so they do not hold billing back.
     fn beat_idle(&mut self, handoff: &notiflow_ingest::rebalance::Handoff<PartState>) {
-        let mark = notiflow_ingest::source::now_micros() / 1000 - HEARTBEAT_MARGIN_MS;
+        let now = notiflow_ingest::source::now_micros();
+        let mark = now / 1000 - HEARTBEAT_MARGIN_MS;
+        let now_gen = notiflow_ingest::dedup::generation(now);
         for (&p, st) in &self.owned {
             if self.round.next.contains_key(&p) {
                 continue;
             }
             let high = handoff.high(p);
-            match st.committed {
+            let beat = match st.committed {
                 // An empty log: nothing in it can be missed.
-                None if st.cursor.next().is_none() && high == Some(0) => {
-                    self.round.heartbeat(p, None, mark);
-                }
-                Some(0) if high == Some(0) && st.cursor.next().is_none_or(|n| n == 0) => {
-                    self.round.heartbeat(p, Some(0), mark);
-                }
+                None if st.cursor.next().is_none() && high == Some(0) => None,
+                Some(0) if high == Some(0) && st.cursor.next().is_none_or(|n| n == 0) => Some(0),
                 // Only a log proven to be the offset's own is read whole.
                 Some(c)
                     if st.cursor.checked() && st.cursor.next() == Some(c) && high == Some(c) =>
                 {
-                    self.round.heartbeat(p, Some(c), mark);
+                    Some(c)
                 }
-                _ => {}
+                _ => continue,
+            };
+            self.round.heartbeat(p, beat, mark);
+            // A quiet partition's window would pin snapshot expiry at its
+            // last events for ever: its whole window is written again now
+            // and then (issue 30, hole 6).
+            if crate::dedup_log::checkpoint_due(
+                now_gen,
+                st.dedup.newest(),
+                self.checkpoints.get(&p).copied(),
+                self.cfg.dedup_window_hours,
+                self.cfg.maintenance.expire_after_hours,
+            ) {
+                self.round.checkpoint(p, beat, &st.dedup);
             }
         }
     }
@@ -479,6 +494,10 @@ impl Writer<'_> {
         self.stats.commits += 1;
         self.metrics.rows.inc_by(rows);
         self.metrics.commits.with_label_values(&["committed"]).inc();
+        let now_gen = notiflow_ingest::dedup::generation(notiflow_ingest::source::now_micros());
+        for &p in self.round.checkpointed() {
+            self.checkpoints.insert(p, now_gen);
+        }
         let mut tpl = TopicPartitionList::new();
         for (&p, &next) in &self.round.next {
             if let Some(st) = self.owned.get_mut(&p) {

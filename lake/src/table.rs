@@ -51,6 +51,14 @@ pub const GENERATIONS_PROP: &str = "notiflow.generations";
 /// in that file (a restore skips files wholly older than the window).
 pub const DEDUP_MAX_GEN_PROP: &str = "notiflow.dedup-max-generation";
 
+/// Summary property of a snapshot (not carried): `{"<topic>": [<partition>, …]}`,
+/// the partitions whose *whole* dedup window the snapshot's dedup file
+/// holds (a checkpoint, `round::Round::checkpoint`). A restore of such a
+/// partition reads no older file, and snapshot expiry keeps nothing older
+/// for it: a partition gone quiet would otherwise pin every snapshot since
+/// its last event.
+pub const DEDUP_WHOLE_PROP: &str = "notiflow.dedup-whole";
+
 /// Summary property: `{"<topic>": {"<partition>": "<anchor, 16 hex>"}}`,
 /// written and carried with the offsets: the fingerprint of the last record
 /// taken before each partition's next offset (`ingest::cursor`), so a

@@ -714,12 +714,22 @@ pub(crate) fn faketime(offset: &'static str) -> [(&'static str, &'static str); 3
 
 /// Produces `n` valid sent events stamped now on `partition`.
 fn produce_on(kafka: &KafkaConfig, partition: i32, n: usize, tag: &str) {
+    produce_on_at(
+        kafka,
+        partition,
+        n,
+        tag,
+        notiflow_ingest::source::now_micros(),
+    );
+}
+
+/// [`produce_on`], the events and their record timestamps at `now` (micros).
+fn produce_on_at(kafka: &KafkaConfig, partition: i32, n: usize, tag: &str, now: i64) {
     use notiflow_schema::{Category, Country, Event, Status};
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let p: BaseProducer = notiflow_ingest::kafka::client_config(kafka)
         .create()
         .unwrap();
-    let now = notiflow_ingest::source::now_micros();
     for i in 0..n {
         let message_id = format!("wamid.{tag}.{partition}.{i}.{now}");
         let ev = Event {
@@ -740,7 +750,8 @@ fn produce_on(kafka: &KafkaConfig, partition: i32, n: usize, tag: &str) {
         let rec: BaseRecord<'_, str, [u8]> = BaseRecord::to(&kafka.topic)
             .partition(partition)
             .key(message_id.as_str())
-            .payload(value.as_slice());
+            .payload(value.as_slice())
+            .timestamp(now / 1000);
         p.send(rec).map_err(|(e, _)| e).unwrap();
     }
     p.flush(Duration::from_secs(30)).unwrap();
@@ -765,6 +776,10 @@ fn a_busy_writer_moves_its_idle_partitions_watermarks_and_counts_every_partition
     }
     let stats = || -> Value { serde_json::from_str(&s.lake("stats", &[])).unwrap() };
     let mark = |v: &Value, p: i32| v["watermarks"][&s.kafka.topic][p.to_string()].as_i64();
+    // Partition 2's last events are five days old: its dedup window would
+    // pin snapshot expiry there (issue 30, hole 6).
+    let five_days_ago = notiflow_ingest::source::now_micros() - 5 * 86_400_000_000;
+    produce_on_at(&s.kafka, 2, 5, "old", five_days_ago);
     // Partition 1 gets records, then goes quiet.
     produce_on(&s.kafka, 1, 10, "quiet");
     let give_up = Instant::now() + Duration::from_secs(60);
@@ -810,4 +825,44 @@ fn a_busy_writer_moves_its_idle_partitions_watermarks_and_counts_every_partition
     let held = &busy["complete_until"];
     assert!(held["until_ms"].is_i64(), "{held}");
     assert!(sigterm_and_wait(&mut w).success(), "{}", s.log(0));
+    // The writer checkpointed partition 2's whole window (its restore, and
+    // expiry, look no further back), and only it: partition 1's window
+    // reaches back minutes, not days.
+    let whole = checkpointed(Path::new(&s.warehouse), &s.kafka.topic);
+    assert!(
+        whole.contains(&2),
+        "partition 2 never checkpointed: {whole:?}"
+    );
+    assert!(!whole.contains(&1) && !whole.contains(&0), "{whole:?}");
+}
+
+/// The partitions of `topic` that any snapshot of the table under the
+/// local `warehouse` checkpointed (`notiflow.dedup-whole`), read from its
+/// newest metadata file.
+fn checkpointed(warehouse: &Path, topic: &str) -> std::collections::BTreeSet<i32> {
+    fn metadata_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                metadata_files(&path, out);
+            } else if path.to_string_lossy().ends_with(".metadata.json") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    metadata_files(warehouse, &mut files);
+    let newest = files
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .expect("a metadata file");
+    let md: Value = serde_json::from_slice(&std::fs::read(newest).unwrap()).unwrap();
+    let mut out = std::collections::BTreeSet::new();
+    for snap in md["snapshots"].as_array().into_iter().flatten() {
+        if let Some(v) = snap["summary"]["notiflow.dedup-whole"].as_str() {
+            let m: BTreeMap<String, Vec<i32>> = serde_json::from_str(v).unwrap();
+            out.extend(m.get(topic).into_iter().flatten());
+        }
+    }
+    out
 }

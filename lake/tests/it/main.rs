@@ -770,3 +770,105 @@ async fn a_retired_topic_no_longer_holds_snapshots_back() {
     maintenance::compact(&lake, &cfg).await.unwrap();
     assert_eq!(held(&lake.load().await.unwrap()), "t");
 }
+
+/// Issue 30, hole 6: snapshot expiry keeps every snapshot from the oldest
+/// one a partition's dedup window reaches, and a partition gone quiet
+/// reaches back to its last events for ever: one quiet partition kept
+/// every later snapshot (and every file compacted away since). A writer
+/// checkpoints a quiet partition's whole window now and then; expiry then
+/// keeps nothing older for it, and a restore still finds all of it.
+#[tokio::test]
+async fn a_quiet_partition_does_not_pin_snapshot_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cfg(dir.path());
+    let lake = Lake::open(&cfg).await.unwrap();
+    // Ten days of traffic; partition 3 falls quiet after its first two hours.
+    let ten_days = 10 * 86_400_000_000i64;
+    let all = records_over(10_000, 11, ten_days, 10_000.0 / (10.0 * 86_400.0));
+    let quiet_until = all[0].timestamp + 2 * 3_600_000_000;
+    let recs: Vec<OwnedRecord> = all
+        .into_iter()
+        .filter(|r| r.partition != 3 || r.timestamp < quiet_until)
+        .collect();
+    let quiet: Vec<&OwnedRecord> = recs.iter().filter(|r| r.partition == 3).collect();
+    assert!(quiet.len() > 10, "{}", quiet.len());
+    let mut w = Writer::new();
+    let mut rounds = Vec::new();
+    for chunk in recs.chunks(1000) {
+        w.commit(&lake, &cfg, chunk).await;
+        let t = lake.load().await.unwrap();
+        rounds.push(t.metadata().current_snapshot().unwrap().snapshot_id());
+    }
+    let kept = |t: &iceberg::table::Table, id: i64| t.metadata().snapshot_by_id(id).is_some();
+    let later = SystemTime::now() + Duration::from_secs(10 * 86_400);
+    maintenance::expire(&lake, &cfg, later).await.unwrap();
+    assert!(
+        kept(&lake.load().await.unwrap(), rounds[0]),
+        "the quiet partition pinned nothing: the test shows nothing"
+    );
+
+    // The writer's next commit carries partition 3's whole window.
+    let (mut round, files) = w.round(&lake, &cfg, &[]).await;
+    let st = &w.owned[&3];
+    round.checkpoint(3, st.committed, &st.dedup);
+    let table = lake.load().await.unwrap();
+    let out = round
+        .commit(&lake, "t", &table, files, || {})
+        .await
+        .unwrap();
+    assert!(matches!(out, Outcome::Committed { .. }), "{out:?}");
+    let checkpoint = lake
+        .load()
+        .await
+        .unwrap()
+        .metadata()
+        .current_snapshot()
+        .unwrap()
+        .snapshot_id();
+
+    maintenance::expire(&lake, &cfg, later).await.unwrap();
+    maintenance::remove_orphans(&lake, &cfg, later)
+        .await
+        .unwrap();
+    let t = lake.load().await.unwrap();
+    assert!(
+        !kept(&t, rounds[0]),
+        "the quiet partition still pins the first round"
+    );
+    assert!(kept(&t, checkpoint), "the checkpoint");
+    // Busy partitions' windows (the last day) still hold their rounds.
+    assert!(kept(&t, rounds[rounds.len() - 1]));
+
+    // A writer taking over remembers, for the quiet partition, every event
+    // it ever had (all inside its window: its newest generation never
+    // moved past its two hours), and for the others what the writer held.
+    let restored = restore_all(&t).await;
+    let mut decoder = Decoder::new(SchemaRegistry::builtin());
+    let views: Vec<RecordView<'_>> = quiet.iter().map(|r| r.view()).collect();
+    decoder.prepare(&views).await.unwrap();
+    let mut want: Vec<u64> = views
+        .iter()
+        .filter_map(|v| decoder.decode(v).ok())
+        .map(|e| notiflow_ingest::dedup::fingerprint(&e.event_id))
+        .collect();
+    want.sort_unstable();
+    want.dedup();
+    let live = |d: &Dedup| {
+        let mut v: Vec<u64> = d.live().map(|(fp, _)| fp).collect();
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(live(&restored[&3]), want, "partition 3 after expiry");
+    for p in 0..PARTITIONS {
+        assert_eq!(
+            live(&restored[&p]),
+            live(&w.owned[&p].dedup),
+            "partition {p}"
+        );
+        assert_eq!(
+            restored[&p].newest(),
+            w.owned[&p].dedup.newest(),
+            "partition {p}"
+        );
+    }
+}
