@@ -106,6 +106,8 @@ impl From<notiflow_reports::ReportError> for ApiError {
     fn from(e: notiflow_reports::ReportError) -> Self {
         if e.is_input() {
             ApiError::BadRequest(e.to_string())
+        } else if e.is_issued() {
+            ApiError::Conflict(e.to_string())
         } else {
             ApiError::Internal(e.to_string())
         }

@@ -24,6 +24,11 @@ pub enum ReportAction {
         /// Billing day, YYYY-MM-DD, in the billing time zone.
         #[arg(long)]
         date: String,
+        /// Correct the issued invoice of the day: a file of its own with
+        /// the difference between the day read now (or from --snapshot)
+        /// and the day as its invoice or last correction read it.
+        #[arg(long)]
+        correction: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -182,7 +187,11 @@ pub async fn command(action: ReportAction, cfg: &Config) -> anyhow::Result<()> {
         .context("opening the reports")?;
     let started = Instant::now();
     let manifest = match action {
-        ReportAction::Billing { date, common } => {
+        ReportAction::Billing {
+            date,
+            correction,
+            common,
+        } => {
             let day = date
                 .parse()
                 .map_err(|_| anyhow::anyhow!("--date '{date}' is not YYYY-MM-DD"))?;
@@ -191,6 +200,7 @@ pub async fn command(action: ReportAction, cfg: &Config) -> anyhow::Result<()> {
                 engine: common.engine()?,
                 formats: common.formats()?,
                 snapshot_id: common.snapshot,
+                correction,
             };
             let pb = spinner(
                 common.quiet,

@@ -163,6 +163,7 @@ async fn billing(engine: EngineKind, cfg: &ReportsConfig, lake: &LakeConfig) {
                 engine: Some(engine),
                 formats: vec![Format::Csv, Format::Parquet],
                 snapshot_id: None,
+                correction: false,
             },
             notiflow_ingest::source::now_micros(),
         )

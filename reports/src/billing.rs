@@ -146,6 +146,44 @@ pub struct Count {
     pub messages: u64,
 }
 
+/// A change of a day's billed messages per client × category × country:
+/// a correction's item (negative when fewer are billed than were issued).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Delta {
+    /// Tenant.
+    pub client_id: String,
+    /// Pricing category.
+    pub category: String,
+    /// Market.
+    pub country: String,
+    /// Messages more (or fewer) than issued.
+    pub messages: i64,
+}
+
+/// `now − before`, cell by cell (both sorted or not), the cells that
+/// changed only, sorted.
+pub fn difference(now: &[Count], before: &[Count]) -> Vec<Delta> {
+    use std::collections::BTreeMap;
+    let mut cells: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
+    for (sign, counts) in [(1i64, now), (-1, before)] {
+        for c in counts {
+            *cells
+                .entry((&c.client_id, &c.category, &c.country))
+                .or_default() += sign * c.messages as i64;
+        }
+    }
+    cells
+        .into_iter()
+        .filter(|(_, n)| *n != 0)
+        .map(|((client, category, country), messages)| Delta {
+            client_id: client.to_string(),
+            category: category.to_string(),
+            country: country.to_string(),
+            messages,
+        })
+        .collect()
+}
+
 /// One line of the billing report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {
@@ -155,8 +193,8 @@ pub struct Line {
     pub category: Option<String>,
     /// Country (None on the client's total line).
     pub country: Option<String>,
-    /// Billable messages.
-    pub messages: u64,
+    /// Billable messages (a correction's may be negative).
+    pub messages: i64,
     /// Unit price (None on the total line).
     pub unit_price_micros: Option<i64>,
     /// Amount, micros.
@@ -167,28 +205,48 @@ pub struct Line {
 /// count and a total line after each client's items. A missing price is an
 /// error.
 pub fn price(counts: &[Count], card: &RateCard, day: NaiveDate) -> Result<Vec<Line>, ReportError> {
+    let deltas: Vec<Delta> = counts
+        .iter()
+        .map(|c| {
+            Ok(Delta {
+                client_id: c.client_id.clone(),
+                category: c.category.clone(),
+                country: c.country.clone(),
+                messages: i64::try_from(c.messages)
+                    .map_err(|_| ReportError::Other("message count overflows".into()))?,
+            })
+        })
+        .collect::<Result<_, ReportError>>()?;
+    price_deltas(&deltas, card, day)
+}
+
+/// [`price`] of a correction's deltas (sorted by client).
+pub fn price_deltas(
+    counts: &[Delta],
+    card: &RateCard,
+    day: NaiveDate,
+) -> Result<Vec<Line>, ReportError> {
     let mut out = Vec::with_capacity(counts.len() + counts.len() / 2);
     let mut i = 0;
     while i < counts.len() {
         let client = &counts[i].client_id;
-        let (mut messages, mut amount) = (0u64, 0i64);
+        let (mut messages, mut amount) = (0i64, 0i64);
         while i < counts.len() && &counts[i].client_id == client {
             let c = &counts[i];
             let unit = card.price(&c.category, &c.country, day)?;
-            let n = i64::try_from(c.messages)
-                .map_err(|_| ReportError::Other("message count overflows".into()))?;
+            let n = c.messages;
             let amt = unit.checked_mul(n).ok_or_else(|| {
                 ReportError::Other(format!("amount overflows for {client} × {}", c.category))
             })?;
             amount = amount
                 .checked_add(amt)
                 .ok_or_else(|| ReportError::Other(format!("total overflows for {client}")))?;
-            messages += c.messages;
+            messages += n;
             out.push(Line {
                 client_id: client.clone(),
                 category: Some(c.category.clone()),
                 country: Some(c.country.clone()),
-                messages: c.messages,
+                messages: n,
                 unit_price_micros: Some(unit),
                 amount_micros: amt,
             });
@@ -248,7 +306,7 @@ pub fn to_batch(
         });
         b_cat.append_option(l.category.as_deref());
         b_country.append_option(l.country.as_deref());
-        b_msgs.append_value(l.messages as i64);
+        b_msgs.append_value(l.messages);
         b_unit.append_option(l.unit_price_micros);
         b_amount.append_value(l.amount_micros);
         b_cur.append_value(currency);

@@ -54,6 +54,11 @@ pub enum ReportError {
     /// grace). Not a failure: the slot waits and is tried again.
     #[error("waiting for data: {0}")]
     WaitingForData(String),
+    /// The billing day is issued already and this run would not reproduce
+    /// its invoice (`invoices`): nothing is published. A conflict, not a
+    /// failure: retrying cannot change it.
+    #[error("{0}")]
+    Issued(String),
     /// Anything else, with what was being done.
     #[error("{0}")]
     Other(String),
@@ -63,6 +68,11 @@ impl ReportError {
     /// A caller's mistake (answer 400, do not retry).
     pub fn is_input(&self) -> bool {
         matches!(self, ReportError::Input(_) | ReportError::RateCard(_))
+    }
+
+    /// The billing day's invoice is issued and this run would change it.
+    pub fn is_issued(&self) -> bool {
+        matches!(self, ReportError::Issued(_))
     }
 
     /// The data the report needs is not complete in the lake yet.

@@ -7,6 +7,7 @@
 //! - [`output`]: files and manifests in object storage;
 //! - [`report`]: one report run end to end;
 //! - [`ledger`] and [`schedule`]: recorded runs and the cron scheduler;
+//! - [`invoices`]: one invoice per billing day;
 //! - [`metrics`]: run durations and job freshness for Prometheus.
 
 pub mod billing;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod detail;
 pub mod engine;
 pub mod error;
+pub mod invoices;
 pub mod ledger;
 pub mod metrics;
 pub mod output;

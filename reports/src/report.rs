@@ -18,6 +18,7 @@ use crate::config::{EngineKind, Format, ReportsConfig};
 use crate::detail::{self, DetailQuery};
 use crate::engine::{self, Limits, Source};
 use crate::error::ReportError;
+use crate::invoices::{self, Invoice, Invoices};
 use crate::metrics::Metrics;
 use crate::output::{FileSink, Manifest, Output, run_dir};
 use crate::ratecard::RateCard;
@@ -36,6 +37,10 @@ pub struct BillingRequest {
     pub formats: Vec<Format>,
     /// Snapshot to read (None: the current one).
     pub snapshot_id: Option<i64>,
+    /// A correction of the issued day (`invoices`): the difference between
+    /// the day read from this snapshot and the day as its invoice (or last
+    /// correction) read it, in a file and manifest of its own.
+    pub correction: bool,
 }
 
 /// A detailed report to run.
@@ -62,6 +67,7 @@ pub struct Reports {
     out: Output,
     card: RateCard,
     tz: Tz,
+    invoices: Invoices,
     metrics: Option<Metrics>,
 }
 
@@ -105,8 +111,10 @@ impl Reports {
         let card = RateCard::configured(&cfg.rate_card)?;
         let lake = Lake::open(lake_cfg).await?;
         let out = Output::open(&cfg.output, &lake_cfg.s3)?;
+        let invoices = Invoices::open(&lake_cfg.catalog_uri).await?;
         Ok(Reports {
             tz: cfg.tz()?,
+            invoices,
             cfg: cfg.clone(),
             lake_cfg: lake_cfg.clone(),
             lake,
@@ -207,17 +215,69 @@ impl Reports {
         w.check_complete(now)?;
         let engine = req.engine.unwrap_or(self.cfg.engine);
         let src = Source::pin(&self.lake, &self.lake_cfg.s3, req.snapshot_id).await?;
-        if req.snapshot_id.is_none() {
+        let date = req.day.to_string();
+        // One invoice per day: an issued day is only ever reproduced, or
+        // corrected when asked for.
+        let issued = self.invoices.issued(&date).await?;
+        let card = &self.card.sha256;
+        let corrects = if req.correction {
+            let Some(last) = issued.last() else {
+                return Err(ReportError::input(format!(
+                    "billing day {date} has no invoice to correct: bill it first"
+                )));
+            };
+            if &last.rate_card_sha256 != card {
+                return Err(ReportError::input(format!(
+                    "the rate card changed since billing day {date} was issued (sha256 {} then, \
+                     {card} now): a correction corrects counts at the invoice's prices",
+                    last.rate_card_sha256
+                )));
+            }
+            Some(last.clone())
+        } else {
+            if let Some(first) = issued.first()
+                && !first.reproduced_by(src.snapshot_id, card)
+            {
+                return Err(invoices::refusal(first));
+            }
+            None
+        };
+        if (issued.is_empty() || corrects.is_some()) && req.snapshot_id.is_none() {
             self.check_complete(&src, &w)?;
         }
         let free = billing::free_spans(&self.card, self.tz)?;
-        let counts = engine::billing_counts(engine, &src, &w, &free, self.billing_limits()).await?;
-        let lines = billing::price(&counts, &self.card, req.day)?;
+        let limits = self.billing_limits();
+        let counts = engine::billing_counts(engine, &src, &w, &free, limits).await?;
+        let lines = match &corrects {
+            None => billing::price(&counts, &self.card, req.day)?,
+            Some(last) => {
+                let then =
+                    Source::pin(&self.lake, &self.lake_cfg.s3, Some(last.lake_snapshot_id)).await?;
+                let before = engine::billing_counts(engine, &then, &w, &free, limits).await?;
+                let deltas = billing::difference(&counts, &before);
+                if deltas.is_empty() {
+                    return Err(ReportError::input(format!(
+                        "nothing to correct: the lake bills day {date} as run {} did (snapshot {})",
+                        last.run, last.lake_snapshot_id
+                    )));
+                }
+                billing::price_deltas(&deltas, &self.card, req.day)?
+            }
+        };
         let batch = billing::to_batch(req.day, &lines, &self.card.currency)?;
         let schema = billing::schema();
-        let date = req.day.to_string();
         let dir = run_dir("billing", &date);
-        let name = format!("billing-{date}");
+        // What this run registers if it publishes: the day's invoice, or
+        // the next correction of it.
+        let seq = match (&corrects, issued.is_empty()) {
+            (Some(last), _) => Some(last.seq + 1),
+            (None, true) => Some(0),
+            (None, false) => None, // a reproduction registers nothing
+        };
+        let name = match (&corrects, seq) {
+            (Some(_), Some(n)) => format!("billing-{date}-correction-{n}"),
+            _ => format!("billing-{date}"),
+        };
         let run = dir
             .trim_end_matches('/')
             .rsplit('/')
@@ -243,18 +303,54 @@ impl Reports {
                     let keep_ms = i64::from(self.cfg.dispute_days) * 86_400_000;
                     tag_snapshot(&self.lake, tag, id, keep_ms).await?;
                 }
-                // Last thing before the manifest: a scheduled run that
-                // lost its slot publishes nothing.
+                // Last things before the manifest: a scheduled run that
+                // lost its slot publishes nothing; then the day is issued,
+                // by this run only if no other run issued it meanwhile.
                 if let Some(l) = &lease {
                     l.check().await?;
+                }
+                if let (Some(seq), Some(id)) = (seq, src.snapshot_id) {
+                    let inv = Invoice {
+                        billing_day: date.clone(),
+                        seq,
+                        timezone: self.cfg.timezone.clone(),
+                        run: run.to_string(),
+                        lake_snapshot_id: id,
+                        rate_card_sha256: self.card.sha256.clone(),
+                        issued_at: chrono::Utc::now().timestamp_micros(),
+                    };
+                    match self.invoices.issue(&inv).await? {
+                        None => {}
+                        // Another run of the day issued it meanwhile, from
+                        // this snapshot: this run reproduced it.
+                        Some(first) if seq == 0 && first.reproduced_by(Some(id), card) => {}
+                        Some(first) if seq == 0 => return Err(invoices::refusal(&first)),
+                        Some(other) => {
+                            return Err(ReportError::Issued(format!(
+                                "correction {seq} of billing day {date} was registered by run {} \
+                                 meanwhile: nothing published; correct again from there",
+                                other.run
+                            )));
+                        }
+                    }
                 }
                 Ok(files)
             })
             .await?;
+        let mut params = json!({ "billing_day": req.day.to_string(), "timezone": self.cfg.timezone, "lookback_days": self.cfg.lookback_days });
+        if let (Some(last), Some(n)) = (&corrects, seq) {
+            params["correction"] = json!(n);
+            params["corrects"] =
+                json!({ "run": last.run, "lake_snapshot_id": last.lake_snapshot_id });
+        }
         let manifest = Manifest {
-            kind: "billing".into(),
+            kind: if corrects.is_some() {
+                "billing-correction".into()
+            } else {
+                "billing".into()
+            },
             date,
-            params: json!({ "billing_day": req.day.to_string(), "timezone": self.cfg.timezone, "lookback_days": self.cfg.lookback_days }),
+            params,
             engine: engine.as_str().into(),
             lake_snapshot_id: src.snapshot_id,
             lake_snapshot_tag: tag,

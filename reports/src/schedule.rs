@@ -220,6 +220,7 @@ pub async fn run_job(
                         engine: job.engine,
                         formats: job.formats.clone(),
                         snapshot_id: None,
+                        correction: false,
                     },
                     now,
                     lease,
@@ -411,6 +412,22 @@ impl Scheduler {
                         .with_label_values(&[job.name.as_str()])
                         .set(end as f64 / 1e6);
                 }
+                Ok(SlotOutcome::Succeeded(attempt))
+            }
+            // The day was invoiced by another run (on demand, say): the
+            // slot's work is done, and this run published nothing.
+            Err(e) if e.is_issued() => {
+                let msg = e.to_string();
+                let ending = End {
+                    status: Status::Succeeded,
+                    at: end,
+                    outputs: None,
+                    error: Some(&msg),
+                };
+                if !self.record_end(job, slot, attempt, ending).await? {
+                    return Ok(SlotOutcome::Skipped);
+                }
+                tracing::info!(job = %job.name, day = %due.day, reason = %msg, "billing day already issued");
                 Ok(SlotOutcome::Succeeded(attempt))
             }
             Err(e) if e.is_waiting() => {

@@ -42,6 +42,11 @@ pub struct StartReport {
     pub pii: bool,
     /// Billing: the billing day `YYYY-MM-DD` in the billing time zone.
     pub date: Option<String>,
+    /// Billing: correct the day's issued invoice (a file of its own with
+    /// the difference since it); without it, a day already issued is
+    /// refused unless nothing changed since (409 in the run's error).
+    #[serde(default)]
+    pub correction: bool,
     /// Output formats (default both).
     pub formats: Option<Vec<Format>>,
     /// Engine (default: configured).

@@ -139,7 +139,8 @@ async fn recorded_scope(app: &App, job: &str, outs: &[String]) -> Result<Option<
     let m: Manifest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::Internal(format!("manifest {path}: {e}")))?;
     Ok(Some(Scope {
-        kind: if m.kind == "billing" {
+        // `billing` and `billing-correction`.
+        kind: if m.kind.starts_with("billing") {
             ReportKind::Billing
         } else {
             ReportKind::Detail

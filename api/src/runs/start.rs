@@ -81,9 +81,9 @@ fn plan_detail(
             "unmasked recipients need a key with the pii permission".into(),
         ));
     }
-    if req.date.is_some() {
+    if req.date.is_some() || req.correction {
         return Err(ApiError::bad(
-            "`date` is for billing; a detail report takes `from` and `to`",
+            "`date` and `correction` are for billing; a detail report takes `from` and `to`",
         ));
     }
     let query = DetailQuery {
@@ -137,6 +137,7 @@ fn plan_billing(
             engine,
             formats,
             snapshot_id: None,
+            correction: req.correction,
         }),
         client: None,
         pii: false,

@@ -18,8 +18,8 @@ use crate::common::*;
 fn parse(
     csv: &str,
 ) -> (
-    BTreeMap<(String, String, String), (u64, i64, i64)>,
-    BTreeMap<String, (u64, i64)>,
+    BTreeMap<(String, String, String), (i64, i64, i64)>,
+    BTreeMap<String, (i64, i64)>,
 ) {
     let mut lines = csv.lines();
     assert_eq!(
@@ -158,7 +158,7 @@ async fn billing_equals_the_ground_truth_times_the_rate_card_with_both_engines()
         );
         let (items, totals) = parse(&duck_csv);
         let mut want = BTreeMap::new();
-        let mut want_totals: BTreeMap<String, (u64, i64)> = BTreeMap::new();
+        let mut want_totals: BTreeMap<String, (i64, i64)> = BTreeMap::new();
         for b in truth.billable.iter().filter(|b| &b.billing_day == d) {
             let unit = card.price(b.category.as_str(), &b.country, day(d)).unwrap();
             let amount = unit * b.messages as i64;
@@ -168,10 +168,10 @@ async fn billing_equals_the_ground_truth_times_the_rate_card_with_both_engines()
                     b.category.as_str().to_string(),
                     b.country.clone(),
                 ),
-                (b.messages, unit, amount),
+                (b.messages as i64, unit, amount),
             );
             let e = want_totals.entry(b.client_id.clone()).or_default();
-            e.0 += b.messages;
+            e.0 += b.messages as i64;
             e.1 += amount;
             billed += b.messages;
         }
@@ -430,8 +430,15 @@ async fn open_err(s: &Setup) -> String {
     }
 }
 
+/// One invoice per day (issue 31): a re-run of a billed day after late
+/// events reached the lake published a second, equally valid invoice for
+/// the day (the README's backfill runbook even said to do so), and
+/// invoicing both bills the day's messages twice. An issued day is only
+/// ever reproduced: the same snapshot and card give the same bytes on
+/// either engine and issue nothing; any other run is refused with the
+/// reason and publishes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rerun_on_the_same_snapshot_gives_the_same_bytes() {
+async fn an_issued_day_is_only_ever_reproduced() {
     let s = Setup::new(Store::Folder, "rerun");
     let first = s.append(&crafted()).await;
     let r = s.reports().await;
@@ -439,8 +446,26 @@ async fn a_rerun_on_the_same_snapshot_gives_the_same_bytes() {
         .billing(&billing("2026-11-21", EngineKind::DuckDb), now())
         .await
         .unwrap();
+    assert_eq!(a.lake_snapshot_id, Some(first));
     let bytes_a = r.output().get(&a.files[1].path).await.unwrap();
-    // Late events for the day land in a new snapshot.
+    let manifests = || {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.to_string_lossy().ends_with(".manifest.json") {
+                    out.push(p);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(s.dir.path(), &mut out);
+        out.len()
+    };
+    assert_eq!(manifests(), 1);
+    // Late events for the day land in a new snapshot: the re-run that
+    // would bill them as a second invoice of the day is refused.
     s.append(&[ev(
         "late",
         "m9",
@@ -452,48 +477,175 @@ async fn a_rerun_on_the_same_snapshot_gives_the_same_bytes() {
         "2026-11-21T20:00:00Z",
     )])
     .await;
-    let b = r
-        .billing(&billing("2026-11-21", EngineKind::DuckDb), now())
+    for engine in [EngineKind::DuckDb, EngineKind::DataFusion] {
+        let e = r
+            .billing(&billing("2026-11-21", engine), now())
+            .await
+            .unwrap_err();
+        assert!(e.is_issued(), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("2026-11-21 was issued by run")
+                && msg.contains(&format!("--snapshot {first}")),
+            "{msg}"
+        );
+    }
+    assert_eq!(manifests(), 1, "a refused run published something");
+    // Reproducing it: the same bytes, on either engine, and the manifest
+    // says what the first one said.
+    for engine in [EngineKind::DuckDb, EngineKind::DataFusion] {
+        let mut req = billing("2026-11-21", engine);
+        req.snapshot_id = a.lake_snapshot_id;
+        let c = r.billing(&req, now()).await.unwrap();
+        assert_eq!(contents(&a.files), contents(&c.files), "files of the rerun");
+        assert_eq!(
+            (&a.params, a.lake_snapshot_id, &a.rate_card_sha256, a.rows),
+            (&c.params, c.lake_snapshot_id, &c.rate_card_sha256, c.rows),
+            "manifest of the rerun"
+        );
+        assert_eq!(bytes_a, r.output().get(&c.files[1].path).await.unwrap());
+        assert_ne!(
+            a.files[0].path.rsplit_once('/').unwrap().0,
+            c.files[0].path.rsplit_once('/').unwrap().0,
+            "each run under its own folder"
+        );
+        assert_intact(&r, &a).await;
+        assert_intact(&r, &c).await;
+    }
+    // Another day is its own invoice, from the current snapshot.
+    r.billing(&billing("2026-11-22", EngineKind::DuckDb), now())
         .await
         .unwrap();
-    assert_ne!(
-        sha(&a, ".csv"),
-        sha(&b, ".csv"),
-        "the late event must change the report"
-    );
-    let mut req = billing("2026-11-21", EngineKind::DuckDb);
-    req.snapshot_id = a.lake_snapshot_id;
-    assert_eq!(a.lake_snapshot_id, Some(first));
-    let c = r.billing(&req, now()).await.unwrap();
-    assert_eq!(contents(&a.files), contents(&c.files), "files of the rerun");
-    assert_eq!(
-        (
-            &a.params,
-            &a.engine,
-            a.lake_snapshot_id,
-            &a.rate_card_sha256,
-            a.rows
-        ),
-        (
-            &c.params,
-            &c.engine,
-            c.lake_snapshot_id,
-            &c.rate_card_sha256,
-            c.rows
-        ),
-        "manifest of the rerun"
-    );
-    assert_eq!(bytes_a, r.output().get(&c.files[1].path).await.unwrap());
-    // No run rewrote another's files: each under its own folder, each
-    // still matching its own manifest (b's run used to truncate a's files
-    // in place, leaving a's manifest wrong).
-    let dirs: std::collections::BTreeSet<&str> = [&a, &b, &c]
-        .iter()
-        .map(|m| m.files[0].path.rsplit_once('/').unwrap().0)
-        .collect();
-    assert_eq!(dirs.len(), 3, "{dirs:?}");
-    for m in [&a, &b, &c] {
-        assert_intact(&r, m).await;
+    let e = r
+        .billing(&billing("2026-11-22", EngineKind::DuckDb), now())
+        .await;
+    assert!(e.is_ok(), "nothing new since: a reproduction ({e:?})");
+}
+
+/// A backfill of issued days is billed by corrections, asked for
+/// explicitly (before: by re-running the day, a second complete invoice).
+/// Hand-priced (São Paulo days, the test card): the 21st was issued with
+/// acme marketing BR 1 × 70,000 and marketing MX 1 × 25,000, the 22nd with
+/// beta utility AR 1 × 4,000 (m5). Then a backfill: m7, an acme utility BR
+/// delivered on the 21st, and an earlier `delivered` of m5 on the 21st
+/// (its first billable event moves from the 22nd to the 21st). The 21st's
+/// correction bills +1 acme utility BR and +1 beta utility AR; the 22nd's
+/// takes m5 back (−1, −4,000): invoices and corrections sum to the days as
+/// the lake now has them, every message once. A correction with nothing
+/// new is refused, so is one of a day not issued; both engines alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_of_issued_days_is_billed_by_corrections_of_their_own() {
+    for engine in [EngineKind::DuckDb, EngineKind::DataFusion] {
+        let s = Setup::new(Store::Folder, &format!("correct-{}", engine.as_str()));
+        s.append(&crafted()).await;
+        let r = s.reports().await;
+        let r = &r;
+        let csv = |m: &Manifest| {
+            let f = m.files.iter().find(|f| f.path.ends_with(".csv")).unwrap();
+            let path = f.path.clone();
+            async move { String::from_utf8(r.output().get(&path).await.unwrap()).unwrap() }
+        };
+        let correct = |d: &str| {
+            let mut req = billing(d, engine);
+            req.correction = true;
+            req
+        };
+        let e = r.billing(&correct("2026-11-21"), now()).await.unwrap_err();
+        assert!(
+            e.is_input() && e.to_string().contains("no invoice to correct"),
+            "{e}"
+        );
+        let d21 = r
+            .billing(&billing("2026-11-21", engine), now())
+            .await
+            .unwrap();
+        let d22 = r
+            .billing(&billing("2026-11-22", engine), now())
+            .await
+            .unwrap();
+        let k = |c: &str, cat: &str, co: &str| (c.to_string(), cat.to_string(), co.to_string());
+        let (items, _) = parse(&csv(&d21).await);
+        assert_eq!(
+            items,
+            BTreeMap::from([
+                (k("acme", "marketing", "BR"), (1, 70_000, 70_000)),
+                (k("acme", "marketing", "MX"), (1, 25_000, 25_000)),
+            ])
+        );
+        let e = r.billing(&correct("2026-11-21"), now()).await.unwrap_err();
+        assert!(
+            e.is_input() && e.to_string().contains("nothing to correct"),
+            "{e}"
+        );
+
+        s.append(&[
+            ev(
+                "b1",
+                "m7",
+                "acme",
+                S::Delivered,
+                C::Utility,
+                true,
+                "BR",
+                "2026-11-21T20:00:00Z",
+            ),
+            ev(
+                "b2",
+                "m5",
+                "beta",
+                S::Delivered,
+                C::Utility,
+                true,
+                "AR",
+                "2026-11-21T23:00:00Z",
+            ),
+        ])
+        .await;
+        let c21 = r.billing(&correct("2026-11-21"), now()).await.unwrap();
+        let c22 = r.billing(&correct("2026-11-22"), now()).await.unwrap();
+        assert_eq!(c21.kind, "billing-correction");
+        assert_eq!(c21.params["correction"], 1);
+        assert_eq!(
+            c21.params["corrects"]["lake_snapshot_id"],
+            d21.lake_snapshot_id.unwrap()
+        );
+        assert!(
+            c21.files[0]
+                .path
+                .contains("billing-2026-11-21-correction-1."),
+            "{:?}",
+            c21.files
+        );
+        let (items, totals) = parse(&csv(&c21).await);
+        assert_eq!(
+            items,
+            BTreeMap::from([
+                (k("acme", "utility", "BR"), (1, 4_000, 4_000)),
+                (k("beta", "utility", "AR"), (1, 4_000, 4_000)),
+            ])
+        );
+        assert_eq!(totals["acme"], (1, 4_000));
+        let (items, totals) = parse(&csv(&c22).await);
+        assert_eq!(
+            items,
+            BTreeMap::from([(k("beta", "utility", "AR"), (-1, 4_000, -4_000))])
+        );
+        assert_eq!(totals["beta"], (-1, -4_000));
+        // Everything issued for the two days, summed: the days as billed now.
+        let mut sum = 0;
+        for m in [&d21, &d22, &c21, &c22] {
+            sum += parse(&csv(m).await).1.values().map(|t| t.1).sum::<i64>();
+            assert_intact(r, m).await;
+        }
+        assert_eq!(sum, 70_000 + 25_000 + 4_000 + 4_000);
+        // Nothing new since the corrections: refused, as is a plain re-run.
+        let e = r.billing(&correct("2026-11-21"), now()).await.unwrap_err();
+        assert!(e.to_string().contains("nothing to correct"), "{e}");
+        let e = r
+            .billing(&billing("2026-11-21", engine), now())
+            .await
+            .unwrap_err();
+        assert!(e.is_issued(), "{e}");
     }
 }
 

@@ -232,6 +232,7 @@ pub fn billing(d: &str, engine: EngineKind) -> BillingRequest {
         engine: Some(engine),
         formats: vec![Format::Csv, Format::Parquet],
         snapshot_id: None,
+        correction: false,
     }
 }
 

@@ -311,6 +311,49 @@ async fn a_run_that_lost_its_lease_publishes_nothing() {
     assert_eq!(manifests(), 1);
 }
 
+/// A day issued on demand (an operator ran it by hand), then late events:
+/// the scheduled slot of that day publishes no second invoice and is not a
+/// failure (no alert, no retries): it is done, and says by which run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_slot_of_a_day_issued_on_demand_is_done_without_a_second_invoice() {
+    let (s, ledger) = setup("issued").await;
+    let reports = Arc::new(s.reports().await);
+    let by_hand = reports
+        .billing(&billing("2026-11-21", EngineKind::DuckDb), now())
+        .await
+        .unwrap();
+    s.append(&[ev(
+        "e2",
+        "m2",
+        "acme",
+        S::Delivered,
+        C::Marketing,
+        true,
+        "BR",
+        "2026-11-21T11:00:00Z",
+    )])
+    .await;
+    let sched = Scheduler::new(reports.clone(), ledger.clone(), "a".into()).unwrap();
+    let slot = t("2026-11-22T03:15:00Z");
+    let due = Slot {
+        at: slot,
+        day: day("2026-11-21"),
+    };
+    let out = sched.run_slot(&job("daily-billing"), due).await.unwrap();
+    assert!(matches!(out, SlotOutcome::Succeeded(1)), "{out:?}");
+    let run = ledger.get("daily-billing", slot).await.unwrap().unwrap();
+    assert_eq!(run.status, Status::Succeeded, "{run:?}");
+    assert!(run.outputs.is_none(), "published: {run:?}");
+    let why = run.error.unwrap_or_default();
+    let first_run = by_hand.files[0]
+        .path
+        .rsplit('/')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert!(why.contains(&format!("issued by run {first_run}")), "{why}");
+}
+
 /// A process whose lease ran out learns it when it ends its attempt: the
 /// ledger keeps the run of the process that took it over (before, the end
 /// was silently dropped and the caller believed it recorded).

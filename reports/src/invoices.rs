@@ -1,0 +1,167 @@
+//! One invoice per billing day: the registry of issued billing days, in a
+//! table next to the Iceberg catalog (SQLite or PostgreSQL), beside the run
+//! ledger.
+//!
+//! A billing run *issues* its day by inserting the day's row (`seq` 0), as
+//! the last step before its manifest; the insert is the only arbiter, so of
+//! two runs of one day (a re-run, an on-demand run racing the scheduled
+//! one, a run that lost its lease) exactly one issues it. Later runs of an
+//! issued day may only reproduce it: the same lake snapshot and the same
+//! rate card give the same bytes, and issue nothing. Anything else is
+//! refused ([`crate::error::ReportError::Issued`]), nothing published: a
+//! day's invoice never changes. What changed since (a backfill) is billed
+//! by a *correction*, asked for explicitly: its own file and manifest, the
+//! difference between the day read from a newer snapshot and the day as the
+//! last invoice or correction read it, registered as the next `seq` the
+//! same way (the billed-messages ledger with late lines is issue 31's
+//! next step).
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Row};
+
+use crate::error::ReportError;
+
+/// An issued billing day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invoice {
+    /// The billing day, `YYYY-MM-DD` in the billing zone.
+    pub billing_day: String,
+    /// 0 for the invoice, n for its n-th correction.
+    pub seq: i64,
+    /// The billing zone it was issued in.
+    pub timezone: String,
+    /// The run folder holding it (`billing/<day>/<run>/`).
+    pub run: String,
+    /// The lake snapshot it read.
+    pub lake_snapshot_id: i64,
+    /// The rate card it was priced with.
+    pub rate_card_sha256: String,
+    /// When it was issued, UTC micros.
+    pub issued_at: i64,
+}
+
+impl Invoice {
+    /// Whether a run reading `snapshot` priced with `card_sha256` gives
+    /// this invoice's bytes again.
+    pub fn reproduced_by(&self, snapshot: Option<i64>, card_sha256: &str) -> bool {
+        snapshot == Some(self.lake_snapshot_id) && card_sha256 == self.rate_card_sha256
+    }
+}
+
+const TABLE: &str = "notiflow_invoices";
+
+/// The registry.
+#[derive(Clone)]
+pub struct Invoices {
+    pool: AnyPool,
+    dollar: bool,
+}
+
+impl Invoices {
+    /// Opens (and creates) the registry in the database at `uri` (the
+    /// lake's catalog).
+    pub async fn open(uri: &str) -> Result<Invoices, ReportError> {
+        let uri = notiflow_lake::table::catalog_uri(uri)?;
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(2)
+            .connect(&uri)
+            .await?;
+        let r = Invoices {
+            dollar: !uri.starts_with("sqlite:"),
+            pool,
+        };
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {TABLE} (
+               billing_day TEXT NOT NULL,
+               seq BIGINT NOT NULL,
+               timezone TEXT NOT NULL,
+               run TEXT NOT NULL,
+               lake_snapshot_id BIGINT NOT NULL,
+               rate_card_sha256 TEXT NOT NULL,
+               issued_at BIGINT NOT NULL,
+               PRIMARY KEY (billing_day, seq))"
+        ))
+        .execute(&r.pool)
+        .await?;
+        Ok(r)
+    }
+
+    fn sql(&self, q: &str) -> String {
+        if self.dollar {
+            notiflow_lake::table::dollar(q)
+        } else {
+            q.to_string()
+        }
+    }
+
+    /// The invoice of `day` and its corrections, in order (empty when the
+    /// day is not issued).
+    pub async fn issued(&self, day: &str) -> Result<Vec<Invoice>, ReportError> {
+        let rows = sqlx::query(&self.sql(&format!(
+            "SELECT billing_day, seq, timezone, run, lake_snapshot_id, rate_card_sha256, issued_at
+             FROM {TABLE} WHERE billing_day = ? ORDER BY seq"
+        )))
+        .bind(day)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Invoice {
+                    billing_day: r.try_get(0)?,
+                    seq: r.try_get(1)?,
+                    timezone: r.try_get(2)?,
+                    run: r.try_get(3)?,
+                    lake_snapshot_id: r.try_get(4)?,
+                    rate_card_sha256: r.try_get(5)?,
+                    issued_at: r.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Registers `inv` (the invoice of its day, or its `seq`-th
+    /// correction) unless another run registered that `seq` first: then
+    /// the one registered.
+    pub async fn issue(&self, inv: &Invoice) -> Result<Option<Invoice>, ReportError> {
+        let inserted = sqlx::query(&self.sql(&format!(
+            "INSERT INTO {TABLE} (billing_day, seq, timezone, run, lake_snapshot_id, rate_card_sha256, issued_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+        )))
+        .bind(&inv.billing_day)
+        .bind(inv.seq)
+        .bind(&inv.timezone)
+        .bind(&inv.run)
+        .bind(inv.lake_snapshot_id)
+        .bind(&inv.rate_card_sha256)
+        .bind(inv.issued_at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(None);
+        }
+        let held = self
+            .issued(&inv.billing_day)
+            .await?
+            .into_iter()
+            .find(|i| i.seq == inv.seq);
+        Ok(Some(held.ok_or_else(|| {
+            ReportError::Other(format!(
+                "issuing {} #{} conflicted, yet nothing holds it",
+                inv.billing_day, inv.seq
+            ))
+        })?))
+    }
+}
+
+/// The refusal of a run of an issued day that would not reproduce it.
+pub fn refusal(inv: &Invoice) -> ReportError {
+    ReportError::Issued(format!(
+        "billing day {} was issued by run {} (lake snapshot {}, rate card sha256 {}); an issued \
+         invoice never changes: re-running it with --snapshot {} reproduces it byte for byte; \
+         what changed since is billed by a correction (--correction), anything else publishes \
+         nothing",
+        inv.billing_day, inv.run, inv.lake_snapshot_id, inv.rate_card_sha256, inv.lake_snapshot_id
+    ))
+}
