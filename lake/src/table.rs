@@ -104,10 +104,33 @@ pub struct Lake {
     ident: TableIdent,
 }
 
+/// What a table is made of when it is created: schema, partition spec and
+/// sort order.
+pub struct Layout {
+    /// Schema.
+    pub schema: iceberg::spec::Schema,
+    /// Partition spec.
+    pub spec: iceberg::spec::UnboundPartitionSpec,
+    /// Sort order.
+    pub sort: iceberg::spec::SortOrder,
+}
+
 impl Lake {
     /// Connects to the catalog and creates the namespace and the table if
     /// they do not exist yet.
     pub async fn open(cfg: &LakeConfig) -> Result<Lake, LakeError> {
+        let layout = Layout {
+            schema: table_schema()?,
+            spec: partition_spec()?,
+            sort: sort_order(),
+        };
+        Lake::open_table(cfg, &cfg.table, layout).await
+    }
+
+    /// [`Lake::open`] of another table `name` of the lake's namespace,
+    /// created with `layout` if it does not exist (the reports' ledger of
+    /// billed messages).
+    pub async fn open_table(cfg: &LakeConfig, name: &str, layout: Layout) -> Result<Lake, LakeError> {
         let uri = catalog_uri(&cfg.catalog_uri)?;
         let dollar = !uri.starts_with("sqlite:");
         let mut props = cfg.storage_props();
@@ -128,7 +151,7 @@ impl Lake {
             .connect(&uri)
             .await?;
         let ns = NamespaceIdent::new(cfg.namespace.clone());
-        let ident = TableIdent::new(ns.clone(), cfg.table.clone());
+        let ident = TableIdent::new(ns.clone(), name.to_string());
         let lake = Lake {
             catalog,
             pool,
@@ -136,11 +159,11 @@ impl Lake {
             catalog_name: cfg.catalog_name.clone(),
             ident,
         };
-        lake.ensure_table(&ns).await?;
+        lake.ensure_table(&ns, layout).await?;
         Ok(lake)
     }
 
-    async fn ensure_table(&self, ns: &NamespaceIdent) -> Result<(), LakeError> {
+    async fn ensure_table(&self, ns: &NamespaceIdent, layout: Layout) -> Result<(), LakeError> {
         if !self.catalog.namespace_exists(ns).await? {
             // Another writer may create it at the same moment.
             if let Err(e) = self.catalog.create_namespace(ns, HashMap::new()).await
@@ -154,9 +177,9 @@ impl Lake {
         }
         let creation = TableCreation::builder()
             .name(self.ident.name().to_string())
-            .schema(table_schema()?)
-            .partition_spec(partition_spec()?)
-            .sort_order(sort_order())
+            .schema(layout.schema)
+            .partition_spec(layout.spec)
+            .sort_order(layout.sort)
             .properties([
                 ("write.format.default".to_string(), "parquet".to_string()),
                 (

@@ -7,9 +7,11 @@
 //! - [`output`]: files and manifests in object storage;
 //! - [`report`]: one report run end to end;
 //! - [`ledger`] and [`schedule`]: recorded runs and the cron scheduler;
-//! - [`invoices`]: one invoice per billing day;
+//! - [`invoices`]: one invoice per billing day; [`billed`]: the messages
+//!   each invoice billed;
 //! - [`metrics`]: run durations and job freshness for Prometheus.
 
+pub mod billed;
 pub mod billing;
 pub mod config;
 pub mod detail;

@@ -18,6 +18,7 @@ use crate::config::{EngineKind, Format, ReportsConfig};
 use crate::detail::{self, DetailQuery};
 use crate::engine::{self, Limits, Source};
 use crate::error::ReportError;
+use crate::billed::Billed;
 use crate::invoices::{self, Invoice, Invoices};
 use crate::metrics::Metrics;
 use crate::output::{FileSink, Manifest, Output, run_dir};
@@ -68,6 +69,7 @@ pub struct Reports {
     card: RateCard,
     tz: Tz,
     invoices: Invoices,
+    billed: Billed,
     metrics: Option<Metrics>,
 }
 
@@ -112,9 +114,11 @@ impl Reports {
         let lake = Lake::open(lake_cfg).await?;
         let out = Output::open(&cfg.output, &lake_cfg.s3)?;
         let invoices = Invoices::open(&lake_cfg.catalog_uri).await?;
+        let billed = Billed::open(lake_cfg).await?;
         Ok(Reports {
             tz: cfg.tz()?,
             invoices,
+            billed,
             cfg: cfg.clone(),
             lake_cfg: lake_cfg.clone(),
             lake,
@@ -155,6 +159,11 @@ impl Reports {
     /// The configuration.
     pub fn config(&self) -> &ReportsConfig {
         &self.cfg
+    }
+
+    /// The billed-messages ledger.
+    pub fn billed(&self) -> &Billed {
+        &self.billed
     }
 
     /// The output store.
@@ -247,7 +256,8 @@ impl Reports {
         }
         let free = billing::free_spans(&self.card, self.tz)?;
         let limits = self.billing_limits();
-        let counts = engine::billing_counts(engine, &src, &w, &free, limits).await?;
+        let messages = engine::billing_messages(engine, &src, &w, &free, limits).await?;
+        let counts = engine::counts_of_messages(&messages);
         let lines = match &corrects {
             None => billing::price(&counts, &self.card, req.day)?,
             Some(last) => {
@@ -310,6 +320,11 @@ impl Reports {
                     l.check().await?;
                 }
                 if let (Some(seq), Some(id)) = (seq, src.snapshot_id) {
+                    // The invoice's messages are in the ledger before it is
+                    // issued (a refused run's rows are of a run not issued).
+                    if seq == 0 {
+                        self.billed.append(run, req.day, &messages).await?;
+                    }
                     let inv = Invoice {
                         billing_day: date.clone(),
                         seq,

@@ -19,8 +19,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Limits, Source, counts_of, plan_files, range_predicate};
-use crate::billing::{Count, FreeSpan, Window};
+use super::{Limits, Source, plan_files, range_predicate};
+use crate::billing::{FreeSpan, Window};
 use crate::config::DuckS3Input;
 use crate::detail::DetailQuery;
 use crate::error::ReportError;
@@ -296,12 +296,12 @@ fn billable_sql(free: &[FreeSpan]) -> String {
     sql
 }
 
-pub(super) async fn billing_counts(
+pub(super) async fn billing_messages(
     src: &Source,
     w: &Window,
     free: &[FreeSpan],
     limits: Limits,
-) -> Result<Vec<Count>, ReportError> {
+) -> Result<Vec<RecordBatch>, ReportError> {
     let pred = range_predicate(w.lookback_start, w.end, None);
     let Some(input) = input(src, pred, &BILLING_COLUMNS, limits).await? else {
         return Ok(Vec::new());
@@ -313,13 +313,14 @@ pub(super) async fn billing_counts(
     // message's first billable event of the day (earliest `event_time`,
     // ties by `event_id`) names its category and country, whatever its
     // later events say; a message is (client, message id): two clients may
-    // use the same id.
+    // use the same id. One row per billed message, for the ledger.
     let billable = billable_sql(free);
     let sql = move |rel: &str| {
         format!(
-            "SELECT client_id, f.category, f.country, count(*)::BIGINT AS messages FROM (
+            "SELECT client_id, message_id, f.category, f.country, f.id, f.t FROM (
                SELECT b.client_id, b.message_id,
-                      arg_min({{'category': b.category, 'country': b.country}},
+                      arg_min({{'category': b.category, 'country': b.country,
+                                't': b.event_time, 'id': b.event_id}},
                               {{'t': b.event_time, 'id': b.event_id}}) AS f
                FROM (SELECT client_id, category, country, message_id, event_time, event_id FROM {rel}
                      WHERE {billable} AND event_time >= {start} AND event_time < {end}) b
@@ -327,11 +328,11 @@ pub(super) async fn billing_counts(
                           WHERE {billable} AND event_time >= {lb} AND event_time < {start}) e
                  ON b.client_id = e.client_id AND b.message_id = e.message_id
                GROUP BY b.client_id, b.message_id
-             ) GROUP BY ALL"
+             ) ORDER BY client_id, message_id"
         )
     };
     query(limits, input, sql, Vec::new(), |v, b| {
-        counts_of(&b, v)?;
+        v.push(crate::billed::conform(&b)?);
         Ok(true)
     })
     .await

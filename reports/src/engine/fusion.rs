@@ -8,14 +8,14 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use datafusion::common::ScalarValue;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::functions_aggregate::expr_fn::{count, first_value, min};
+use datafusion::functions_aggregate::expr_fn::{first_value, min};
 use datafusion::prelude::{DataFrame, Expr, SessionConfig, SessionContext, col, lit};
 use futures::StreamExt;
 use iceberg_datafusion::IcebergStaticTableProvider;
 use tokio::sync::mpsc;
 
-use super::{Limits, Source, counts_of};
-use crate::billing::{Count, FreeSpan, Window};
+use super::{Limits, Source};
+use crate::billing::{FreeSpan, Window};
 use crate::detail::DetailQuery;
 use crate::error::ReportError;
 
@@ -62,17 +62,18 @@ fn billable(free: &[FreeSpan]) -> Expr {
     e
 }
 
-pub(super) async fn billing_counts(
+pub(super) async fn billing_messages(
     src: &Source,
     w: &Window,
     free: &[FreeSpan],
     limits: Limits,
-) -> Result<Vec<Count>, ReportError> {
+) -> Result<Vec<RecordBatch>, ReportError> {
     // Each message's (client, message id: two clients may use one id)
     // first billable event in the look-back and the day, kept when it lies
     // in the day; that event (earliest `event_time`, ties by `event_id`)
     // names the category and country. (The anti-join the DuckDB engine
     // uses measured slower here: 47 s against 30 s on the 100M-row bench day.)
+    // One row per billed message, for the ledger.
     let first = || {
         vec![
             col("event_time").sort(true, false),
@@ -93,18 +94,27 @@ pub(super) async fn billing_counts(
                 min(col("event_time")).alias("first_at"),
                 first_value(col("category"), first()).alias("category"),
                 first_value(col("country"), first()).alias("country"),
+                first_value(col("event_id"), first()).alias("first_event_id"),
             ],
         )?
         .filter(col("first_at").gt_eq(ts(w.start)))?
-        .aggregate(
-            vec![col("client_id"), col("category"), col("country")],
-            vec![count(lit(1)).alias("messages")],
-        )?;
-    let mut out = Vec::new();
-    for b in df.collect().await? {
-        counts_of(&b, &mut out)?;
-    }
-    Ok(out)
+        .select_columns(&[
+            "client_id",
+            "message_id",
+            "category",
+            "country",
+            "first_event_id",
+            "first_at",
+        ])?
+        .sort(vec![
+            col("client_id").sort(true, false),
+            col("message_id").sort(true, false),
+        ])?;
+    df.collect()
+        .await?
+        .iter()
+        .map(crate::billed::conform)
+        .collect()
 }
 
 fn detail_filter(q: &DetailQuery) -> Expr {

@@ -88,8 +88,27 @@ impl From<&ReportsConfig> for Limits {
     }
 }
 
-/// Billing counts of `w`, sorted by client, category, country; a delivered
-/// or read event in one of `free` is not a billable event.
+/// The messages first billed in `w` (batches of
+/// [`crate::billed::message_schema`], sorted by client and message); a
+/// delivered or read event in one of `free` is not a billable event.
+pub async fn billing_messages(
+    kind: EngineKind,
+    src: &Source,
+    w: &Window,
+    free: &[FreeSpan],
+    limits: Limits,
+) -> Result<Vec<RecordBatch>, ReportError> {
+    if src.snapshot_id.is_none() {
+        return Ok(Vec::new());
+    }
+    match kind {
+        EngineKind::DuckDb => duck::billing_messages(src, w, free, limits).await,
+        EngineKind::DataFusion => fusion::billing_messages(src, w, free, limits).await,
+    }
+}
+
+/// Billing counts of `w` (the messages of [`billing_messages`] per client ×
+/// category × country), sorted by client, category, country.
 pub async fn billing_counts(
     kind: EngineKind,
     src: &Source,
@@ -97,15 +116,40 @@ pub async fn billing_counts(
     free: &[FreeSpan],
     limits: Limits,
 ) -> Result<Vec<Count>, ReportError> {
-    if src.snapshot_id.is_none() {
-        return Ok(Vec::new());
+    Ok(counts_of_messages(
+        &billing_messages(kind, src, w, free, limits).await?,
+    ))
+}
+
+/// Messages per client × category × country, sorted.
+pub fn counts_of_messages(messages: &[RecordBatch]) -> Vec<Count> {
+    use arrow::array::AsArray;
+    let mut cells: std::collections::BTreeMap<(String, String, String), u64> = Default::default();
+    for b in messages {
+        let (c, cat, co) = (
+            b.column(0).as_string::<i32>(),
+            b.column(2).as_string::<i32>(),
+            b.column(3).as_string::<i32>(),
+        );
+        for i in 0..b.num_rows() {
+            *cells
+                .entry((
+                    c.value(i).to_string(),
+                    cat.value(i).to_string(),
+                    co.value(i).to_string(),
+                ))
+                .or_default() += 1;
+        }
     }
-    let mut counts = match kind {
-        EngineKind::DuckDb => duck::billing_counts(src, w, free, limits).await?,
-        EngineKind::DataFusion => fusion::billing_counts(src, w, free, limits).await?,
-    };
-    counts.sort();
-    Ok(counts)
+    cells
+        .into_iter()
+        .map(|((client_id, category, country), messages)| Count {
+            client_id,
+            category,
+            country,
+            messages,
+        })
+        .collect()
 }
 
 /// Sends the rows of `q` as batches (engine types: see
@@ -141,31 +185,6 @@ pub async fn client_exists(
         EngineKind::DuckDb => duck::client_exists(src, client, limits).await,
         EngineKind::DataFusion => fusion::client_exists(src, client, limits).await,
     }
-}
-
-/// Appends the billing counts of an engine's result batch (columns
-/// client_id, category, country, messages; types as the engine gives them).
-pub(crate) fn counts_of(b: &RecordBatch, out: &mut Vec<Count>) -> Result<(), ReportError> {
-    use arrow::array::AsArray;
-    use arrow::datatypes::{DataType, Int64Type};
-    let text = |i: usize| arrow::compute::cast(b.column(i), &DataType::Utf8);
-    let (c, cat, co) = (text(0)?, text(1)?, text(2)?);
-    let (c, cat, co) = (
-        c.as_string::<i32>(),
-        cat.as_string::<i32>(),
-        co.as_string::<i32>(),
-    );
-    let n = arrow::compute::cast(b.column(3), &DataType::Int64)?;
-    let n = n.as_primitive::<Int64Type>();
-    for i in 0..b.num_rows() {
-        out.push(Count {
-            client_id: c.value(i).to_string(),
-            category: cat.value(i).to_string(),
-            country: co.value(i).to_string(),
-            messages: n.value(i).max(0) as u64,
-        });
-    }
-    Ok(())
 }
 
 /// The scan predicate of a time range (and a client).

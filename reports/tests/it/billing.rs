@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use notiflow_reports::billed::BilledMessage;
 use notiflow_reports::detail::DetailQuery;
 use notiflow_reports::output::FileEntry;
 use notiflow_reports::ratecard::RateCard;
@@ -512,14 +513,48 @@ async fn an_issued_day_is_only_ever_reproduced() {
         assert_intact(&r, &a).await;
         assert_intact(&r, &c).await;
     }
-    // Another day is its own invoice, from the current snapshot.
-    r.billing(&billing("2026-11-22", EngineKind::DuckDb), now())
+    // The ledger holds the messages the invoice billed, once, named by its
+    // run: neither the refused runs nor the reproductions added any.
+    let run_a = a.files[0].path.rsplit('/').nth(1).unwrap().to_string();
+    let t = |s: &str| notiflow_schema::time::parse_rfc3339(s).unwrap();
+    let row = |m: &str, cat: &str, co: &str, e: &str, at: &str, run: &str| BilledMessage {
+        client_id: "acme".into(),
+        message_id: m.into(),
+        billing_day: "2026-11-21".parse().unwrap(),
+        category: cat.into(),
+        country: co.into(),
+        first_event_id: e.into(),
+        first_event_time: t(at),
+        run: run.into(),
+    };
+    assert_eq!(
+        r.billed().find(|_, _| true).await.unwrap(),
+        vec![
+            row("m1", "marketing", "BR", "e2", "2026-11-21T12:00:05Z", &run_a),
+            row("m2", "marketing", "MX", "e5", "2026-11-22T02:30:00Z", &run_a),
+        ]
+    );
+    // Another day is its own invoice, from the current snapshot, on the
+    // other engine: its messages join the ledger alike.
+    let d22 = r
+        .billing(&billing("2026-11-22", EngineKind::DataFusion), now())
         .await
         .unwrap();
+    let run_22 = d22.files[0].path.rsplit('/').nth(1).unwrap().to_string();
+    let beta = r.billed().find(|c, _| c == "beta").await.unwrap();
+    assert_eq!(
+        beta,
+        vec![BilledMessage {
+            client_id: "beta".into(),
+            billing_day: "2026-11-22".parse().unwrap(),
+            ..row("m5", "utility", "AR", "e8", "2026-11-22T03:00:00Z", &run_22)
+        }]
+    );
     let e = r
         .billing(&billing("2026-11-22", EngineKind::DuckDb), now())
         .await;
     assert!(e.is_ok(), "nothing new since: a reproduction ({e:?})");
+    assert_eq!(r.billed().find(|_, _| true).await.unwrap().len(), 3);
 }
 
 /// A backfill of issued days is billed by corrections, asked for
