@@ -130,7 +130,11 @@ impl Lake {
     /// [`Lake::open`] of another table `name` of the lake's namespace,
     /// created with `layout` if it does not exist (the reports' ledger of
     /// billed messages).
-    pub async fn open_table(cfg: &LakeConfig, name: &str, layout: Layout) -> Result<Lake, LakeError> {
+    pub async fn open_table(
+        cfg: &LakeConfig,
+        name: &str,
+        layout: Layout,
+    ) -> Result<Lake, LakeError> {
         let uri = catalog_uri(&cfg.catalog_uri)?;
         let dollar = !uri.starts_with("sqlite:");
         let mut props = cfg.storage_props();

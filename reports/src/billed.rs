@@ -14,10 +14,10 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, Date32Array, RecordBatch, StringArray};
-use arrow::datatypes::{Date32Type, TimestampMicrosecondType};
-use futures::TryStreamExt;
 use arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
+use arrow::datatypes::{Date32Type, TimestampMicrosecondType};
 use chrono::NaiveDate;
+use futures::TryStreamExt;
 use iceberg::spec::{
     NestedField, NullOrder, PrimitiveType, Schema, SortDirection, SortField, SortOrder, Transform,
     Type, UnboundPartitionSpec,
@@ -213,22 +213,53 @@ impl Billed {
         Ok(out)
     }
 
-    /// Appends `messages` (batches of [`message_schema`]) as billed on
-    /// `day` by `run`, in one snapshot; nothing when there are none.
+    /// The (client, message) of every row billed by one of `runs` (the
+    /// issued ones: rows of a run that was refused do not count).
+    pub async fn keys(
+        &self,
+        runs: &std::collections::HashSet<String>,
+    ) -> Result<std::collections::HashSet<(String, String)>, ReportError> {
+        let table = self.lake.load().await?;
+        let mut out = std::collections::HashSet::new();
+        if table.metadata().current_snapshot().is_none() || runs.is_empty() {
+            return Ok(out);
+        }
+        let mut stream = table
+            .scan()
+            .select(["client_id", "message_id", "run"])
+            .build()?
+            .to_arrow()
+            .await?;
+        while let Some(b) = stream.try_next().await? {
+            let (c, m, r) = (
+                b.column(0).as_string::<i32>(),
+                b.column(1).as_string::<i32>(),
+                b.column(2).as_string::<i32>(),
+            );
+            for i in 0..b.num_rows() {
+                if runs.contains(r.value(i)) {
+                    out.insert((c.value(i).to_string(), m.value(i).to_string()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Appends `rows` (per billing day, batches of [`message_schema`]) as
+    /// billed by `run`, in one snapshot; nothing when there are none.
     pub async fn append(
         &self,
         run: &str,
-        day: NaiveDate,
-        messages: &[RecordBatch],
+        rows: &[(NaiveDate, RecordBatch)],
     ) -> Result<(), ReportError> {
-        if messages.iter().all(|b| b.num_rows() == 0) {
+        if rows.iter().all(|(_, b)| b.num_rows() == 0) {
             return Ok(());
         }
         let table = self.lake.load().await?;
         let arrow = notiflow_lake::rows::arrow_schema(table.metadata().current_schema())?;
-        let day_num = (day - NaiveDate::default()).num_days() as i32;
         let mut files = RoundFiles::new(&table, self.opts)?;
-        for b in messages.iter().filter(|b| b.num_rows() > 0) {
+        for (day, b) in rows.iter().filter(|(_, b)| b.num_rows() > 0) {
+            let day_num = (*day - NaiveDate::default()).num_days() as i32;
             let n = b.num_rows();
             let c = |i: usize| b.column(i).clone();
             let cols: Vec<ArrayRef> = vec![

@@ -45,6 +45,13 @@ pub fn day_start(tz: Tz, day: NaiveDate) -> Result<Micros, ReportError> {
     Err(ReportError::input(format!("{day} has no midnight in {tz}")))
 }
 
+/// The billing day (in `tz`) of instant `t`, UTC micros.
+pub fn day_of(tz: Tz, t: Micros) -> NaiveDate {
+    tz.timestamp_micros(t)
+        .single()
+        .map_or_else(NaiveDate::default, |d| d.date_naive())
+}
+
 /// An instant given as RFC 3339, or as a date `YYYY-MM-DD` meaning the
 /// start of that day in `tz` (how the CLI and the API take detail ranges).
 pub fn instant(tz: Tz, text: &str) -> Result<Micros, ReportError> {
@@ -146,54 +153,165 @@ pub struct Count {
     pub messages: u64,
 }
 
-/// A change of a day's billed messages per client × category × country:
-/// a correction's item (negative when fewer are billed than were issued).
+/// Messages of a client × category × country to bill on an invoice: first
+/// billed on the invoice's day, or a late line of an earlier issued day.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Delta {
+pub struct Item {
     /// Tenant.
     pub client_id: String,
+    /// A late line: its messages belong to `day`, an earlier issued day.
+    pub late: bool,
+    /// The day the messages belong to (priced at that day's rates).
+    pub day: NaiveDate,
     /// Pricing category.
     pub category: String,
     /// Market.
     pub country: String,
-    /// Messages more (or fewer) than issued.
+    /// Messages.
     pub messages: i64,
 }
 
-/// `now − before`, cell by cell (both sorted or not), the cells that
-/// changed only, sorted.
-pub fn difference(now: &[Count], before: &[Count]) -> Vec<Delta> {
+/// What an invoice bills of the messages an engine found (each message's
+/// first billable event in the day and its look-back): its own, first
+/// billed in the day, and the late ones, first billed on an earlier issued
+/// day that reached the lake after it (per day).
+#[derive(Debug, Default)]
+pub struct Billed {
+    /// First billable event in the day.
+    pub own: Vec<RecordBatch>,
+    /// Late lines' messages, per the day they belong to.
+    pub late: Vec<(NaiveDate, RecordBatch)>,
+}
+
+/// Splits the engine's `messages` (batches of
+/// `billed::message_schema`) for the invoice of `w.day` in `tz`: a message
+/// in `ledger` (billed by an issued run, ever) is left out; one whose first
+/// billable event lies in the day is the day's own; one from an earlier
+/// day is a late line if `late_ok` accepts that day (an issued day whose
+/// invoice read the ledger for its whole look-back), else left for that
+/// day's own run.
+pub fn split(
+    messages: &[RecordBatch],
+    w: &Window,
+    tz: Tz,
+    ledger: &std::collections::HashSet<(String, String)>,
+    late_ok: impl Fn(NaiveDate) -> bool,
+) -> Result<Billed, ReportError> {
+    use arrow::array::{AsArray, BooleanArray};
+    use arrow::compute::filter_record_batch;
+    use arrow::datatypes::TimestampMicrosecondType;
+    let mut out = Billed::default();
+    for b in messages {
+        let (c, m) = (
+            b.column(0).as_string::<i32>(),
+            b.column(1).as_string::<i32>(),
+        );
+        let at = b.column(5).as_primitive::<TimestampMicrosecondType>();
+        let mut own = Vec::with_capacity(b.num_rows());
+        let mut late: Vec<Option<NaiveDate>> = Vec::with_capacity(b.num_rows());
+        for i in 0..b.num_rows() {
+            let t = at.value(i);
+            let known = ledger.contains(&(c.value(i).to_string(), m.value(i).to_string()));
+            own.push(!known && t >= w.start && t < w.end);
+            let day = (!known && t < w.start)
+                .then(|| day_of(tz, t))
+                .filter(|d| late_ok(*d));
+            late.push(day);
+        }
+        out.own
+            .push(filter_record_batch(b, &BooleanArray::from(own))?);
+        let mut days: Vec<NaiveDate> = late.iter().flatten().copied().collect();
+        days.sort_unstable();
+        days.dedup();
+        for d in days {
+            let mask: BooleanArray = late.iter().map(|x| Some(*x == Some(d))).collect();
+            out.late.push((d, filter_record_batch(b, &mask)?));
+        }
+    }
+    Ok(out)
+}
+
+/// The items of an invoice of `day`: its own messages and late lines per
+/// client × category × country (and day), sorted as [`price_items`] wants.
+pub fn items(billed: &Billed, day: NaiveDate, with_late: bool) -> Vec<Item> {
+    use arrow::array::AsArray;
     use std::collections::BTreeMap;
-    let mut cells: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
-    for (sign, counts) in [(1i64, now), (-1, before)] {
-        for c in counts {
+    let mut cells: BTreeMap<(String, bool, NaiveDate, String, String), i64> = BTreeMap::new();
+    let own = billed.own.iter().map(|b| (day, false, b));
+    let late = billed
+        .late
+        .iter()
+        .filter(|_| with_late)
+        .map(|(d, b)| (*d, true, b));
+    for (d, is_late, b) in own.chain(late) {
+        let (c, cat, co) = (
+            b.column(0).as_string::<i32>(),
+            b.column(2).as_string::<i32>(),
+            b.column(3).as_string::<i32>(),
+        );
+        for i in 0..b.num_rows() {
             *cells
-                .entry((&c.client_id, &c.category, &c.country))
-                .or_default() += sign * c.messages as i64;
+                .entry((
+                    c.value(i).to_string(),
+                    is_late,
+                    d,
+                    cat.value(i).to_string(),
+                    co.value(i).to_string(),
+                ))
+                .or_default() += 1;
         }
     }
     cells
         .into_iter()
-        .filter(|(_, n)| *n != 0)
-        .map(|((client, category, country), messages)| Delta {
-            client_id: client.to_string(),
-            category: category.to_string(),
-            country: country.to_string(),
-            messages,
-        })
+        .map(
+            |((client_id, late, day, category, country), messages)| Item {
+                client_id,
+                late,
+                day,
+                category,
+                country,
+                messages,
+            },
+        )
         .collect()
+}
+
+/// What a line of the billing report is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineKind {
+    /// Messages first billed on the invoice's day.
+    Item,
+    /// Messages of an earlier, issued day that reached the lake after it.
+    Late,
+    /// A client's total over its items and late lines.
+    Total,
+}
+
+impl LineKind {
+    /// As the report's `line` column says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LineKind::Item => "item",
+            LineKind::Late => "late",
+            LineKind::Total => "total",
+        }
+    }
 }
 
 /// One line of the billing report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {
+    /// The billing day it bills: the invoice's, or a late line's own.
+    pub day: NaiveDate,
+    /// Item, late or total.
+    pub kind: LineKind,
     /// Tenant.
     pub client_id: String,
     /// Category (None on the client's total line).
     pub category: Option<String>,
     /// Country (None on the client's total line).
     pub country: Option<String>,
-    /// Billable messages (a correction's may be negative).
+    /// Billable messages.
     pub messages: i64,
     /// Unit price (None on the total line).
     pub unit_price_micros: Option<i64>,
@@ -205,11 +323,13 @@ pub struct Line {
 /// count and a total line after each client's items. A missing price is an
 /// error.
 pub fn price(counts: &[Count], card: &RateCard, day: NaiveDate) -> Result<Vec<Line>, ReportError> {
-    let deltas: Vec<Delta> = counts
+    let items: Vec<Item> = counts
         .iter()
         .map(|c| {
-            Ok(Delta {
+            Ok(Item {
                 client_id: c.client_id.clone(),
+                late: false,
+                day,
                 category: c.category.clone(),
                 country: c.country.clone(),
                 messages: i64::try_from(c.messages)
@@ -217,23 +337,25 @@ pub fn price(counts: &[Count], card: &RateCard, day: NaiveDate) -> Result<Vec<Li
             })
         })
         .collect::<Result<_, ReportError>>()?;
-    price_deltas(&deltas, card, day)
+    price_items(&items, card, day)
 }
 
-/// [`price`] of a correction's deltas (sorted by client).
-pub fn price_deltas(
-    counts: &[Delta],
+/// Prices the invoice of `day`: `items` sorted (by client, then the day's
+/// own before late lines, by day, category, country), each at its own
+/// day's rate, and a total line after each client's lines.
+pub fn price_items(
+    items: &[Item],
     card: &RateCard,
     day: NaiveDate,
 ) -> Result<Vec<Line>, ReportError> {
-    let mut out = Vec::with_capacity(counts.len() + counts.len() / 2);
+    let mut out = Vec::with_capacity(items.len() + items.len() / 2);
     let mut i = 0;
-    while i < counts.len() {
-        let client = &counts[i].client_id;
+    while i < items.len() {
+        let client = &items[i].client_id;
         let (mut messages, mut amount) = (0i64, 0i64);
-        while i < counts.len() && &counts[i].client_id == client {
-            let c = &counts[i];
-            let unit = card.price(&c.category, &c.country, day)?;
+        while i < items.len() && &items[i].client_id == client {
+            let c = &items[i];
+            let unit = card.price(&c.category, &c.country, c.day)?;
             let n = c.messages;
             let amt = unit.checked_mul(n).ok_or_else(|| {
                 ReportError::Other(format!("amount overflows for {client} × {}", c.category))
@@ -243,6 +365,12 @@ pub fn price_deltas(
                 .ok_or_else(|| ReportError::Other(format!("total overflows for {client}")))?;
             messages += n;
             out.push(Line {
+                day: c.day,
+                kind: if c.late {
+                    LineKind::Late
+                } else {
+                    LineKind::Item
+                },
                 client_id: client.clone(),
                 category: Some(c.category.clone()),
                 country: Some(c.country.clone()),
@@ -253,6 +381,8 @@ pub fn price_deltas(
             i += 1;
         }
         out.push(Line {
+            day,
+            kind: LineKind::Total,
             client_id: client.clone(),
             category: None,
             country: None,
@@ -279,14 +409,10 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
-/// The lines as one record batch (`line` is `item` or `total`).
-pub fn to_batch(
-    day: NaiveDate,
-    lines: &[Line],
-    currency: &str,
-) -> Result<RecordBatch, ReportError> {
+/// The lines as one record batch (`line` is `item`, `late` or `total`;
+/// `billing_day` the day each line bills).
+pub fn to_batch(lines: &[Line], currency: &str) -> Result<RecordBatch, ReportError> {
     let n = lines.len();
-    let day = day.to_string();
     let mut b_day = StringBuilder::with_capacity(n, n * 10);
     let mut b_client = StringBuilder::with_capacity(n, n * 16);
     let mut b_line = StringBuilder::with_capacity(n, n * 5);
@@ -297,13 +423,9 @@ pub fn to_batch(
     let mut b_amount = Int64Builder::with_capacity(n);
     let mut b_cur = StringBuilder::with_capacity(n, n * 3);
     for l in lines {
-        b_day.append_value(&day);
+        b_day.append_value(l.day.to_string());
         b_client.append_value(&l.client_id);
-        b_line.append_value(if l.category.is_some() {
-            "item"
-        } else {
-            "total"
-        });
+        b_line.append_value(l.kind.as_str());
         b_cat.append_option(l.category.as_deref());
         b_country.append_option(l.country.as_deref());
         b_msgs.append_value(l.messages);
@@ -418,7 +540,7 @@ from = "2026-01-01"
         assert!(lines[2].category.is_none());
         let e = price(&[c("a", "utility", "MX", 1)], &card, day).unwrap_err();
         assert!(e.to_string().contains("no price for utility × MX"), "{e}");
-        let batch = to_batch(day, &lines, &card.currency).unwrap();
+        let batch = to_batch(&lines, &card.currency).unwrap();
         assert_eq!(batch.num_rows(), 5);
     }
 }

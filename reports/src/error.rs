@@ -59,6 +59,10 @@ pub enum ReportError {
     /// failure: retrying cannot change it.
     #[error("{0}")]
     Issued(String),
+    /// Another billing run issued after this one read the ledger: this
+    /// one publishes nothing and runs again from the start.
+    #[error("{0}")]
+    LedgerMoved(String),
     /// Anything else, with what was being done.
     #[error("{0}")]
     Other(String),

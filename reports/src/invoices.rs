@@ -38,6 +38,23 @@ pub struct Invoice {
     pub rate_card_sha256: String,
     /// When it was issued, UTC micros.
     pub issued_at: i64,
+    /// Its place in the order of everything issued (1, 2, …; unique): a
+    /// run registers the version after the last one it read, so a run that
+    /// read the ledger before another run issued is refused (it may have
+    /// billed the same late messages), and a reproduction reads the ledger
+    /// as it was before its invoice.
+    pub ledger_version: i64,
+}
+
+/// How registering an invoice ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Issue {
+    /// Registered.
+    Issued,
+    /// Another run registered this day's `seq` first: its invoice.
+    Taken(Invoice),
+    /// Another run issued something after this run read the ledger.
+    LedgerMoved,
 }
 
 impl Invoice {
@@ -80,6 +97,7 @@ impl Invoices {
                lake_snapshot_id BIGINT NOT NULL,
                rate_card_sha256 TEXT NOT NULL,
                issued_at BIGINT NOT NULL,
+               ledger_version BIGINT NOT NULL UNIQUE,
                PRIMARY KEY (billing_day, seq))"
         ))
         .execute(&r.pool)
@@ -95,17 +113,31 @@ impl Invoices {
         }
     }
 
+    /// Everything issued, in ledger order.
+    pub async fn all(&self) -> Result<Vec<Invoice>, ReportError> {
+        self.select("", None).await
+    }
+
     /// The invoice of `day` and its corrections, in order (empty when the
     /// day is not issued).
     pub async fn issued(&self, day: &str) -> Result<Vec<Invoice>, ReportError> {
-        let rows = sqlx::query(&self.sql(&format!(
-            "SELECT billing_day, seq, timezone, run, lake_snapshot_id, rate_card_sha256, issued_at
-             FROM {TABLE} WHERE billing_day = ? ORDER BY seq"
-        )))
-        .bind(day)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
+        self.select("WHERE billing_day = ?", Some(day)).await
+    }
+
+    async fn select(&self, filter: &str, day: Option<&str>) -> Result<Vec<Invoice>, ReportError> {
+        let q = self.sql(&format!(
+            "SELECT billing_day, seq, timezone, run, lake_snapshot_id, rate_card_sha256, issued_at,
+                    ledger_version
+             FROM {TABLE} {filter} ORDER BY ledger_version"
+        ));
+        let mut query = sqlx::query(&q);
+        if let Some(d) = day {
+            query = query.bind(d);
+        }
+        query
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
             .map(|r| {
                 Ok(Invoice {
                     billing_day: r.try_get(0)?,
@@ -115,18 +147,20 @@ impl Invoices {
                     lake_snapshot_id: r.try_get(4)?,
                     rate_card_sha256: r.try_get(5)?,
                     issued_at: r.try_get(6)?,
+                    ledger_version: r.try_get(7)?,
                 })
             })
             .collect()
     }
 
     /// Registers `inv` (the invoice of its day, or its `seq`-th
-    /// correction) unless another run registered that `seq` first: then
-    /// the one registered.
-    pub async fn issue(&self, inv: &Invoice) -> Result<Option<Invoice>, ReportError> {
+    /// correction, at its `ledger_version`) unless another run registered
+    /// that `seq` or that version first.
+    pub async fn issue(&self, inv: &Invoice) -> Result<Issue, ReportError> {
         let inserted = sqlx::query(&self.sql(&format!(
-            "INSERT INTO {TABLE} (billing_day, seq, timezone, run, lake_snapshot_id, rate_card_sha256, issued_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+            "INSERT INTO {TABLE} (billing_day, seq, timezone, run, lake_snapshot_id, rate_card_sha256,
+                                  issued_at, ledger_version)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
         )))
         .bind(&inv.billing_day)
         .bind(inv.seq)
@@ -135,23 +169,22 @@ impl Invoices {
         .bind(inv.lake_snapshot_id)
         .bind(&inv.rate_card_sha256)
         .bind(inv.issued_at)
+        .bind(inv.ledger_version)
         .execute(&self.pool)
         .await?
         .rows_affected();
         if inserted == 1 {
-            return Ok(None);
+            return Ok(Issue::Issued);
         }
         let held = self
             .issued(&inv.billing_day)
             .await?
             .into_iter()
             .find(|i| i.seq == inv.seq);
-        Ok(Some(held.ok_or_else(|| {
-            ReportError::Other(format!(
-                "issuing {} #{} conflicted, yet nothing holds it",
-                inv.billing_day, inv.seq
-            ))
-        })?))
+        Ok(match held {
+            Some(other) => Issue::Taken(other),
+            None => Issue::LedgerMoved,
+        })
     }
 }
 

@@ -13,16 +13,20 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use crate::billed::Billed;
 use crate::billing::{self, Window};
 use crate::config::{EngineKind, Format, ReportsConfig};
 use crate::detail::{self, DetailQuery};
 use crate::engine::{self, Limits, Source};
 use crate::error::ReportError;
-use crate::billed::Billed;
-use crate::invoices::{self, Invoice, Invoices};
+use crate::invoices::{self, Invoice, Invoices, Issue};
 use crate::metrics::Metrics;
 use crate::output::{FileSink, Manifest, Output, run_dir};
 use crate::ratecard::RateCard;
+
+/// How often a billing run starts again after another run issued while
+/// it ran (`ReportError::LedgerMoved`).
+const LEDGER_RETRIES: u32 = 8;
 
 /// Rows per batch handed to the encoders.
 const OUT_BATCH_ROWS: usize = 8192;
@@ -73,8 +77,20 @@ pub struct Reports {
     metrics: Option<Metrics>,
 }
 
+/// What a billing run does to its day.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// Issues the day's invoice.
+    Issue,
+    /// Reproduces the issued invoice (its ledger version): issues nothing.
+    Reproduce(i64),
+    /// Issues the day's `n`-th correction.
+    Correct(i64),
+}
+
 /// A scheduled run's hold on its slot in the run ledger (see
 /// [`Reports::billing_leased`]).
+#[derive(Clone, Copy)]
 pub struct Lease<'a> {
     /// The ledger.
     pub ledger: &'a crate::ledger::Ledger,
@@ -207,8 +223,22 @@ impl Reports {
         lease: Option<Lease<'_>>,
     ) -> Result<Manifest, ReportError> {
         let engine = req.engine.unwrap_or(self.cfg.engine);
-        self.observed("billing", engine, self.billing_run(req, now, lease))
-            .await
+        self.observed("billing", engine, async {
+            // A run that read the ledger before another run issued starts
+            // again from the ledger as it is now (billing days caught up
+            // side by side by two schedulers do this).
+            let mut tries = 0;
+            loop {
+                match self.billing_run(req, now, lease).await {
+                    Err(ReportError::LedgerMoved(why)) if tries < LEDGER_RETRIES => {
+                        tries += 1;
+                        tracing::info!(day = %req.day, tries, reason = %why, "billing again from the ledger as it is now");
+                    }
+                    out => return out,
+                }
+            }
+        })
+        .await
     }
 
     async fn billing_run(
@@ -227,9 +257,11 @@ impl Reports {
         let date = req.day.to_string();
         // One invoice per day: an issued day is only ever reproduced, or
         // corrected when asked for.
-        let issued = self.invoices.issued(&date).await?;
+        let all = self.invoices.all().await?;
+        let issued: Vec<&Invoice> = all.iter().filter(|i| i.billing_day == date).collect();
         let card = &self.card.sha256;
-        let corrects = if req.correction {
+        let next_version = all.last().map_or(1, |i| i.ledger_version + 1);
+        let mode = if req.correction {
             let Some(last) = issued.last() else {
                 return Err(ReportError::input(format!(
                     "billing day {date} has no invoice to correct: bill it first"
@@ -238,54 +270,61 @@ impl Reports {
             if &last.rate_card_sha256 != card {
                 return Err(ReportError::input(format!(
                     "the rate card changed since billing day {date} was issued (sha256 {} then, \
-                     {card} now): a correction corrects counts at the invoice's prices",
+                     {card} now): a correction bills at the invoice's prices",
                     last.rate_card_sha256
                 )));
             }
-            Some(last.clone())
-        } else {
-            if let Some(first) = issued.first()
-                && !first.reproduced_by(src.snapshot_id, card)
-            {
+            Mode::Correct(last.seq + 1)
+        } else if let Some(first) = issued.first() {
+            if !first.reproduced_by(src.snapshot_id, card) {
                 return Err(invoices::refusal(first));
             }
-            None
+            Mode::Reproduce(first.ledger_version)
+        } else {
+            Mode::Issue
         };
-        if (issued.is_empty() || corrects.is_some()) && req.snapshot_id.is_none() {
+        if !matches!(mode, Mode::Reproduce(_)) && req.snapshot_id.is_none() {
             self.check_complete(&src, &w)?;
         }
+        // The ledger as this run reads it: every run issued before (for a
+        // reproduction, before its invoice), and the late-line rule's days.
+        let upto = match mode {
+            Mode::Reproduce(v) => v,
+            _ => next_version,
+        };
+        let known: Vec<&Invoice> = all.iter().filter(|i| i.ledger_version < upto).collect();
+        let runs: std::collections::HashSet<String> = known.iter().map(|i| i.run.clone()).collect();
+        let days: std::collections::BTreeSet<NaiveDate> = known
+            .iter()
+            .filter(|i| i.seq == 0)
+            .filter_map(|i| i.billing_day.parse().ok())
+            .collect();
+        // A late line only for a day whose own invoice read the ledger for
+        // its whole look-back (issued at least lookback_days after the
+        // first day ever issued): before, a message billed by an earlier
+        // run without the ledger could look unbilled.
+        let settled_from = days
+            .first()
+            .and_then(|e| e.checked_add_days(chrono::Days::new(u64::from(self.cfg.lookback_days))));
+        let late_ok = |d: NaiveDate| days.contains(&d) && settled_from.is_some_and(|s| d >= s);
+        let ledger = self.billed.keys(&runs).await?;
         let free = billing::free_spans(&self.card, self.tz)?;
         let limits = self.billing_limits();
         let messages = engine::billing_messages(engine, &src, &w, &free, limits).await?;
-        let counts = engine::counts_of_messages(&messages);
-        let lines = match &corrects {
-            None => billing::price(&counts, &self.card, req.day)?,
-            Some(last) => {
-                let then =
-                    Source::pin(&self.lake, &self.lake_cfg.s3, Some(last.lake_snapshot_id)).await?;
-                let before = engine::billing_counts(engine, &then, &w, &free, limits).await?;
-                let deltas = billing::difference(&counts, &before);
-                if deltas.is_empty() {
-                    return Err(ReportError::input(format!(
-                        "nothing to correct: the lake bills day {date} as run {} did (snapshot {})",
-                        last.run, last.lake_snapshot_id
-                    )));
-                }
-                billing::price_deltas(&deltas, &self.card, req.day)?
-            }
-        };
-        let batch = billing::to_batch(req.day, &lines, &self.card.currency)?;
+        let billed = billing::split(&messages, &w, self.tz, &ledger, late_ok)?;
+        let correcting = matches!(mode, Mode::Correct(_));
+        let items = billing::items(&billed, req.day, !correcting);
+        if correcting && items.is_empty() {
+            return Err(ReportError::input(format!(
+                "nothing to correct: every message of billing day {date} in the lake is billed"
+            )));
+        }
+        let lines = billing::price_items(&items, &self.card, req.day)?;
+        let batch = billing::to_batch(&lines, &self.card.currency)?;
         let schema = billing::schema();
         let dir = run_dir("billing", &date);
-        // What this run registers if it publishes: the day's invoice, or
-        // the next correction of it.
-        let seq = match (&corrects, issued.is_empty()) {
-            (Some(last), _) => Some(last.seq + 1),
-            (None, true) => Some(0),
-            (None, false) => None, // a reproduction registers nothing
-        };
-        let name = match (&corrects, seq) {
-            (Some(_), Some(n)) => format!("billing-{date}-correction-{n}"),
+        let name = match mode {
+            Mode::Correct(n) => format!("billing-{date}-correction-{n}"),
             _ => format!("billing-{date}"),
         };
         let run = dir
@@ -314,52 +353,62 @@ impl Reports {
                     tag_snapshot(&self.lake, tag, id, keep_ms).await?;
                 }
                 // Last things before the manifest: a scheduled run that
-                // lost its slot publishes nothing; then the day is issued,
-                // by this run only if no other run issued it meanwhile.
+                // lost its slot publishes nothing; the messages go into the
+                // ledger; then the day is issued (or corrected), by this
+                // run only if no other run issued anything since it read
+                // the ledger.
                 if let Some(l) = &lease {
                     l.check().await?;
                 }
-                if let (Some(seq), Some(id)) = (seq, src.snapshot_id) {
-                    // The invoice's messages are in the ledger before it is
-                    // issued (a refused run's rows are of a run not issued).
-                    if seq == 0 {
-                        self.billed.append(run, req.day, &messages).await?;
-                    }
-                    let inv = Invoice {
-                        billing_day: date.clone(),
-                        seq,
-                        timezone: self.cfg.timezone.clone(),
-                        run: run.to_string(),
-                        lake_snapshot_id: id,
-                        rate_card_sha256: self.card.sha256.clone(),
-                        issued_at: chrono::Utc::now().timestamp_micros(),
-                    };
-                    match self.invoices.issue(&inv).await? {
-                        None => {}
-                        // Another run of the day issued it meanwhile, from
-                        // this snapshot: this run reproduced it.
-                        Some(first) if seq == 0 && first.reproduced_by(Some(id), card) => {}
-                        Some(first) if seq == 0 => return Err(invoices::refusal(&first)),
-                        Some(other) => {
-                            return Err(ReportError::Issued(format!(
-                                "correction {seq} of billing day {date} was registered by run {} \
-                                 meanwhile: nothing published; correct again from there",
-                                other.run
-                            )));
-                        }
-                    }
+                let seq = match mode {
+                    Mode::Issue => 0,
+                    Mode::Correct(n) => n,
+                    Mode::Reproduce(_) => return Ok(files),
+                };
+                let Some(id) = src.snapshot_id else {
+                    return Ok(files); // an empty lake issues nothing
+                };
+                let mut rows: Vec<(NaiveDate, arrow::array::RecordBatch)> =
+                    billed.own.iter().map(|b| (req.day, b.clone())).collect();
+                if !correcting {
+                    rows.extend(billed.late.iter().cloned());
                 }
-                Ok(files)
+                self.billed.append(run, &rows).await?;
+                let inv = Invoice {
+                    billing_day: date.clone(),
+                    seq,
+                    timezone: self.cfg.timezone.clone(),
+                    run: run.to_string(),
+                    lake_snapshot_id: id,
+                    rate_card_sha256: self.card.sha256.clone(),
+                    issued_at: chrono::Utc::now().timestamp_micros(),
+                    ledger_version: next_version,
+                };
+                match self.invoices.issue(&inv).await? {
+                    Issue::Issued => Ok(files),
+                    Issue::Taken(first) if seq == 0 => Err(invoices::refusal(&first)),
+                    Issue::Taken(other) => Err(ReportError::Issued(format!(
+                        "correction {seq} of billing day {date} was registered by run {} \
+                         meanwhile: nothing published; correct again from there",
+                        other.run
+                    ))),
+                    // Retryable: the next attempt reads the ledger again.
+                    Issue::LedgerMoved => Err(ReportError::LedgerMoved(format!(
+                        "another billing run issued meanwhile (ledger version {next_version} is \
+                         taken): this run may bill messages that run billed, so it publishes \
+                         nothing; run it again"
+                    ))),
+                }
             })
             .await?;
         let mut params = json!({ "billing_day": req.day.to_string(), "timezone": self.cfg.timezone, "lookback_days": self.cfg.lookback_days });
-        if let (Some(last), Some(n)) = (&corrects, seq) {
+        if let (Mode::Correct(n), Some(last)) = (mode, issued.last()) {
             params["correction"] = json!(n);
             params["corrects"] =
                 json!({ "run": last.run, "lake_snapshot_id": last.lake_snapshot_id });
         }
         let manifest = Manifest {
-            kind: if corrects.is_some() {
+            kind: if correcting {
                 "billing-correction".into()
             } else {
                 "billing".into()

@@ -306,28 +306,24 @@ pub(super) async fn billing_messages(
     let Some(input) = input(src, pred, &BILLING_COLUMNS, limits).await? else {
         return Ok(Vec::new());
     };
-    let (lb, end, start) = (ts(w.lookback_start), ts(w.end), ts(w.start));
-    // Billed on the day = a billable event in the day and none in the
-    // look-back before it (an anti-join, measured faster than taking each
-    // message's first event over the whole window: BENCHMARKS.md). The
-    // message's first billable event of the day (earliest `event_time`,
-    // ties by `event_id`) names its category and country, whatever its
-    // later events say; a message is (client, message id): two clients may
-    // use the same id. One row per billed message, for the ledger.
+    let (lb, end) = (ts(w.lookback_start), ts(w.end));
+    // Each message's first billable event in the look-back and the day
+    // (earliest `event_time`, ties by `event_id`): it names the category
+    // and country, whatever its later events say, and decides the day the
+    // message belongs to (the report keeps those of the day and late ones
+    // of issued days, against the ledger). A message is (client, message
+    // id): two clients may use the same id.
     let billable = billable_sql(free);
     let sql = move |rel: &str| {
         format!(
             "SELECT client_id, message_id, f.category, f.country, f.id, f.t FROM (
-               SELECT b.client_id, b.message_id,
-                      arg_min({{'category': b.category, 'country': b.country,
-                                't': b.event_time, 'id': b.event_id}},
-                              {{'t': b.event_time, 'id': b.event_id}}) AS f
-               FROM (SELECT client_id, category, country, message_id, event_time, event_id FROM {rel}
-                     WHERE {billable} AND event_time >= {start} AND event_time < {end}) b
-               ANTI JOIN (SELECT client_id, message_id FROM {rel}
-                          WHERE {billable} AND event_time >= {lb} AND event_time < {start}) e
-                 ON b.client_id = e.client_id AND b.message_id = e.message_id
-               GROUP BY b.client_id, b.message_id
+               SELECT client_id, message_id,
+                      arg_min({{'category': category, 'country': country,
+                                't': event_time, 'id': event_id}},
+                              {{'t': event_time, 'id': event_id}}) AS f
+               FROM {rel}
+               WHERE {billable} AND event_time >= {lb} AND event_time < {end}
+               GROUP BY client_id, message_id
              ) ORDER BY client_id, message_id"
         )
     };

@@ -22,7 +22,7 @@ use iceberg::table::Table;
 use notiflow_lake::{Lake, S3Config};
 use tokio::sync::mpsc;
 
-use crate::billing::{Count, FreeSpan, Window};
+use crate::billing::{FreeSpan, Window};
 use crate::config::{DuckS3Input, EngineKind, ReportsConfig};
 use crate::detail::DetailQuery;
 use crate::error::ReportError;
@@ -88,9 +88,10 @@ impl From<&ReportsConfig> for Limits {
     }
 }
 
-/// The messages first billed in `w` (batches of
-/// [`crate::billed::message_schema`], sorted by client and message); a
-/// delivered or read event in one of `free` is not a billable event.
+/// Each message's first billable event in `w`'s look-back and day
+/// (batches of [`crate::billed::message_schema`], sorted by client and
+/// message); a delivered or read event in one of `free` is not a billable
+/// event. The report decides which the invoice bills (`billing::split`).
 pub async fn billing_messages(
     kind: EngineKind,
     src: &Source,
@@ -105,51 +106,6 @@ pub async fn billing_messages(
         EngineKind::DuckDb => duck::billing_messages(src, w, free, limits).await,
         EngineKind::DataFusion => fusion::billing_messages(src, w, free, limits).await,
     }
-}
-
-/// Billing counts of `w` (the messages of [`billing_messages`] per client ×
-/// category × country), sorted by client, category, country.
-pub async fn billing_counts(
-    kind: EngineKind,
-    src: &Source,
-    w: &Window,
-    free: &[FreeSpan],
-    limits: Limits,
-) -> Result<Vec<Count>, ReportError> {
-    Ok(counts_of_messages(
-        &billing_messages(kind, src, w, free, limits).await?,
-    ))
-}
-
-/// Messages per client × category × country, sorted.
-pub fn counts_of_messages(messages: &[RecordBatch]) -> Vec<Count> {
-    use arrow::array::AsArray;
-    let mut cells: std::collections::BTreeMap<(String, String, String), u64> = Default::default();
-    for b in messages {
-        let (c, cat, co) = (
-            b.column(0).as_string::<i32>(),
-            b.column(2).as_string::<i32>(),
-            b.column(3).as_string::<i32>(),
-        );
-        for i in 0..b.num_rows() {
-            *cells
-                .entry((
-                    c.value(i).to_string(),
-                    cat.value(i).to_string(),
-                    co.value(i).to_string(),
-                ))
-                .or_default() += 1;
-        }
-    }
-    cells
-        .into_iter()
-        .map(|((client_id, category, country), messages)| Count {
-            client_id,
-            category,
-            country,
-            messages,
-        })
-        .collect()
 }
 
 /// Sends the rows of `q` as batches (engine types: see

@@ -39,6 +39,8 @@ fn parse(
                     f[7].parse().unwrap(),
                 ),
             );
+        } else if f[2] == "late" {
+            continue; // see `parse_late`
         } else {
             assert_eq!(f[2], "total");
             totals.insert(
@@ -48,6 +50,32 @@ fn parse(
         }
     }
     (items, totals)
+}
+
+/// `day,client,category,country → (messages, unit, amount)` of a billing
+/// CSV's late lines.
+#[allow(clippy::type_complexity)]
+fn parse_late(csv: &str) -> BTreeMap<(String, String, String, String), (i64, i64, i64)> {
+    csv.lines()
+        .skip(1)
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|f| f[2] == "late")
+        .map(|f| {
+            (
+                (
+                    f[0].to_string(),
+                    f[1].to_string(),
+                    f[3].to_string(),
+                    f[4].to_string(),
+                ),
+                (
+                    f[5].parse().unwrap(),
+                    f[6].parse().unwrap(),
+                    f[7].parse().unwrap(),
+                ),
+            )
+        })
+        .collect()
 }
 
 /// What a report's files hold (format, rows, bytes, sha256), without
@@ -530,8 +558,22 @@ async fn an_issued_day_is_only_ever_reproduced() {
     assert_eq!(
         r.billed().find(|_, _| true).await.unwrap(),
         vec![
-            row("m1", "marketing", "BR", "e2", "2026-11-21T12:00:05Z", &run_a),
-            row("m2", "marketing", "MX", "e5", "2026-11-22T02:30:00Z", &run_a),
+            row(
+                "m1",
+                "marketing",
+                "BR",
+                "e2",
+                "2026-11-21T12:00:05Z",
+                &run_a
+            ),
+            row(
+                "m2",
+                "marketing",
+                "MX",
+                "e5",
+                "2026-11-22T02:30:00Z",
+                &run_a
+            ),
         ]
     );
     // Another day is its own invoice, from the current snapshot, on the
@@ -557,17 +599,139 @@ async fn an_issued_day_is_only_ever_reproduced() {
     assert_eq!(r.billed().find(|_, _| true).await.unwrap().len(), 3);
 }
 
-/// A backfill of issued days is billed by corrections, asked for
-/// explicitly (before: by re-running the day, a second complete invoice).
-/// Hand-priced (São Paulo days, the test card): the 21st was issued with
-/// acme marketing BR 1 × 70,000 and marketing MX 1 × 25,000, the 22nd with
-/// beta utility AR 1 × 4,000 (m5). Then a backfill: m7, an acme utility BR
-/// delivered on the 21st, and an earlier `delivered` of m5 on the 21st
-/// (its first billable event moves from the 22nd to the 21st). The 21st's
-/// correction bills +1 acme utility BR and +1 beta utility AR; the 22nd's
-/// takes m5 back (−1, −4,000): invoices and corrections sum to the days as
-/// the lake now has them, every message once. A correction with nothing
-/// new is refused, so is one of a day not issued; both engines alike.
+/// Days issued at least `lookback_days` (7) after the first issued day
+/// read the ledger for their whole look-back: late lines are billed for
+/// them. The test issues the seven days before the 21st first (empty).
+async fn issue_week_before(r: &notiflow_reports::Reports, engine: EngineKind) {
+    for d in 14..=20 {
+        r.billing(&billing(&format!("2026-11-{d}"), engine), now())
+            .await
+            .unwrap();
+    }
+}
+
+/// Late lines (issue 31): a `delivered` that reached the lake after its
+/// day was issued was billed nowhere (the next day's run looked only at
+/// its own day); a message delivered on one day and read eight days later
+/// was billed on both days (the look-back is seven). With the ledger, the
+/// next invoice bills the late message as a late line naming its day,
+/// priced at that day's rate, and a message the ledger has is never billed
+/// again. Hand-priced (São Paulo days, the test card); both engines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_events_are_billed_once_as_late_lines_of_their_day() {
+    for engine in [EngineKind::DuckDb, EngineKind::DataFusion] {
+        let s = Setup::new(Store::Folder, &format!("late-{}", engine.as_str()));
+        s.append(&crafted()).await;
+        let r = s.reports().await;
+        issue_week_before(&r, engine).await;
+        let r = &r;
+        let csv = |m: &Manifest| {
+            let f = m.files.iter().find(|f| f.path.ends_with(".csv")).unwrap();
+            let path = f.path.clone();
+            async move { String::from_utf8(r.output().get(&path).await.unwrap()).unwrap() }
+        };
+        let k = |c: &str, cat: &str, co: &str| (c.to_string(), cat.to_string(), co.to_string());
+        let d21 = r
+            .billing(&billing("2026-11-21", engine), now())
+            .await
+            .unwrap();
+        assert_eq!(parse(&csv(&d21).await).1["acme"], (2, 95_000));
+        // After the 21st was issued: a late `delivered` of the 21st (m9),
+        // and m1 read again on the 29th (delivered on the 21st: billed).
+        s.append(&[
+            ev(
+                "l1",
+                "m9",
+                "acme",
+                S::Delivered,
+                C::Utility,
+                true,
+                "BR",
+                "2026-11-21T20:00:00Z",
+            ),
+            ev(
+                "l2",
+                "m1",
+                "acme",
+                S::Read,
+                C::Marketing,
+                true,
+                "BR",
+                "2026-11-29T12:00:00Z",
+            ),
+        ])
+        .await;
+        let d22 = r
+            .billing(&billing("2026-11-22", engine), now())
+            .await
+            .unwrap();
+        let text = csv(&d22).await;
+        let (items, totals) = parse(&text);
+        assert_eq!(
+            items,
+            BTreeMap::from([(k("beta", "utility", "AR"), (1, 4_000, 4_000))])
+        );
+        assert_eq!(
+            parse_late(&text),
+            BTreeMap::from([(
+                (
+                    "2026-11-21".into(),
+                    "acme".into(),
+                    "utility".into(),
+                    "BR".into()
+                ),
+                (1, 4_000, 4_000)
+            )])
+        );
+        assert_eq!(
+            totals["acme"],
+            (1, 4_000),
+            "the late line is on acme's total"
+        );
+        // The 29th bills nothing of m1 (the ledger has it from the 21st);
+        // before the ledger, its look-back (22nd–28th) did not see the 21st.
+        for d in 23..=29 {
+            let m = r
+                .billing(&billing(&format!("2026-11-{d}"), engine), now())
+                .await
+                .unwrap();
+            let text = csv(&m).await;
+            assert_eq!(
+                text.lines().count(),
+                1,
+                "2026-11-{d} bills something: {text}"
+            );
+        }
+        // Every message once, in the ledger, with the day it belongs to.
+        let ledger = r.billed().find(|_, _| true).await.unwrap();
+        let ids: Vec<(&str, String)> = ledger
+            .iter()
+            .map(|b| (b.message_id.as_str(), b.billing_day.to_string()))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("m1", "2026-11-21".to_string()),
+                ("m2", "2026-11-21".to_string()),
+                ("m9", "2026-11-21".to_string()),
+                ("m5", "2026-11-22".to_string()),
+            ]
+        );
+        let run22 = d22.files[0].path.rsplit('/').nth(1).unwrap();
+        assert_eq!(ledger[2].run, run22, "m9 billed by the 22nd's invoice");
+    }
+}
+
+/// A backfill of issued days beyond what the next invoices see is billed
+/// by corrections, asked for explicitly (before: by re-running the day, a
+/// second complete invoice). Hand-priced (São Paulo days, the test card):
+/// the 21st was issued with acme marketing BR 1 × 70,000 and marketing MX
+/// 1 × 25,000, the 22nd with beta utility AR 1 × 4,000 (m5). Then a
+/// backfill: m7, an acme utility BR delivered on the 21st, and an earlier
+/// `delivered` of m5 on the 21st. The 21st's correction bills m7 (+4,000);
+/// m5 stays billed once, on the 22nd (the ledger has it), so the 22nd has
+/// nothing to correct. A correction with nothing new is refused, so is one
+/// of a day not issued; both engines alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_of_issued_days_is_billed_by_corrections_of_their_own() {
     for engine in [EngineKind::DuckDb, EngineKind::DataFusion] {
@@ -637,7 +801,8 @@ async fn a_backfill_of_issued_days_is_billed_by_corrections_of_their_own() {
         ])
         .await;
         let c21 = r.billing(&correct("2026-11-21"), now()).await.unwrap();
-        let c22 = r.billing(&correct("2026-11-22"), now()).await.unwrap();
+        let e = r.billing(&correct("2026-11-22"), now()).await.unwrap_err();
+        assert!(e.to_string().contains("nothing to correct"), "{e}");
         assert_eq!(c21.kind, "billing-correction");
         assert_eq!(c21.params["correction"], 1);
         assert_eq!(
@@ -654,26 +819,18 @@ async fn a_backfill_of_issued_days_is_billed_by_corrections_of_their_own() {
         let (items, totals) = parse(&csv(&c21).await);
         assert_eq!(
             items,
-            BTreeMap::from([
-                (k("acme", "utility", "BR"), (1, 4_000, 4_000)),
-                (k("beta", "utility", "AR"), (1, 4_000, 4_000)),
-            ])
+            BTreeMap::from([(k("acme", "utility", "BR"), (1, 4_000, 4_000))])
         );
         assert_eq!(totals["acme"], (1, 4_000));
-        let (items, totals) = parse(&csv(&c22).await);
-        assert_eq!(
-            items,
-            BTreeMap::from([(k("beta", "utility", "AR"), (-1, 4_000, -4_000))])
-        );
-        assert_eq!(totals["beta"], (-1, -4_000));
-        // Everything issued for the two days, summed: the days as billed now.
+        // Everything issued for the two days, summed: each message once.
         let mut sum = 0;
-        for m in [&d21, &d22, &c21, &c22] {
+        for m in [&d21, &d22, &c21] {
             sum += parse(&csv(m).await).1.values().map(|t| t.1).sum::<i64>();
             assert_intact(r, m).await;
         }
         assert_eq!(sum, 70_000 + 25_000 + 4_000 + 4_000);
-        // Nothing new since the corrections: refused, as is a plain re-run.
+        assert_eq!(r.billed().find(|_, _| true).await.unwrap().len(), 4);
+        // Nothing new since the correction: refused, as is a plain re-run.
         let e = r.billing(&correct("2026-11-21"), now()).await.unwrap_err();
         assert!(e.to_string().contains("nothing to correct"), "{e}");
         let e = r
