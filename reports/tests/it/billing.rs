@@ -637,7 +637,8 @@ async fn late_events_are_billed_once_as_late_lines_of_their_day() {
             .unwrap();
         assert_eq!(parse(&csv(&d21).await).1["acme"], (2, 95_000));
         // After the 21st was issued: a late `delivered` of the 21st (m9),
-        // and m1 read again on the 29th (delivered on the 21st: billed).
+        // and m2 read again on the 29th (first read at 23:30 on the 21st,
+        // São Paulo time: billed then, eight days before).
         s.append(&[
             ev(
                 "l1",
@@ -651,12 +652,12 @@ async fn late_events_are_billed_once_as_late_lines_of_their_day() {
             ),
             ev(
                 "l2",
-                "m1",
+                "m2",
                 "acme",
                 S::Read,
                 C::Marketing,
                 true,
-                "BR",
+                "MX",
                 "2026-11-29T12:00:00Z",
             ),
         ])
@@ -688,7 +689,7 @@ async fn late_events_are_billed_once_as_late_lines_of_their_day() {
             (1, 4_000),
             "the late line is on acme's total"
         );
-        // The 29th bills nothing of m1 (the ledger has it from the 21st);
+        // The 29th bills nothing of m2 (the ledger has it from the 21st);
         // before the ledger, its look-back (22nd–28th) did not see the 21st.
         for d in 23..=29 {
             let m = r
