@@ -8,4 +8,5 @@
 mod billing;
 mod common;
 mod detail;
+mod month;
 mod schedule;
