@@ -14,6 +14,20 @@ use crate::error::IngestError;
 /// Schema id under which notiflow's own `.avsc` is known when no file map says otherwise.
 pub const BUILTIN_SCHEMA_ID: u32 = 1;
 
+/// Schema id of notiflow's own `.avsc` with `pricing_type` (v2).
+pub const BUILTIN_SCHEMA_ID_V2: u32 = 2;
+
+/// notiflow's own schemas, by id.
+fn builtins() -> BTreeMap<u32, String> {
+    BTreeMap::from([
+        (BUILTIN_SCHEMA_ID, notiflow_schema::AVRO_SCHEMA.to_string()),
+        (
+            BUILTIN_SCHEMA_ID_V2,
+            notiflow_schema::AVRO_SCHEMA_V2.to_string(),
+        ),
+    ])
+}
+
 /// A source of writer schemas.
 #[derive(Debug, Clone)]
 pub enum SchemaRegistry {
@@ -36,18 +50,15 @@ pub enum SchemaRegistry {
 pub const UNKNOWN_ID_GRACE: Duration = Duration::from_secs(60);
 
 impl SchemaRegistry {
-    /// Only notiflow's built-in schema, as id [`BUILTIN_SCHEMA_ID`].
+    /// Only notiflow's built-in schemas, as ids [`BUILTIN_SCHEMA_ID`] and
+    /// [`BUILTIN_SCHEMA_ID_V2`].
     pub fn builtin() -> Self {
-        SchemaRegistry::Local(BTreeMap::from([(
-            BUILTIN_SCHEMA_ID,
-            notiflow_schema::AVRO_SCHEMA.to_string(),
-        )]))
+        SchemaRegistry::Local(builtins())
     }
 
-    /// Loads `.avsc` files (id → path) plus the built-in schema unless a file takes its id.
+    /// Loads `.avsc` files (id → path) plus the built-in schemas unless a file takes their id.
     pub fn from_files(files: &BTreeMap<u32, PathBuf>) -> Result<Self, IngestError> {
-        let mut map =
-            BTreeMap::from([(BUILTIN_SCHEMA_ID, notiflow_schema::AVRO_SCHEMA.to_string())]);
+        let mut map = builtins();
         for (id, path) in files {
             let text = std::fs::read_to_string(path).map_err(|e| IngestError::SchemaFile {
                 path: path.display().to_string(),

@@ -351,6 +351,7 @@ mod tests {
             template: None,
             event_time,
             error_code: None,
+            pricing_type: None,
         };
         let mut value = Vec::new();
         json::encode(&ev, &mut value);

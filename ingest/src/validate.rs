@@ -119,6 +119,7 @@ mod tests {
             template: Some("promo".into()),
             event_time: 1_000_000_000,
             error_code: None,
+            pricing_type: None,
         }
     }
 

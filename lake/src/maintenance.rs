@@ -172,8 +172,17 @@ pub async fn compact(lake: &Lake, cfg: &LakeConfig) -> Result<Report, LakeError>
                     .map_err(|e| LakeError::Table(format!("reading {}: {e}", f.file_path())))?;
                 for batch in reader {
                     let batch = batch?;
-                    // The table's schema (field ids), whatever the reader inferred.
-                    let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?;
+                    // The table's schema (field ids), whatever the reader
+                    // inferred; a column the file predates is null.
+                    let columns = schema
+                        .fields()
+                        .iter()
+                        .map(|f| match batch.column_by_name(f.name()) {
+                            Some(c) => c.clone(),
+                            None => arrow::array::new_null_array(f.data_type(), batch.num_rows()),
+                        })
+                        .collect();
+                    let batch = RecordBatch::try_new(schema.clone(), columns)?;
                     out.write(day, batch).await?;
                 }
             }

@@ -54,6 +54,18 @@ pub mod field {
     pub const KAFKA_PARTITION: i32 = 13;
     /// `kafka_offset`
     pub const KAFKA_OFFSET: i32 = 14;
+    /// `pricing_type` (added to tables created before it: `table::Lake::open`)
+    pub const PRICING_TYPE: i32 = 15;
+}
+
+/// The `pricing_type` column: optional, last; tables created before it get
+/// it by schema evolution, and their older files read it as null.
+pub fn pricing_type_field() -> iceberg::spec::NestedFieldRef {
+    Arc::new(NestedField::optional(
+        field::PRICING_TYPE,
+        "pricing_type",
+        Type::Primitive(PrimitiveType::String),
+    ))
 }
 
 /// The Iceberg schema of `notiflow.message_events`.
@@ -78,6 +90,7 @@ pub fn table_schema() -> Result<Schema, LakeError> {
             req(field::INGEST_TIME, "ingest_time", P::Timestamptz),
             req(field::KAFKA_PARTITION, "kafka_partition", P::Int),
             req(field::KAFKA_OFFSET, "kafka_offset", P::Long),
+            pricing_type_field(),
         ])
         .build()?)
 }
@@ -143,6 +156,7 @@ struct DayBuilder {
     ingest_time: TimestampMicrosecondBuilder,
     kafka_partition: Int32Builder,
     kafka_offset: Int64Builder,
+    pricing_type: StringBuilder,
     rows: usize,
 }
 
@@ -165,6 +179,7 @@ impl DayBuilder {
             ingest_time: ts(),
             kafka_partition: Int32Builder::with_capacity(capacity),
             kafka_offset: Int64Builder::with_capacity(capacity),
+            pricing_type: StringBuilder::with_capacity(capacity, capacity * 8),
             rows: 0,
         }
     }
@@ -184,6 +199,8 @@ impl DayBuilder {
         self.ingest_time.append_value(o.ingest_time);
         self.kafka_partition.append_value(o.partition);
         self.kafka_offset.append_value(o.offset);
+        self.pricing_type
+            .append_option(e.pricing_type.map(|p| p.as_str()));
         self.rows += 1;
     }
 
@@ -204,6 +221,12 @@ impl DayBuilder {
             Arc::new(self.kafka_partition.finish()),
             Arc::new(self.kafka_offset.finish()),
         ];
+        let mut columns = columns;
+        // A writer that loaded the table before its `pricing_type` was
+        // added writes files without it (they read it as null).
+        if schema.fields().len() > columns.len() {
+            columns.push(Arc::new(self.pricing_type.finish()));
+        }
         Ok(RecordBatch::try_new(schema.clone(), columns)?)
     }
 }
@@ -312,6 +335,7 @@ mod tests {
             template: None,
             event_time: t,
             error_code: None,
+            pricing_type: None,
         }
     }
 
@@ -348,7 +372,8 @@ mod tests {
         let times = b.column(9).as_primitive::<TimestampMicrosecondType>();
         assert_eq!(times.value(0), day + 2);
         assert!(b.column(8).is_null(0), "template is null");
-        assert_eq!(b.schema().fields().len(), 14);
+        assert_eq!(b.schema().fields().len(), 15);
+        assert!(b.column(14).is_null(0), "pricing_type not sent: null");
     }
 
     #[test]

@@ -124,7 +124,46 @@ impl Lake {
             spec: partition_spec()?,
             sort: sort_order(),
         };
-        Lake::open_table(cfg, &cfg.table, layout).await
+        let lake = Lake::open_table(cfg, &cfg.table, layout).await?;
+        lake.add_missing_columns().await?;
+        Ok(lake)
+    }
+
+    /// Adds the columns a table created by an earlier version lacks
+    /// (`pricing_type`), by schema evolution: a new current schema with the
+    /// optional field, fenced like a commit (another process adding it
+    /// first is fine). Older data files read the column as null.
+    async fn add_missing_columns(&self) -> Result<(), LakeError> {
+        use iceberg::spec::TableMetadataBuilder;
+        loop {
+            let table = self.load().await?;
+            let md = table.metadata();
+            let current = md.current_schema();
+            if current
+                .field_by_id(crate::rows::field::PRICING_TYPE)
+                .is_some()
+            {
+                return Ok(());
+            }
+            let mut fields: Vec<_> = current.as_struct().fields().to_vec();
+            fields.push(crate::rows::pricing_type_field());
+            let schema = iceberg::spec::Schema::builder()
+                .with_schema_id(current.schema_id() + 1)
+                .with_identifier_field_ids(current.identifier_field_ids())
+                .with_fields(fields)
+                .build()?;
+            let next = TableMetadataBuilder::new_from_metadata(
+                md.clone(),
+                table.metadata_location().map(str::to_string),
+            )
+            .add_current_schema(schema)?
+            .build()?
+            .metadata;
+            if self.swap(&table, next).await? {
+                tracing::info!(table = %self.ident, "added column pricing_type");
+                return Ok(());
+            }
+        }
     }
 
     /// [`Lake::open`] of another table `name` of the lake's namespace,

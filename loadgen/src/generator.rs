@@ -232,6 +232,7 @@ impl Generator {
             template: m.template.map(Into::into),
             event_time: p.ev.event_time,
             error_code: p.ev.error_code,
+            pricing_type: None,
         };
         self.value.clear();
         let content_type = if self.rng.chance(self.shape.avro_share) {

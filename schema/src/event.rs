@@ -66,6 +66,9 @@ pub struct Event<'a> {
     pub event_time: Micros,
     /// Error code reported with a `failed` status.
     pub error_code: Option<i64>,
+    /// How Meta prices the message, when the producer says (None: it did
+    /// not; billing reads it as `regular`).
+    pub pricing_type: Option<PricingType>,
 }
 
 impl Event<'_> {
@@ -83,6 +86,7 @@ impl Event<'_> {
             template: self.template.map(|t| Cow::Owned(t.into_owned())),
             event_time: self.event_time,
             error_code: self.error_code,
+            pricing_type: self.pricing_type,
         }
     }
 }
@@ -91,7 +95,7 @@ macro_rules! string_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(rename_all = "lowercase")]
+        #[serde(rename_all = "snake_case")]
         pub enum $name {
             $($(#[$vmeta])* $variant),+
         }
@@ -151,6 +155,21 @@ string_enum! {
         Authentication = "authentication",
         /// User-initiated service conversation; never billed by notiflow.
         Service = "service",
+    }
+}
+
+string_enum! {
+    /// How Meta prices the message (the status webhook's `pricing.type`):
+    /// which window it was sent in. Optional on the wire: a producer that
+    /// does not send it means `regular` (docs/events.md). Which types are
+    /// charged on a day is the rate card's business (`[[free]]` rows).
+    PricingType {
+        /// Outside any free window.
+        Regular = "regular",
+        /// Inside the 24-hour customer service window.
+        FreeCustomerService = "free_customer_service",
+        /// Inside the 72-hour free entry-point window (click-to-WhatsApp ads).
+        FreeEntryPoint = "free_entry_point",
     }
 }
 

@@ -17,7 +17,7 @@ pub mod event;
 pub mod secret;
 pub mod time;
 
-pub use event::{Category, Country, Event, Status};
+pub use event::{Category, Country, Event, PricingType, Status};
 pub use time::Micros;
 
 /// Default topic of status events (SPEC §2).
@@ -28,3 +28,8 @@ pub const DLQ_TOPIC: &str = "whatsapp.status.v1.dlq";
 /// The Avro schema (`.avsc`) of one status event, as registered under
 /// subject `whatsapp.status.v1-value`.
 pub const AVRO_SCHEMA: &str = include_str!("../avro/message_event.avsc");
+
+/// The Avro schema with `pricing_type` (an optional field added with a
+/// default, so it reads v1 records and v1 readers skip it): what producers
+/// that send the pricing type register next.
+pub const AVRO_SCHEMA_V2: &str = include_str!("../avro/message_event_v2.avsc");

@@ -64,6 +64,7 @@ async fn producer_clocks_neither_switch_dedup_off_nor_let_future_events_in() {
             template: None,
             event_time: t * 1000,
             error_code: None,
+            pricing_type: None,
         };
         let mut value = Vec::new();
         json::encode(&ev, &mut value);

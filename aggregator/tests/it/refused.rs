@@ -58,6 +58,7 @@ pub(crate) fn produce_as(
             template: None,
             event_time: t,
             error_code: None,
+            pricing_type: None,
         };
         let mut value = Vec::new();
         match schema_id {

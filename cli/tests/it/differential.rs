@@ -627,6 +627,7 @@ fn event_raw(event_id: &str, client: &str, event_time_ms: i64, ts_ms: i64, parti
         template: None,
         event_time: event_time_ms * 1000,
         error_code: None,
+        pricing_type: None,
     };
     let mut value = Vec::new();
     json::encode(&ev, &mut value);
@@ -970,6 +971,7 @@ commit_interval_ms = 1000
         template: None,
         event_time: t,
         error_code: None,
+        pricing_type: None,
     };
     let p: BaseProducer = client_config(&s.kafka).create().unwrap();
     let send = |partition: i32, ev: &Event<'_>, avro: bool| {

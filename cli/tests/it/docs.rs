@@ -80,7 +80,8 @@ fn unquote(cell: &str) -> &str {
 #[test]
 fn the_event_fields_are_the_avro_schemas() {
     let text = doc("events.md");
-    let avro: serde_json::Value = serde_json::from_str(notiflow_schema::AVRO_SCHEMA).unwrap();
+    // v2 is v1 plus `pricing_type`: the page documents every field of both.
+    let avro: serde_json::Value = serde_json::from_str(notiflow_schema::AVRO_SCHEMA_V2).unwrap();
     let fields = avro["fields"].as_array().unwrap();
     let rows: BTreeMap<String, Vec<String>> = table_rows(&text)
         .into_iter()
@@ -100,7 +101,10 @@ fn the_event_fields_are_the_avro_schemas() {
             serde_json::Value::Array(branches) => {
                 let b: Vec<String> = branches
                     .iter()
-                    .map(|b| format!("\"{}\"", b.as_str().unwrap()))
+                    .map(|b| match b.as_str() {
+                        Some(t) => format!("\"{t}\""),
+                        None => format!("enum {}", b["name"].as_str().unwrap()),
+                    })
                     .collect();
                 format!("`[{}]`", b.join(", "))
             }
@@ -115,7 +119,12 @@ fn the_event_fields_are_the_avro_schemas() {
             other => panic!("unexpected Avro type {other}"),
         };
         assert_eq!(avro_type, &want, "Avro type of `{name}` in docs/events.md");
-        if let Some(symbols) = f["type"]["symbols"].as_array() {
+        let symbols = f["type"]["symbols"].as_array().or_else(|| {
+            f["type"]
+                .as_array()
+                .and_then(|b| b.iter().find_map(|b| b["symbols"].as_array()))
+        });
+        if let Some(symbols) = symbols {
             for s in symbols {
                 let s = s.as_str().unwrap();
                 assert!(

@@ -744,6 +744,7 @@ fn produce_on_at(kafka: &KafkaConfig, partition: i32, n: usize, tag: &str, now: 
             template: None,
             event_time: now,
             error_code: None,
+            pricing_type: None,
         };
         let mut value = Vec::new();
         notiflow_ingest::codec::json::encode(&ev, &mut value);

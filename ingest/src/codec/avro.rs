@@ -8,7 +8,7 @@
 //! defaulting to null) while decoding stays a tight loop over the bytes with
 //! strings borrowed from the record.
 
-use notiflow_schema::{Category, Country, Event, Status};
+use notiflow_schema::{Category, Country, Event, PricingType, Status};
 
 use super::avro_schema::{self, AvroType};
 use crate::error::Reject;
@@ -43,9 +43,10 @@ enum Slot {
     Template,
     EventTime,
     ErrorCode,
+    PricingType,
 }
 
-const SLOTS: [(&str, Slot, bool); 11] = [
+const SLOTS: [(&str, Slot, bool); 12] = [
     ("event_id", Slot::EventId, true),
     ("message_id", Slot::MessageId, true),
     ("client_id", Slot::ClientId, true),
@@ -57,6 +58,7 @@ const SLOTS: [(&str, Slot, bool); 11] = [
     ("template", Slot::Template, false),
     ("event_time", Slot::EventTime, true),
     ("error_code", Slot::ErrorCode, false),
+    ("pricing_type", Slot::PricingType, false),
 ];
 
 /// How to read one writer value into a slot.
@@ -160,9 +162,14 @@ fn reader_for(slot: Slot, ty: &AvroType) -> Result<Reader, String> {
             | Slot::Country
             | Slot::Template
             | Slot::Status
-            | Slot::Category,
+            | Slot::Category
+            | Slot::PricingType,
             AvroType::String,
         ) => Reader::Str,
+        (Slot::PricingType, AvroType::Enum(symbols)) => Reader::Enum {
+            field: "pricing_type",
+            map: map_symbols(symbols, |s| PricingType::parse(s).map(|v| v.index() as u8)),
+        },
         (Slot::Status, AvroType::Enum(symbols)) => Reader::Enum {
             field: "status",
             map: map_symbols(symbols, |s| Status::parse(s).map(|v| v.index() as u8)),
@@ -220,6 +227,7 @@ struct Fields<'a> {
     template: Option<&'a str>,
     event_time: Option<i64>,
     error_code: Option<i64>,
+    pricing_type: Option<PricingType>,
 }
 
 impl<'a> Fields<'a> {
@@ -249,6 +257,13 @@ impl<'a> Fields<'a> {
             (Slot::Billable, Val::Bool(b)) => self.billable = Some(b),
             (Slot::EventTime, Val::Long(t)) => self.event_time = Some(t),
             (Slot::ErrorCode, Val::Long(c)) => self.error_code = Some(c),
+            (Slot::PricingType, Val::Str(s)) => {
+                self.pricing_type =
+                    Some(PricingType::parse(s).ok_or_else(|| enum_err("pricing_type", s))?)
+            }
+            (Slot::PricingType, Val::Sym(i)) => {
+                self.pricing_type = PricingType::ALL.get(i as usize).copied()
+            }
             _ => return Err(Reject::AvroMalformed("value of an unexpected type")),
         }
         Ok(())
@@ -268,6 +283,7 @@ impl<'a> Fields<'a> {
             template: self.template.map(Into::into),
             event_time: self.event_time.ok_or(M("event_time"))?,
             error_code: self.error_code,
+            pricing_type: self.pricing_type,
         })
     }
 }
@@ -473,6 +489,19 @@ pub fn encode(ev: &Event<'_>, schema_id: u32, out: &mut Vec<u8>) {
     }
 }
 
+/// [`encode`] with notiflow's v2 schema (`AVRO_SCHEMA_V2`, `pricing_type`
+/// last), registered as `schema_id`.
+pub fn encode_v2(ev: &Event<'_>, schema_id: u32, out: &mut Vec<u8>) {
+    encode(ev, schema_id, out);
+    match ev.pricing_type {
+        None => put_long(0, out),
+        Some(p) => {
+            put_long(1, out);
+            put_long(p.index() as i64, out);
+        }
+    }
+}
+
 /// Appends a zig-zag varint.
 pub fn put_long(v: i64, out: &mut Vec<u8>) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
@@ -507,6 +536,7 @@ mod tests {
             template: Some("otp".into()),
             event_time: 1_795_464_062_123_456,
             error_code: Some(131_026),
+            pricing_type: None,
         }
     }
 
@@ -514,6 +544,45 @@ mod tests {
         let mut out = Vec::new();
         encode(ev, 7, &mut out);
         out
+    }
+
+    #[test]
+    fn the_v2_schema_carries_the_pricing_type_and_v1_records_still_read() {
+        use notiflow_schema::{AVRO_SCHEMA_V2, PricingType};
+        let v2 = Plan::compile(8, AVRO_SCHEMA_V2).unwrap();
+        let mut ev = sample();
+        for p in [
+            None,
+            Some(PricingType::FreeCustomerService),
+            Some(PricingType::FreeEntryPoint),
+        ] {
+            ev.pricing_type = p;
+            let mut out = Vec::new();
+            encode_v2(&ev, 8, &mut out);
+            assert_eq!(v2.decode(&out[HEADER_LEN..]).unwrap(), ev);
+        }
+        // A v1 record (no field) under its own plan: no pricing type.
+        ev.pricing_type = None;
+        let v1 = Plan::compile(7, AVRO_SCHEMA).unwrap();
+        assert_eq!(v1.decode(&encoded(&ev)[HEADER_LEN..]).unwrap(), ev);
+        // A writer's enum with a symbol notiflow does not know is refused
+        // when a record carries it.
+        let other = AVRO_SCHEMA_V2.replace(
+            "\"free_entry_point\"]",
+            "\"free_entry_point\", \"marketing_lite\"]",
+        );
+        let plan = Plan::compile(9, &other).unwrap();
+        let mut out = Vec::new();
+        encode(&ev, 9, &mut out);
+        put_long(1, &mut out);
+        put_long(3, &mut out);
+        assert!(matches!(
+            plan.decode(&out[HEADER_LEN..]),
+            Err(Reject::BadEnum {
+                field: "pricing_type",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 
 use notiflow_schema::time::{parse_rfc3339, write_rfc3339};
-use notiflow_schema::{Category, Country, Event, Status};
+use notiflow_schema::{Category, Country, Event, PricingType, Status};
 use serde::Deserialize;
 
 use crate::error::Reject;
@@ -36,6 +36,8 @@ struct StatusEvent<'a> {
     #[serde(borrow)]
     event_time: Option<Text<'a>>,
     error_code: Option<i64>,
+    #[serde(borrow)]
+    pricing_type: Option<Text<'a>>,
 }
 
 /// A JSON string borrowed from the input when it has no escapes.
@@ -92,6 +94,13 @@ pub fn decode(value: &[u8]) -> Result<Event<'_>, Reject> {
         event_time: parse_rfc3339(&event_time)
             .map_err(|_| Reject::BadTimestamp(event_time.into_owned()))?,
         error_code: wire.error_code,
+        pricing_type: match wire.pricing_type {
+            None => None,
+            Some(t) => Some(PricingType::parse(&t.0).ok_or_else(|| Reject::BadEnum {
+                field: "pricing_type",
+                value: t.0.into_owned(),
+            })?),
+        },
     })
 }
 
@@ -148,6 +157,12 @@ pub fn encode(ev: &Event<'_>, out: &mut Vec<u8>) {
         Some(c) => out.extend_from_slice(c.to_string().as_bytes()),
         None => out.extend_from_slice(b"null"),
     }
+    // Left out when unknown, as producers that do not know it send events.
+    if let Some(p) = ev.pricing_type {
+        out.extend_from_slice(b",\"pricing_type\":\"");
+        out.extend_from_slice(p.as_str().as_bytes());
+        out.push(b'"');
+    }
     out.push(b'}');
 }
 
@@ -196,6 +211,7 @@ mod tests {
             template: Some("ordem_ñ\u{1}".into()),
             event_time: 1_795_464_062_123_456,
             error_code: Some(131_026),
+            pricing_type: None,
         }
     }
 
@@ -211,6 +227,30 @@ mod tests {
         buf.clear();
         encode(&ev2, &mut buf);
         assert_eq!(decode(&buf).unwrap(), ev2);
+    }
+
+    #[test]
+    fn pricing_type_is_optional_and_checked() {
+        let mut ev = sample();
+        let mut buf = Vec::new();
+        encode(&ev, &mut buf);
+        assert!(!String::from_utf8_lossy(&buf).contains("pricing_type"));
+        for p in notiflow_schema::PricingType::ALL {
+            ev.pricing_type = Some(*p);
+            buf.clear();
+            encode(&ev, &mut buf);
+            assert_eq!(decode(&buf).unwrap(), ev, "{p}");
+        }
+        let text = String::from_utf8(buf).unwrap();
+        let null = text.replace("\"free_entry_point\"", "null");
+        assert_eq!(decode(null.as_bytes()).unwrap().pricing_type, None);
+        let bad = text.replace("free_entry_point", "free");
+        match decode(bad.as_bytes()) {
+            Err(Reject::BadEnum { field, value }) => {
+                assert_eq!((field, value.as_str()), ("pricing_type", "free"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

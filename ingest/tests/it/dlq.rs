@@ -32,6 +32,7 @@ pub(crate) fn valid_event(i: usize) -> (String, Vec<u8>) {
         template: None,
         event_time: 1_793_534_400_000_000 + i as i64,
         error_code: (i % 5 == 4).then_some(131_026),
+        pricing_type: None,
     };
     let mut value = Vec::new();
     json::encode(&ev, &mut value);

@@ -35,6 +35,7 @@ fn valid(i: usize) -> (String, Vec<u8>) {
         template: None,
         event_time: 1_793_534_400_000_000,
         error_code: None,
+        pricing_type: None,
     };
     let mut value = Vec::new();
     json::encode(&ev, &mut value);

@@ -395,6 +395,7 @@ async fn the_validator_waits_for_an_id_the_registry_learns_late() {
             template: None,
             event_time: 1_793_534_400_000_000,
             error_code: None,
+            pricing_type: None,
         };
         let mut v = Vec::new();
         notiflow_ingest::codec::json::encode(&ev, &mut v);

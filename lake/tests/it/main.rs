@@ -872,3 +872,124 @@ async fn a_quiet_partition_does_not_pin_snapshot_expiry() {
         );
     }
 }
+
+/// Issue 31: events carry `pricing_type` into the lake. A table created
+/// before the column existed gets it by schema evolution when the lake is
+/// opened; its older files read it as null, new rows carry it, and a
+/// compaction over both keeps every value.
+#[tokio::test]
+async fn a_table_from_before_pricing_type_gets_the_column_and_keeps_every_row() {
+    use arrow::array::{Array, AsArray};
+    use futures::TryStreamExt;
+    use notiflow_lake::rows::{field, partition_spec, sort_order, table_schema};
+    use notiflow_lake::table::Layout;
+    use notiflow_schema::PricingType;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cfg(dir.path());
+    // The table as an earlier version created it: no pricing_type.
+    let full = table_schema().unwrap();
+    let old_fields: Vec<_> = full
+        .as_struct()
+        .fields()
+        .iter()
+        .filter(|f| f.id != field::PRICING_TYPE)
+        .cloned()
+        .collect();
+    let old = iceberg::spec::Schema::builder()
+        .with_schema_id(0)
+        .with_fields(old_fields)
+        .build()
+        .unwrap();
+    let layout = Layout {
+        schema: old,
+        spec: partition_spec().unwrap(),
+        sort: sort_order(),
+    };
+    let early = Lake::open_table(&cfg, &cfg.table, layout).await.unwrap();
+    let recs = records(600, 21);
+    let mut w = Writer::new();
+    w.commit(&early, &cfg, &recs[..300]).await;
+    // This version opens it: the column is added (once, however often).
+    let lake = Lake::open(&cfg).await.unwrap();
+    let lake = {
+        drop(lake);
+        Lake::open(&cfg).await.unwrap()
+    };
+    let table = lake.load().await.unwrap();
+    let schemas = table.metadata().schemas_iter().count();
+    assert_eq!(schemas, 2, "one evolution");
+    assert!(
+        table
+            .metadata()
+            .current_schema()
+            .field_by_id(field::PRICING_TYPE)
+            .is_some()
+    );
+    // New rows carry it: every event of the rest as JSON with a pricing type.
+    let decoder = {
+        let mut d = Decoder::new(SchemaRegistry::builtin());
+        let views: Vec<RecordView<'_>> = recs[300..].iter().map(|r| r.view()).collect();
+        d.prepare(&views).await.unwrap();
+        d
+    };
+    let types = PricingType::ALL;
+    let rest: Vec<OwnedRecord> = recs[300..]
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut r = r.clone();
+            if let Ok(mut e) = decoder.decode(&r.view()) {
+                e.pricing_type = Some(types[i % types.len()]);
+                let mut v = Vec::new();
+                notiflow_ingest::codec::json::encode(&e, &mut v);
+                r.value = Some(v);
+                r.content_type = None;
+            }
+            r
+        })
+        .collect();
+    w.commit(&lake, &cfg, &rest).await;
+    let read = |t: iceberg::table::Table| async move {
+        let batches: Vec<arrow::array::RecordBatch> = t
+            .scan()
+            .select(["pricing_type"])
+            .build()
+            .unwrap()
+            .to_arrow()
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        let mut got: std::collections::BTreeMap<Option<String>, usize> = Default::default();
+        for b in &batches {
+            let c = b.column(0).as_string::<i32>();
+            for i in 0..c.len() {
+                *got.entry(c.is_valid(i).then(|| c.value(i).to_string()))
+                    .or_default() += 1;
+            }
+        }
+        got
+    };
+    let before = read(lake.load().await.unwrap()).await;
+    let total: usize = before.values().sum();
+    let nulls = before.get(&None).copied().unwrap_or(0);
+    assert!(
+        nulls >= 280,
+        "the rows written before the column read null: {before:?}"
+    );
+    for t in types {
+        let n = before
+            .get(&Some(t.as_str().to_string()))
+            .copied()
+            .unwrap_or(0);
+        assert!(n >= 90, "{t}: {before:?}");
+    }
+    // A compaction rewrites old and new files together, values kept.
+    let report = maintenance::compact(&lake, &cfg).await.unwrap();
+    assert!(report.files_in >= 2, "nothing compacted: {report:?}");
+    let after = read(lake.load().await.unwrap()).await;
+    assert_eq!(after, before, "compaction changed pricing types");
+    assert_eq!(after.values().sum::<usize>(), total);
+}

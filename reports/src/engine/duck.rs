@@ -200,7 +200,8 @@ fn ts(t: i64) -> String {
 
 fn files_list(paths: &[String]) -> String {
     let list: Vec<String> = paths.iter().map(|p| quote(p)).collect();
-    format!("read_parquet([{}])", list.join(", "))
+    // By name: files written before a column was added lack it (null).
+    format!("read_parquet([{}], union_by_name = true)", list.join(", "))
 }
 
 fn connect(limits: Limits, spill: &std::path::Path) -> Result<Connection, ReportError> {

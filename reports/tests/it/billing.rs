@@ -842,6 +842,37 @@ async fn a_backfill_of_issued_days_is_billed_by_corrections_of_their_own() {
     }
 }
 
+/// A lake whose older files predate the `pricing_type` column (schema
+/// evolution) bills as one with the column: DuckDB reads the files by
+/// column name, DataFusion through the Iceberg schema; same bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billing_reads_files_from_before_pricing_type() {
+    let s = Setup::new(Store::Folder, "evolved");
+    let events = crafted();
+    s.append_to_an_old_table(&events[..4]).await;
+    let r = s.reports().await; // opens the lake: the column is added
+    let mut rest = events[4..].to_vec();
+    for e in &mut rest {
+        e.pricing_type = Some(notiflow_schema::PricingType::Regular);
+    }
+    s.append(&rest).await;
+    let duck = r
+        .billing(&billing("2026-11-21", EngineKind::DuckDb), now())
+        .await
+        .unwrap();
+    let mut req = billing("2026-11-21", EngineKind::DataFusion);
+    req.snapshot_id = duck.lake_snapshot_id;
+    let fusion = r.billing(&req, now()).await.unwrap();
+    assert_eq!(contents(&duck.files), contents(&fusion.files));
+    let csv = r.output().get(&duck.files[0].path).await.unwrap();
+    let (_, totals) = parse(std::str::from_utf8(&csv).unwrap());
+    assert_eq!(
+        totals["acme"],
+        (2, 95_000),
+        "m1 (old file) and m2 (new file)"
+    );
+}
+
 /// The snapshot a billing run read stays readable for the dispute period
 /// (an Iceberg tag that the lake's expiry keeps): after maintenance expired
 /// every other old snapshot and removed their files, the invoice still

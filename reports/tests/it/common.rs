@@ -168,6 +168,43 @@ impl Setup {
         bulk.commit(&lake).await.unwrap().unwrap()
     }
 
+    /// Appends `events` to a table created as an earlier version created
+    /// it (before `pricing_type`), before any version with the column opens
+    /// it; its id.
+    pub async fn append_to_an_old_table(&self, events: &[Event<'_>]) -> i64 {
+        use notiflow_lake::rows::{field, partition_spec, sort_order, table_schema};
+        let fields: Vec<_> = table_schema()
+            .unwrap()
+            .as_struct()
+            .fields()
+            .iter()
+            .filter(|f| f.id != field::PRICING_TYPE)
+            .cloned()
+            .collect();
+        let layout = notiflow_lake::table::Layout {
+            schema: iceberg::spec::Schema::builder()
+                .with_schema_id(0)
+                .with_fields(fields)
+                .build()
+                .unwrap(),
+            spec: partition_spec().unwrap(),
+            sort: sort_order(),
+        };
+        let lake = Lake::open_table(&self.lake_cfg, &self.lake_cfg.table, layout)
+            .await
+            .unwrap();
+        let mut bulk = Bulk::new(&lake, &self.lake_cfg).await.unwrap();
+        for (i, e) in events.iter().enumerate() {
+            let origin = Origin {
+                ingest_time: e.event_time,
+                partition: 0,
+                offset: i as i64,
+            };
+            bulk.push(e, origin).await.unwrap();
+        }
+        bulk.commit(&lake).await.unwrap().unwrap()
+    }
+
     /// Generates `n` records from `start`, loads the distinct valid events
     /// and returns the ground truth.
     pub async fn generate(&self, n: usize, start: Micros, rate: f64, seed: u64) -> GroundTruth {
@@ -223,6 +260,7 @@ pub fn ev(
         template: Some(Cow::Borrowed("promo_nov")),
         event_time: t(time),
         error_code: None,
+        pricing_type: None,
     }
 }
 
