@@ -14,7 +14,7 @@ use std::collections::BinaryHeap;
 use notiflow_ingest::RecordView;
 use notiflow_ingest::codec::{avro, json};
 use notiflow_ingest::corpus::{self, CorpusRecord};
-use notiflow_ingest::registry::BUILTIN_SCHEMA_ID;
+use notiflow_ingest::registry::BUILTIN_SCHEMA_ID_V2;
 use notiflow_schema::{Event, Micros};
 
 use crate::model::{Message, Population, StatusEvent, lifecycle};
@@ -232,11 +232,11 @@ impl Generator {
             template: m.template.map(Into::into),
             event_time: p.ev.event_time,
             error_code: p.ev.error_code,
-            pricing_type: None,
+            pricing_type: m.pricing_type(),
         };
         self.value.clear();
         let content_type = if self.rng.chance(self.shape.avro_share) {
-            avro::encode(&ev, BUILTIN_SCHEMA_ID, &mut self.value);
+            avro::encode_v2(&ev, BUILTIN_SCHEMA_ID_V2, &mut self.value);
             AVRO_CONTENT_TYPE
         } else {
             json::encode(&ev, &mut self.value);
@@ -404,10 +404,17 @@ mod tests {
         let mut a = Generator::new(shape(9), None);
         let mut b = Generator::new(shape(9), None);
         let mut dec = Decoder::new(SchemaRegistry::builtin());
-        dec.prepare(&[RecordView {
-            value: Some(&[0, 0, 0, 0, 1, 0]),
-            ..RecordView::default()
-        }])
+        // Both built-in schemas (v2 is what the generator writes).
+        dec.prepare(&[
+            RecordView {
+                value: Some(&[0, 0, 0, 0, 1, 0]),
+                ..RecordView::default()
+            },
+            RecordView {
+                value: Some(&[0, 0, 0, 0, 2, 0]),
+                ..RecordView::default()
+            },
+        ])
         .await
         .unwrap();
         let (mut valid, mut dups, mut bad) = (0, 0, 0);

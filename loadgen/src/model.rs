@@ -12,7 +12,7 @@
 //!   country, than their earlier statuses (re-categorised after delivery).
 
 use notiflow_schema::time::{MINUTE_MICROS, SECOND_MICROS};
-use notiflow_schema::{Category, Country, Micros, Status};
+use notiflow_schema::{Category, Country, Micros, PricingType, Status};
 
 use crate::rng::Rng;
 
@@ -185,6 +185,25 @@ impl Message {
             self.country
         };
         (category, country)
+    }
+}
+
+impl Message {
+    /// How Meta prices the message (every status of it says the same): 5%
+    /// in the free entry-point window, a third of utility and service
+    /// messages in the customer service window, 15% from producers that do
+    /// not send it (None), the rest `regular`. Decided by the sequence
+    /// number alone, like [`Message::reported`], so the model's random
+    /// stream is what it was without it.
+    pub fn pricing_type(&self) -> Option<PricingType> {
+        let h = mix(self.seq ^ 0x7072_6963_696e_6721) % 100;
+        let in_window = matches!(self.category, Category::Utility | Category::Service);
+        match h {
+            0..5 => Some(PricingType::FreeEntryPoint),
+            5..40 if in_window => Some(PricingType::FreeCustomerService),
+            40..55 => None,
+            _ => Some(PricingType::Regular),
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use std::path::Path;
 use chrono::TimeZone;
 use chrono_tz::Tz;
 use notiflow_schema::time::{MINUTE_MICROS, format_rfc3339, minute_of};
-use notiflow_schema::{Category, Country, Micros, Status};
+use notiflow_schema::{Category, Country, Micros, PricingType, Status};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Message;
@@ -109,6 +109,21 @@ impl GroundTruth {
 /// free before).
 pub const SERVICE_CHARGED_FROM: &str = "2026-10-01";
 
+/// Meta's rules by hand (SPEC §5; the demo and test cards say the same as
+/// `[[free]]` rows): a status of `category`, sent as `pricing_type` (None:
+/// `regular`), on billing day `day` (`YYYY-MM-DD`) is not charged when it
+/// is a service message before 2026-10-01, a utility template sent in the
+/// customer service window before 2026-10-01, or in the free entry-point
+/// window.
+pub fn free(category: Category, pricing_type: Option<PricingType>, day: &str) -> bool {
+    let before = day < SERVICE_CHARGED_FROM;
+    match pricing_type {
+        Some(PricingType::FreeEntryPoint) => true,
+        Some(PricingType::FreeCustomerService) if category == Category::Utility => before,
+        _ => category == Category::Service && before,
+    }
+}
+
 /// Accumulates the truth while the generator runs.
 pub struct TruthBuilder {
     seed: u64,
@@ -154,8 +169,7 @@ impl TruthBuilder {
         let (category, country) = m.reported(status);
         if matches!(status, Status::Delivered | Status::Read)
             && m.billable
-            && (category != Category::Service
-                || self.tz.billing_day(event_time).as_str() >= SERVICE_CHARGED_FROM)
+            && !free(category, m.pricing_type(), &self.tz.billing_day(event_time))
         {
             let first = (m.client, category, country, event_time);
             let e = self.first_billable.entry(m.seq).or_insert(first);
@@ -257,6 +271,21 @@ impl BillingDay for Tz {
 mod tests {
     use super::*;
     use notiflow_schema::time::parse_rfc3339;
+
+    #[test]
+    fn what_is_free_follows_meta_since_2026_10_01() {
+        use Category::{Marketing, Service, Utility};
+        use PricingType::{FreeCustomerService as Fcs, FreeEntryPoint as Fep, Regular};
+        let (sep, oct) = ("2026-09-30", "2026-10-01");
+        assert!(free(Service, None, sep) && !free(Service, None, oct));
+        assert!(free(Utility, Some(Fcs), sep) && !free(Utility, Some(Fcs), oct));
+        assert!(!free(Utility, Some(Regular), sep) && !free(Utility, None, sep));
+        assert!(free(Marketing, Some(Fep), oct) && free(Utility, Some(Fep), "2027-01-01"));
+        assert!(
+            !free(Marketing, Some(Fcs), sep),
+            "only utility is free in the window"
+        );
+    }
 
     #[test]
     fn billing_day_follows_sao_paulo() {

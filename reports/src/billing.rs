@@ -110,14 +110,18 @@ impl Window {
     }
 }
 
-/// The instants a card's free row covers, in the billing zone: its
-/// category's delivered and read events in `[from, to)` (either end open
-/// when `None`) are not billable events. Engines take these, so a free day
-/// is the billing zone's day, exactly as the rate card's prices are.
+/// The instants a card's free row covers, in the billing zone: the
+/// delivered and read events of its category and pricing type (either may
+/// be every one) in `[from, to)` (either end open when `None`) are not
+/// billable events. Engines take these, so a free day is the billing
+/// zone's day, exactly as the rate card's prices are. An event without a
+/// pricing type is `regular`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FreeSpan {
-    /// Pricing category.
-    pub category: String,
+    /// Pricing category (None: every one).
+    pub category: Option<String>,
+    /// Pricing type (None: every one).
+    pub pricing_type: Option<String>,
     /// First instant, UTC micros.
     pub from: Option<Micros>,
     /// First instant after, UTC micros.
@@ -132,6 +136,7 @@ pub fn free_spans(card: &RateCard, tz: Tz) -> Result<Vec<FreeSpan>, ReportError>
         .map(|f| {
             Ok(FreeSpan {
                 category: f.category.clone(),
+                pricing_type: f.pricing_type.map(|p| p.as_str().to_string()),
                 from: at(f.from)?,
                 to: at(f.to)?,
             })

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use chrono::NaiveDate;
-use notiflow_schema::{Category, Country};
+use notiflow_schema::{Category, Country, PricingType};
 use serde::Deserialize;
 use sha2::Digest;
 
@@ -46,20 +46,27 @@ pub struct Rate {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFree {
-    category: String,
+    #[serde(default)]
+    category: Option<String>,
+    #[serde(default)]
+    pricing_type: Option<String>,
     #[serde(default)]
     from: Option<String>,
     #[serde(default)]
     to: Option<String>,
 }
 
-/// A category that is not charged on the billing days `[from, to)` (either
-/// end open when absent): its delivered and read events are not billable
-/// events on those days, whatever the platform's `billable` flag says.
+/// What is not charged on the billing days `[from, to)` (either end open
+/// when absent): the delivered and read events of a category, of a pricing
+/// type (the window a message was sent in: an event without one is
+/// `regular`), or of both at once, are not billable events on those days,
+/// whatever the platform's `billable` flag says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Free {
-    /// Pricing category.
-    pub category: String,
+    /// Pricing category (None: every category).
+    pub category: Option<String>,
+    /// Pricing type (None: every type).
+    pub pricing_type: Option<PricingType>,
     /// First billing day it is free on (open when absent).
     pub from: Option<NaiveDate>,
     /// First billing day it is charged again (open when absent).
@@ -206,17 +213,36 @@ impl RateCard {
                 })
                 .transpose()
             };
+            if raw.category.is_none() && raw.pricing_type.is_none() {
+                return Err(ReportError::RateCard(format!(
+                    "{at}: names neither a category nor a pricing_type (it would make everything free)"
+                )));
+            }
+            if let Some(c) = &raw.category
+                && Category::parse(c).is_none()
+            {
+                return Err(ReportError::RateCard(format!(
+                    "{at}.category: unknown category '{c}'"
+                )));
+            }
+            let pricing_type = raw
+                .pricing_type
+                .as_deref()
+                .map(|p| {
+                    PricingType::parse(p).ok_or_else(|| {
+                        ReportError::RateCard(format!(
+                            "{at}.pricing_type: unknown pricing type '{p}' (regular, \
+                             free_customer_service or free_entry_point)"
+                        ))
+                    })
+                })
+                .transpose()?;
             let f = Free {
                 from: date("from", raw.from.as_deref())?,
                 to: date("to", raw.to.as_deref())?,
                 category: raw.category,
+                pricing_type,
             };
-            if Category::parse(&f.category).is_none() {
-                return Err(ReportError::RateCard(format!(
-                    "{at}.category: unknown category '{}'",
-                    f.category
-                )));
-            }
             if let (Some(from), Some(to)) = (f.from, f.to)
                 && to <= from
             {
@@ -240,10 +266,18 @@ impl RateCard {
         &self.free
     }
 
-    /// True when `category` is free on billing day `day`.
-    pub fn is_free(&self, category: &str, day: NaiveDate) -> bool {
+    /// True when a message of `category` sent as `pricing_type` (None:
+    /// not said, so `regular`) is free on billing day `day`.
+    pub fn is_free(
+        &self,
+        category: &str,
+        pricing_type: Option<PricingType>,
+        day: NaiveDate,
+    ) -> bool {
+        let pt = pricing_type.unwrap_or(PricingType::Regular);
         self.free.iter().any(|f| {
-            f.category == category
+            f.category.as_deref().is_none_or(|c| c == category)
+                && f.pricing_type.is_none_or(|p| p == pt)
                 && f.from.is_none_or(|from| from <= day)
                 && f.to.is_none_or(|to| day < to)
         })
@@ -340,6 +374,16 @@ from = "2026-11-15"
             c.price("marketing", "BR", day("2026-11-22")).unwrap(),
             62500
         );
+        // Meta's rules since 2026-10-01, as rows.
+        let fcs = Some(PricingType::FreeCustomerService);
+        assert!(c.is_free("utility", fcs, day("2026-09-30")));
+        assert!(!c.is_free("utility", fcs, day("2026-10-01")));
+        assert!(c.is_free(
+            "marketing",
+            Some(PricingType::FreeEntryPoint),
+            day("2026-12-01")
+        ));
+        assert!(!c.is_free("utility", None, day("2026-09-30")));
     }
 
     #[test]
@@ -349,17 +393,22 @@ from = "2026-11-15"
              [[free]]\ncategory = \"utility\"\nfrom = \"2026-01-01\"\nto = \"2026-02-01\"\n"
         );
         let c = RateCard::parse(&card).unwrap();
-        assert!(c.is_free("service", day("2026-09-30")));
-        assert!(!c.is_free("service", day("2026-10-01")));
-        assert!(!c.is_free("utility", day("2025-12-31")));
-        assert!(c.is_free("utility", day("2026-01-31")));
-        assert!(!c.is_free("utility", day("2026-02-01")));
+        assert!(c.is_free("service", None, day("2026-09-30")));
+        assert!(!c.is_free("service", None, day("2026-10-01")));
+        assert!(!c.is_free("utility", None, day("2025-12-31")));
+        assert!(c.is_free("utility", None, day("2026-01-31")));
+        assert!(!c.is_free("utility", None, day("2026-02-01")));
         assert!(
-            !c.is_free("marketing", day("2026-09-30")),
+            !c.is_free("marketing", None, day("2026-09-30")),
             "no row, charged"
         );
         for (row, want) in [
             ("[[free]]\ncategory = \"spam\"\n", "free[0].category"),
+            ("[[free]]\nto = \"2026-10-01\"\n", "free[0]: names neither"),
+            (
+                "[[free]]\npricing_type = \"cheap\"\n",
+                "free[0].pricing_type",
+            ),
             (
                 "[[free]]\ncategory = \"service\"\nfrom = \"2026-10-01\"\nto = \"2026-10-01\"\n",
                 "free[0].to",
@@ -379,8 +428,8 @@ from = "2026-11-15"
     #[test]
     fn the_demo_card_charges_service_from_2026_10_01() {
         let c = RateCard::configured("").unwrap();
-        assert!(c.is_free("service", day("2026-09-30")));
-        assert!(!c.is_free("service", day("2026-10-01")));
+        assert!(c.is_free("service", None, day("2026-09-30")));
+        assert!(!c.is_free("service", None, day("2026-10-01")));
         assert!(c.price("service", "BR", day("2026-10-01")).is_ok());
     }
 

@@ -26,7 +26,7 @@ use crate::detail::DetailQuery;
 use crate::error::ReportError;
 
 /// Columns the billing query reads.
-const BILLING_COLUMNS: [&str; 8] = [
+const BILLING_COLUMNS: [&str; 9] = [
     "event_id",
     "message_id",
     "client_id",
@@ -35,6 +35,7 @@ const BILLING_COLUMNS: [&str; 8] = [
     "event_time",
     "status",
     "billable",
+    "pricing_type",
 ];
 
 /// What DuckDB reads, readied on the async side.
@@ -69,13 +70,25 @@ async fn input(
             return Ok(None);
         };
         // The scan plans the files itself (and filters rows); an empty
-        // scan gives no batch, which the query takes as no rows.
+        // scan gives no batch, which the query takes as no rows. Columns
+        // the snapshot's schema predates are added as nulls in DuckDB.
+        let md = src.table.metadata();
+        let schema = md
+            .snapshot_by_id(id)
+            .and_then(|s| s.schema_id())
+            .and_then(|sid| md.schema_by_id(sid))
+            .unwrap_or_else(|| md.current_schema());
+        let known: Vec<&str> = cols
+            .iter()
+            .copied()
+            .filter(|c| schema.field_by_name(c).is_some())
+            .collect();
         let mut stream = src
             .table
             .scan()
             .snapshot_id(id)
             .with_filter(pred)
-            .select(cols.iter().copied())
+            .select(known)
             .build()?
             .to_arrow()
             .await?;
@@ -204,6 +217,24 @@ fn files_list(paths: &[String]) -> String {
     format!("read_parquet([{}], union_by_name = true)", list.join(", "))
 }
 
+/// `relation` with the columns added to the lake after some of its files
+/// were written (`pricing_type`) as nulls when none of its files has them
+/// (`union_by_name` gives nulls only for a column some file has).
+fn with_added_columns(conn: &Connection, relation: String) -> Result<String, ReportError> {
+    let has: i64 = conn.query_row(
+        &format!(
+            "SELECT count(*) FROM (DESCRIBE SELECT * FROM {relation}) WHERE column_name = 'pricing_type'"
+        ),
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(if has > 0 {
+        relation
+    } else {
+        format!("(SELECT *, CAST(NULL AS VARCHAR) AS pricing_type FROM {relation})")
+    })
+}
+
 fn connect(limits: Limits, spill: &std::path::Path) -> Result<Connection, ReportError> {
     let conn = Connection::open_in_memory()?;
     conn.execute_batch(&format!(
@@ -250,12 +281,12 @@ where
             .tempdir()?;
         let conn = connect(limits, spill.path())?;
         let relation = match &mut rows {
-            Rows::Files { paths, .. } => files_list(paths),
+            Rows::Files { paths, .. } => with_added_columns(&conn, files_list(paths))?,
             Rows::Batches(rx) => {
                 if !stage(&conn, rx)? {
                     return Ok(acc);
                 }
-                "ev".to_string()
+                with_added_columns(&conn, "ev".to_string())?
             }
         };
         let mut stmt = conn.prepare(&sql(&relation))?;
@@ -285,7 +316,13 @@ where
 fn billable_sql(free: &[FreeSpan]) -> String {
     let mut sql = String::from("status IN ('delivered', 'read') AND billable");
     for f in free {
-        let mut span = vec![format!("category = {}", quote(&f.category))];
+        let mut span = vec!["TRUE".to_string()];
+        if let Some(c) = &f.category {
+            span.push(format!("category = {}", quote(c)));
+        }
+        if let Some(p) = &f.pricing_type {
+            span.push(format!("coalesce(pricing_type, 'regular') = {}", quote(p)));
+        }
         if let Some(t) = f.from {
             span.push(format!("event_time >= {}", ts(t)));
         }

@@ -33,7 +33,14 @@ async fn events(src: &Source, limits: Limits) -> Result<DataFrame, ReportError> 
         .with_batch_size(8192);
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     ctx.register_table("events", Arc::new(provider))?;
-    Ok(ctx.table("events").await?)
+    let df = ctx.table("events").await?;
+    // A snapshot committed before `pricing_type` was added has the older
+    // schema: its rows have no pricing type (null, read as `regular`).
+    if df.schema().has_column_with_unqualified_name("pricing_type") {
+        Ok(df)
+    } else {
+        Ok(df.with_column("pricing_type", lit(ScalarValue::Utf8(None)))?)
+    }
 }
 
 fn ts(t: i64) -> Expr {
@@ -50,7 +57,15 @@ fn billable(free: &[FreeSpan]) -> Expr {
         .in_list(vec![lit("delivered"), lit("read")], false)
         .and(col("billable").eq(lit(true)));
     for f in free {
-        let mut span = col("category").eq(lit(f.category.as_str()));
+        let mut span = lit(true);
+        if let Some(c) = &f.category {
+            span = span.and(col("category").eq(lit(c.as_str())));
+        }
+        if let Some(p) = &f.pricing_type {
+            let pt =
+                datafusion::functions::expr_fn::coalesce(vec![col("pricing_type"), lit("regular")]);
+            span = span.and(pt.eq(lit(p.as_str())));
+        }
         if let Some(t) = f.from {
             span = span.and(col("event_time").gt_eq(ts(t)));
         }

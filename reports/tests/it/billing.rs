@@ -844,13 +844,32 @@ async fn a_backfill_of_issued_days_is_billed_by_corrections_of_their_own() {
 
 /// A lake whose older files predate the `pricing_type` column (schema
 /// evolution) bills as one with the column: DuckDB reads the files by
-/// column name, DataFusion through the Iceberg schema; same bytes.
+/// column name (or the scan's batches, on S3), DataFusion through the
+/// Iceberg schema; a snapshot from before the column reads it as null;
+/// same bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn billing_reads_files_from_before_pricing_type() {
-    let s = Setup::new(Store::Folder, "evolved");
+    evolved(Store::Folder, DuckS3Input::Files).await;
+    evolved(Store::S3, DuckS3Input::Arrow).await;
+}
+
+async fn evolved(store: Store, input: DuckS3Input) {
+    let mut s = Setup::new(store, "evolved");
+    s.cfg.duckdb_s3_input = input;
     let events = crafted();
     s.append_to_an_old_table(&events[..4]).await;
     let r = s.reports().await; // opens the lake: the column is added
+    // A day of old files only: no file has the column DuckDB is asked for.
+    for engine in [EngineKind::DuckDb, EngineKind::DataFusion] {
+        let only_old = r
+            .billing(&billing("2026-11-22", engine), now())
+            .await
+            .unwrap();
+        assert_eq!(
+            only_old.rows, 0,
+            "{engine:?}: nothing billed (m1 on the 21st)"
+        );
+    }
     let mut rest = events[4..].to_vec();
     for e in &mut rest {
         e.pricing_type = Some(notiflow_schema::PricingType::Regular);
@@ -871,6 +890,121 @@ async fn billing_reads_files_from_before_pricing_type() {
         (2, 95_000),
         "m1 (old file) and m2 (new file)"
     );
+}
+
+/// Meta's pricing since 2026-10-01 (issue 31), as card rows: utility
+/// templates sent inside the customer service window were free and are
+/// charged from that day; the free entry-point window stays free whatever
+/// the category; an event without a pricing type is `regular`. Hand-priced
+/// (São Paulo days, the test card), both engines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pricing_types_follow_the_card_across_2026_10_01() {
+    use notiflow_schema::PricingType as P;
+    let s = Setup::new(Store::Folder, "pricing");
+    let with = |mut e: notiflow_schema::Event<'static>, p: Option<P>| {
+        e.pricing_type = p;
+        e
+    };
+    let d = |id: &str, m: &str, c: C, p: Option<P>, at: &str| {
+        with(ev(id, m, "acme", S::Delivered, c, true, "BR", at), p)
+    };
+    s.append(&[
+        d(
+            "u1",
+            "u1",
+            C::Utility,
+            Some(P::FreeCustomerService),
+            "2026-09-30T15:00:00Z",
+        ),
+        d(
+            "u2",
+            "u2",
+            C::Utility,
+            Some(P::FreeCustomerService),
+            "2026-10-01T15:00:00Z",
+        ),
+        d("u3", "u3", C::Utility, None, "2026-09-30T15:00:00Z"),
+        d(
+            "e1",
+            "e1",
+            C::Marketing,
+            Some(P::FreeEntryPoint),
+            "2026-10-01T15:00:00Z",
+        ),
+        d(
+            "e2",
+            "e2",
+            C::Utility,
+            Some(P::FreeEntryPoint),
+            "2026-09-30T15:00:00Z",
+        ),
+        d(
+            "m1",
+            "m1",
+            C::Marketing,
+            Some(P::Regular),
+            "2026-10-01T15:00:00Z",
+        ),
+        d(
+            "s1",
+            "s1",
+            C::Service,
+            Some(P::FreeCustomerService),
+            "2026-10-01T15:00:00Z",
+        ),
+        d(
+            "a1",
+            "a1",
+            C::Authentication,
+            Some(P::FreeCustomerService),
+            "2026-09-30T15:00:00Z",
+        ),
+    ])
+    .await;
+    let r = s.reports().await;
+    let k = |cat: &str| ("acme".to_string(), cat.to_string(), "BR".to_string());
+    for engine in [EngineKind::DuckDb, EngineKind::DataFusion] {
+        let sep = r
+            .billing(&billing("2026-09-30", engine), now())
+            .await
+            .unwrap();
+        let oct = r
+            .billing(&billing("2026-10-01", engine), now())
+            .await
+            .unwrap();
+        let text = |m: &Manifest| {
+            let path = m.files[0].path.clone();
+            let r = &r;
+            async move { String::from_utf8(r.output().get(&path).await.unwrap()).unwrap() }
+        };
+        let (items, totals) = parse(&text(&sep).await);
+        assert_eq!(
+            items,
+            BTreeMap::from([
+                (k("authentication"), (1, 13_500, 13_500)),
+                (k("utility"), (1, 4_000, 4_000)),
+            ]),
+            "{engine:?} 09-30: u1 (in the service window) and e2 (entry point) are free"
+        );
+        assert_eq!(totals["acme"], (2, 17_500));
+        let (items, totals) = parse(&text(&oct).await);
+        assert_eq!(
+            items,
+            BTreeMap::from([
+                (k("marketing"), (1, 62_500, 62_500)),
+                (k("service"), (1, 6_000, 6_000)),
+                (k("utility"), (1, 4_000, 4_000)),
+            ]),
+            "{engine:?} 10-01: u2 is charged, e1 (entry point) is free"
+        );
+        assert_eq!(totals["acme"], (3, 72_500));
+    }
+    let card = RateCard::parse(CARD).unwrap();
+    let day = |d: &str| d.parse().unwrap();
+    assert!(card.is_free("utility", Some(P::FreeCustomerService), day("2026-09-30")));
+    assert!(!card.is_free("utility", Some(P::FreeCustomerService), day("2026-10-01")));
+    assert!(card.is_free("marketing", Some(P::FreeEntryPoint), day("2027-01-01")));
+    assert!(!card.is_free("utility", None, day("2026-09-30")));
 }
 
 /// The snapshot a billing run read stays readable for the dispute period

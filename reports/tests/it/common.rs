@@ -56,6 +56,12 @@ from = "2026-10-01"
 [[free]]
 category = "service"
 to = "2026-10-01"
+[[free]]
+category = "utility"
+pricing_type = "free_customer_service"
+to = "2026-10-01"
+[[free]]
+pricing_type = "free_entry_point"
 "#;
 
 pub fn t(s: &str) -> Micros {
