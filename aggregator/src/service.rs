@@ -219,6 +219,8 @@ pub async fn run(
     let mut schema_holds = SchemaHolds::default();
     tracing::info!(topic = %kafka.topic, group = %cfg.group_id, prefix = %redis_cfg.key_prefix, "aggregator running");
 
+    // Fetch errors back off with the one retry policy (ingest::retry).
+    let mut fetch_backoff = notiflow_ingest::retry::Backoff::new();
     loop {
         let stopping = shutdown.is_cancelled();
         schema_holds.release(&mut decoder, &source).await;
@@ -226,10 +228,14 @@ pub async fn run(
             .next_batch(cfg.batch_max_records, max_wait, &shutdown)
             .await
         {
-            Ok(b) => b,
+            Ok(b) => {
+                fetch_backoff.reset();
+                b
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "fetch failed, backing off");
-                sleep_or_cancel(&shutdown, Duration::from_secs(1)).await;
+                let wait = fetch_backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?wait, "fetch failed, backing off");
+                sleep_or_cancel(&shutdown, wait).await;
                 Vec::new()
             }
         };

@@ -117,6 +117,8 @@ pub async fn run(
     tracing::info!(topic = %kafka.topic, group = %cfg.group_id, "ingest running");
 
     let mut schema_holds = SchemaHolds::default();
+    // Fetch errors back off with the one retry policy (crate::retry).
+    let mut fetch_backoff = crate::retry::Backoff::new();
     while !shutdown.is_cancelled() {
         letters.reap();
         schema_holds.release(&mut decoder, &source).await;
@@ -129,10 +131,14 @@ pub async fn run(
             .next_batch(cfg.batch_max_records, max_wait, &shutdown)
             .await
         {
-            Ok(b) => b,
+            Ok(b) => {
+                fetch_backoff.reset();
+                b
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "fetch failed, backing off");
-                sleep_or_cancel(&shutdown, Duration::from_secs(1)).await;
+                let wait = fetch_backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?wait, "fetch failed, backing off");
+                sleep_or_cancel(&shutdown, wait).await;
                 continue;
             }
         };

@@ -169,6 +169,15 @@ struct Writer<'a> {
     /// The generation at which this writer last checkpointed each
     /// partition's whole dedup window (`dedup_log::checkpoint_due`).
     checkpoints: HashMap<i32, u32>,
+    /// Waits after fetch errors and failed rounds (the one retry policy,
+    /// `ingest::retry`), reset by a fetch and by a commit.
+    backoff: Backoffs,
+}
+
+#[derive(Default)]
+struct Backoffs {
+    fetch: notiflow_ingest::retry::Backoff,
+    abort: notiflow_ingest::retry::Backoff,
 }
 
 /// How far behind the writer's clock a heartbeat puts a caught-up
@@ -224,6 +233,7 @@ pub async fn run(
         last_commit: Instant::now(),
         partitions: partition_count(kafka, &kafka.topic).await,
         checkpoints: HashMap::new(),
+        backoff: Backoffs::default(),
     };
     let watermark_every = Duration::from_millis(cfg.watermark_interval_ms);
     let interval = Duration::from_millis(cfg.commit_interval_ms);
@@ -238,10 +248,14 @@ pub async fn run(
             .next_batch(cfg.batch_max_records, Duration::from_millis(200), &shutdown)
             .await
         {
-            Ok(b) => b,
+            Ok(b) => {
+                w.backoff.fetch.reset();
+                b
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "fetch failed, backing off");
-                sleep_or_cancel(&shutdown, Duration::from_secs(1)).await;
+                let wait = w.backoff.fetch.next_delay();
+                tracing::warn!(error = %e, retry_in = ?wait, "fetch failed, backing off");
+                sleep_or_cancel(&shutdown, wait).await;
                 Vec::new()
             }
         };
@@ -482,6 +496,7 @@ impl Writer<'_> {
     /// Book-keeping after a commit landed.
     fn committed(&mut self, snapshot_id: i64) {
         self.last_commit = Instant::now();
+        self.backoff.abort.reset();
         if self
             .failpoints
             .after_commit
@@ -532,9 +547,10 @@ impl Writer<'_> {
         if !e.is_retryable() {
             return Err(LakeError::Table(format!("round failed: {e}")));
         }
-        tracing::warn!(error = %e, "round failed: nothing committed; backing off, then re-reading from the table's offsets");
+        let wait = self.backoff.abort.next_delay();
+        tracing::warn!(error = %e, retry_in = ?wait, "round failed: nothing committed; backing off, then re-reading from the table's offsets");
         self.reset_round();
-        sleep_or_cancel(shutdown, Duration::from_secs(1)).await;
+        sleep_or_cancel(shutdown, wait).await;
         let parts: Vec<i32> = self.owned.keys().copied().collect();
         self.resync(&parts, shutdown).await
     }
