@@ -316,7 +316,7 @@ impl ReportsConfig {
             if !names.insert(j.name.as_str()) {
                 return Err(ReportError::config(&at("name"), "is not unique"));
             }
-            crate::schedule::Plan::of(j)
+            crate::plan::Plan::new(&j.cron, j.kind == JobKind::Billing)
                 .map_err(|e| ReportError::config(&at("cron"), e.to_string()))?;
             if j.formats.is_empty() {
                 return Err(ReportError::config(&at("formats"), "must not be empty"));

@@ -6,7 +6,8 @@
 //! - [`engine`]: DuckDB and DataFusion over a pinned lake snapshot;
 //! - [`output`]: files and manifests in object storage;
 //! - [`report`]: one report run end to end;
-//! - [`ledger`] and [`schedule`]: recorded runs and the cron scheduler;
+//! - [`ledger`], [`plan`] and [`schedule`]: recorded runs, when jobs are
+//!   due, and the scheduler;
 //! - [`invoices`]: one invoice per billing day; [`billed`]: the messages
 //!   each invoice billed;
 //! - [`metrics`]: run durations and job freshness for Prometheus.
@@ -21,6 +22,7 @@ pub mod invoices;
 pub mod ledger;
 pub mod metrics;
 pub mod output;
+pub mod plan;
 pub mod ratecard;
 pub mod report;
 pub mod schedule;
