@@ -16,9 +16,9 @@
 //! same way (the billed-messages ledger with late lines is issue 31's
 //! next step).
 
-use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Row};
+use sqlx::Row;
 
+use crate::db::Db;
 use crate::error::ReportError;
 
 /// An issued billing day.
@@ -70,23 +70,15 @@ const TABLE: &str = "notiflow_invoices";
 /// The registry.
 #[derive(Clone)]
 pub struct Invoices {
-    pool: AnyPool,
-    dollar: bool,
+    db: Db,
 }
 
 impl Invoices {
     /// Opens (and creates) the registry in the database at `uri` (the
     /// lake's catalog).
     pub async fn open(uri: &str) -> Result<Invoices, ReportError> {
-        let uri = notiflow_lake::table::catalog_uri(uri)?;
-        sqlx::any::install_default_drivers();
-        let pool = AnyPoolOptions::new()
-            .max_connections(2)
-            .connect(&uri)
-            .await?;
         let r = Invoices {
-            dollar: !uri.starts_with("sqlite:"),
-            pool,
+            db: Db::open(uri).await?,
         };
         sqlx::query(&format!(
             "CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -100,17 +92,13 @@ impl Invoices {
                ledger_version BIGINT NOT NULL UNIQUE,
                PRIMARY KEY (billing_day, seq))"
         ))
-        .execute(&r.pool)
+        .execute(&r.db.pool)
         .await?;
         Ok(r)
     }
 
     fn sql(&self, q: &str) -> String {
-        if self.dollar {
-            notiflow_lake::table::dollar(q)
-        } else {
-            q.to_string()
-        }
+        self.db.sql(q)
     }
 
     /// Everything issued, in ledger order.
@@ -135,7 +123,7 @@ impl Invoices {
             query = query.bind(d);
         }
         query
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db.pool)
             .await?
             .into_iter()
             .map(|r| {
@@ -170,7 +158,7 @@ impl Invoices {
         .bind(&inv.rate_card_sha256)
         .bind(inv.issued_at)
         .bind(inv.ledger_version)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?
         .rows_affected();
         if inserted == 1 {

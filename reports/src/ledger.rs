@@ -6,9 +6,9 @@
 //! renewing, after which another may take the run over.
 
 use serde::Serialize;
-use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Row};
+use sqlx::Row;
 
+use crate::db::Db;
 use crate::error::ReportError;
 use crate::output::Manifest;
 
@@ -93,8 +93,7 @@ pub struct End<'a> {
 /// The ledger's table.
 #[derive(Clone)]
 pub struct Ledger {
-    pool: AnyPool,
-    dollar: bool,
+    db: Db,
 }
 
 const TABLE: &str = "notiflow_report_runs";
@@ -103,15 +102,8 @@ impl Ledger {
     /// Opens (and creates) the ledger in the database at `uri`
     /// (`sqlite://…` or `postgres://…`, as the lake's catalog).
     pub async fn open(uri: &str) -> Result<Ledger, ReportError> {
-        let uri = notiflow_lake::table::catalog_uri(uri)?;
-        sqlx::any::install_default_drivers();
-        let pool = AnyPoolOptions::new()
-            .max_connections(2)
-            .connect(&uri)
-            .await?;
         let l = Ledger {
-            dollar: !uri.starts_with("sqlite:"),
-            pool,
+            db: Db::open(uri).await?,
         };
         sqlx::query(&format!(
             "CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -127,18 +119,13 @@ impl Ledger {
                owner TEXT NOT NULL,
                PRIMARY KEY (job, scheduled_for))"
         ))
-        .execute(&l.pool)
+        .execute(&l.db.pool)
         .await?;
         Ok(l)
     }
 
-    /// `?` placeholders as the database wants them.
     fn sql(&self, q: &str) -> String {
-        if self.dollar {
-            notiflow_lake::table::dollar(q)
-        } else {
-            q.to_string()
-        }
+        self.db.sql(q)
     }
 
     /// Claims `job`'s run for `slot`: new, or a retry of one that failed or
@@ -162,7 +149,7 @@ impl Ledger {
         .bind(now)
         .bind(now + lease_micros)
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?
         .rows_affected();
         if inserted == 1 {
@@ -185,7 +172,7 @@ impl Ledger {
         .bind(job)
         .bind(slot)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?
         .rows_affected();
         if updated == 0 {
@@ -209,7 +196,7 @@ impl Ledger {
         .bind(job)
         .bind(slot)
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?;
         Ok(())
     }
@@ -245,7 +232,7 @@ impl Ledger {
         .bind(job)
         .bind(slot)
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?
         .rows_affected();
         Ok(updated == 1)
@@ -268,7 +255,7 @@ impl Ledger {
         .bind(slot)
         .bind(owner)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db.pool)
         .await?;
         Ok(row.is_some())
     }
@@ -294,7 +281,7 @@ impl Ledger {
         .bind(owner)
         .bind(job)
         .bind(slot)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?
         .rows_affected();
         Ok(updated == 1)
@@ -379,7 +366,7 @@ impl Ledger {
         for i in ints {
             query = query.bind(*i);
         }
-        let rows = query.fetch_all(&self.pool).await?;
+        let rows = query.fetch_all(&self.db.pool).await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             out.push(Run {

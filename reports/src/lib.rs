@@ -15,6 +15,7 @@
 pub mod billed;
 pub mod billing;
 pub mod config;
+mod db;
 pub mod detail;
 pub mod engine;
 pub mod error;

@@ -161,8 +161,12 @@ impl Setup {
 
     /// Appends `events` as one snapshot; its id.
     pub async fn append(&self, events: &[Event<'_>]) -> i64 {
-        let lake = self.lake().await;
-        let mut bulk = Bulk::new(&lake, &self.lake_cfg).await.unwrap();
+        self.load(&self.lake().await, events).await
+    }
+
+    /// Loads `events` into `lake` as one snapshot; its id.
+    async fn load(&self, lake: &Lake, events: &[Event<'_>]) -> i64 {
+        let mut bulk = Bulk::new(lake, &self.lake_cfg).await.unwrap();
         for (i, e) in events.iter().enumerate() {
             let origin = Origin {
                 ingest_time: e.event_time,
@@ -171,7 +175,7 @@ impl Setup {
             };
             bulk.push(e, origin).await.unwrap();
         }
-        bulk.commit(&lake).await.unwrap().unwrap()
+        bulk.commit(lake).await.unwrap().unwrap()
     }
 
     /// Appends `events` to a table created as an earlier version created
@@ -199,16 +203,7 @@ impl Setup {
         let lake = Lake::open_table(&self.lake_cfg, &self.lake_cfg.table, layout)
             .await
             .unwrap();
-        let mut bulk = Bulk::new(&lake, &self.lake_cfg).await.unwrap();
-        for (i, e) in events.iter().enumerate() {
-            let origin = Origin {
-                ingest_time: e.event_time,
-                partition: 0,
-                offset: i as i64,
-            };
-            bulk.push(e, origin).await.unwrap();
-        }
-        bulk.commit(&lake).await.unwrap().unwrap()
+        self.load(&lake, events).await
     }
 
     /// Generates `n` records from `start`, loads the distinct valid events
