@@ -213,38 +213,6 @@ impl Billed {
         Ok(out)
     }
 
-    /// The (client, message) of every row billed by one of `runs` (the
-    /// issued ones: rows of a run that was refused do not count).
-    pub async fn keys(
-        &self,
-        runs: &std::collections::HashSet<String>,
-    ) -> Result<std::collections::HashSet<(String, String)>, ReportError> {
-        let table = self.lake.load().await?;
-        let mut out = std::collections::HashSet::new();
-        if table.metadata().current_snapshot().is_none() || runs.is_empty() {
-            return Ok(out);
-        }
-        let mut stream = table
-            .scan()
-            .select(["client_id", "message_id", "run"])
-            .build()?
-            .to_arrow()
-            .await?;
-        while let Some(b) = stream.try_next().await? {
-            let (c, m, r) = (
-                b.column(0).as_string::<i32>(),
-                b.column(1).as_string::<i32>(),
-                b.column(2).as_string::<i32>(),
-            );
-            for i in 0..b.num_rows() {
-                if runs.contains(r.value(i)) {
-                    out.insert((c.value(i).to_string(), m.value(i).to_string()));
-                }
-            }
-        }
-        Ok(out)
-    }
-
     /// Appends `rows` (per billing day, batches of [`message_schema`]) as
     /// billed by `run`, in one snapshot; nothing when there are none.
     pub async fn append(

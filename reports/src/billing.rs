@@ -188,18 +188,16 @@ pub struct Billed {
     pub late: Vec<(NaiveDate, RecordBatch)>,
 }
 
-/// Splits the engine's `messages` (batches of
-/// `billed::message_schema`) for the invoice of `w.day` in `tz`: a message
-/// in `ledger` (billed by an issued run, ever) is left out; one whose first
-/// billable event lies in the day is the day's own; one from an earlier
-/// day is a late line if `late_ok` accepts that day (an issued day whose
-/// invoice read the ledger for its whole look-back), else left for that
-/// day's own run.
+/// Splits the engine's `messages` (batches of `billed::message_schema`,
+/// none of them in the ledger: the engines leave those out) for the
+/// invoice of `w.day` in `tz`: one whose first billable event lies in the
+/// day is the day's own; one from an earlier day is a late line if
+/// `late_ok` accepts that day (an issued day whose invoice read the ledger
+/// for its whole look-back), else left for that day's own run.
 pub fn split(
     messages: &[RecordBatch],
     w: &Window,
     tz: Tz,
-    ledger: &std::collections::HashSet<(String, String)>,
     late_ok: impl Fn(NaiveDate) -> bool,
 ) -> Result<Billed, ReportError> {
     use arrow::array::{AsArray, BooleanArray};
@@ -207,20 +205,13 @@ pub fn split(
     use arrow::datatypes::TimestampMicrosecondType;
     let mut out = Billed::default();
     for b in messages {
-        let (c, m) = (
-            b.column(0).as_string::<i32>(),
-            b.column(1).as_string::<i32>(),
-        );
         let at = b.column(5).as_primitive::<TimestampMicrosecondType>();
         let mut own = Vec::with_capacity(b.num_rows());
         let mut late: Vec<Option<NaiveDate>> = Vec::with_capacity(b.num_rows());
         for i in 0..b.num_rows() {
             let t = at.value(i);
-            let known = ledger.contains(&(c.value(i).to_string(), m.value(i).to_string()));
-            own.push(!known && t >= w.start && t < w.end);
-            let day = (!known && t < w.start)
-                .then(|| day_of(tz, t))
-                .filter(|d| late_ok(*d));
+            own.push(t >= w.start && t < w.end);
+            let day = (t < w.start).then(|| day_of(tz, t)).filter(|d| late_ok(*d));
             late.push(day);
         }
         out.own

@@ -307,11 +307,14 @@ impl Reports {
             .first()
             .and_then(|e| e.checked_add_days(chrono::Days::new(u64::from(self.cfg.lookback_days))));
         let late_ok = |d: NaiveDate| days.contains(&d) && settled_from.is_some_and(|s| d >= s);
-        let ledger = self.billed.keys(&runs).await?;
+        let ledger = engine::LedgerView {
+            src: Some(Source::pin(self.billed.lake(), &self.lake_cfg.s3, None).await?),
+            runs: runs.into_iter().collect(),
+        };
         let free = billing::free_spans(&self.card, self.tz)?;
         let limits = self.billing_limits();
-        let messages = engine::billing_messages(engine, &src, &w, &free, limits).await?;
-        let billed = billing::split(&messages, &w, self.tz, &ledger, late_ok)?;
+        let messages = engine::billing_messages(engine, &src, &w, &free, &ledger, limits).await?;
+        let billed = billing::split(&messages, &w, self.tz, late_ok)?;
         let correcting = matches!(mode, Mode::Correct(_));
         let items = billing::items(&billed, req.day, !correcting);
         if correcting && items.is_empty() {

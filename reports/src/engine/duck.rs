@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Limits, Source, plan_files, range_predicate};
+use super::{LedgerView, Limits, Source, plan_files, range_predicate};
 use crate::billing::{FreeSpan, Window};
 use crate::config::DuckS3Input;
 use crate::detail::DetailQuery;
@@ -334,15 +334,60 @@ fn billable_sql(free: &[FreeSpan]) -> String {
     sql
 }
 
+/// The ledger's data files as a DuckDB relation of the (client, message)
+/// of rows that count (local files, or copies of S3 objects that live as
+/// long as the returned input); None when it has none.
+async fn ledger_relation(ledger: &LedgerView) -> Result<Option<(String, Input)>, ReportError> {
+    let Some(src) = ledger.src.as_ref().filter(|_| !ledger.is_empty()) else {
+        return Ok(None);
+    };
+    let urls = plan_files(src, None).await?;
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    let input = if src.table.metadata().location().starts_with("s3://") {
+        copies(src, urls).await?
+    } else {
+        Input {
+            rows: Rows::Files {
+                paths: urls
+                    .into_iter()
+                    .map(|u| u.strip_prefix("file://").map(str::to_string).unwrap_or(u))
+                    .collect(),
+                _copies: None,
+            },
+            feeder: None,
+        }
+    };
+    let Rows::Files { paths, .. } = &input.rows else {
+        return Ok(None);
+    };
+    let runs: Vec<String> = ledger.runs.iter().map(|r| quote(r)).collect();
+    let rel = format!(
+        "(SELECT client_id, message_id FROM {} WHERE run IN ({}))",
+        files_list(paths),
+        runs.join(", ")
+    );
+    Ok(Some((rel, input)))
+}
+
 pub(super) async fn billing_messages(
     src: &Source,
     w: &Window,
     free: &[FreeSpan],
+    ledger: &LedgerView,
     limits: Limits,
 ) -> Result<Vec<RecordBatch>, ReportError> {
     let pred = range_predicate(w.lookback_start, w.end, None);
     let Some(input) = input(src, pred, &BILLING_COLUMNS, limits).await? else {
         return Ok(Vec::new());
+    };
+    // The ledger's messages are left out in the query (an anti-join that
+    // spills like the rest), never read into memory.
+    // Its copies (S3) live until the query is done.
+    let (ledger_rel, _ledger_files) = match ledger_relation(ledger).await? {
+        Some((rel, files)) => (Some(rel), Some(files)),
+        None => (None, None),
     };
     let (lb, end) = (ts(w.lookback_start), ts(w.end));
     // Each message's first billable event in the look-back and the day
@@ -353,8 +398,11 @@ pub(super) async fn billing_messages(
     // id): two clients may use the same id.
     let billable = billable_sql(free);
     let sql = move |rel: &str| {
+        let anti = ledger_rel.map_or_else(String::new, |l| {
+            format!("ANTI JOIN {l} l ON m.client_id = l.client_id AND m.message_id = l.message_id")
+        });
         format!(
-            "SELECT client_id, message_id, f.category, f.country, f.id, f.t FROM (
+            "SELECT m.client_id, m.message_id, m.f.category, m.f.country, m.f.id, m.f.t FROM (
                SELECT client_id, message_id,
                       arg_min({{'category': category, 'country': country,
                                 't': event_time, 'id': event_id}},
@@ -362,7 +410,8 @@ pub(super) async fn billing_messages(
                FROM {rel}
                WHERE {billable} AND event_time >= {lb} AND event_time < {end}
                GROUP BY client_id, message_id
-             ) ORDER BY client_id, message_id"
+             ) m {anti}
+             ORDER BY m.client_id, m.message_id"
         )
     };
     query(limits, input, sql, Vec::new(), |v, b| {

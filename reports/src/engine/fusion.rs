@@ -14,24 +14,31 @@ use futures::StreamExt;
 use iceberg_datafusion::IcebergStaticTableProvider;
 use tokio::sync::mpsc;
 
-use super::{Limits, Source};
+use super::{LedgerView, Limits, Source};
 use crate::billing::{FreeSpan, Window};
 use crate::detail::DetailQuery;
 use crate::error::ReportError;
 
-async fn events(src: &Source, limits: Limits) -> Result<DataFrame, ReportError> {
-    let id = src
-        .snapshot_id
-        .ok_or_else(|| ReportError::Other("no snapshot".into()))?;
-    let provider =
-        IcebergStaticTableProvider::try_new_from_table_snapshot(src.table.clone(), id).await?;
+fn context(limits: Limits) -> Result<SessionContext, ReportError> {
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_limit(limits.memory_bytes as usize, 1.0)
         .build_arc()?;
     let config = SessionConfig::new()
         .with_target_partitions(limits.threads.max(1))
         .with_batch_size(8192);
-    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    Ok(SessionContext::new_with_config_rt(config, runtime))
+}
+
+async fn events(src: &Source, limits: Limits) -> Result<DataFrame, ReportError> {
+    events_in(&context(limits)?, src).await
+}
+
+async fn events_in(ctx: &SessionContext, src: &Source) -> Result<DataFrame, ReportError> {
+    let id = src
+        .snapshot_id
+        .ok_or_else(|| ReportError::Other("no snapshot".into()))?;
+    let provider =
+        IcebergStaticTableProvider::try_new_from_table_snapshot(src.table.clone(), id).await?;
     ctx.register_table("events", Arc::new(provider))?;
     let df = ctx.table("events").await?;
     // A snapshot committed before `pricing_type` was added has the older
@@ -81,6 +88,7 @@ pub(super) async fn billing_messages(
     src: &Source,
     w: &Window,
     free: &[FreeSpan],
+    ledger: &LedgerView,
     limits: Limits,
 ) -> Result<Vec<RecordBatch>, ReportError> {
     // Each message's (client, message id: two clients may use one id)
@@ -94,7 +102,8 @@ pub(super) async fn billing_messages(
             col("event_id").sort(true, false),
         ]
     };
-    let df = events(src, limits)
+    let ctx = context(limits)?;
+    let df = events_in(&ctx, src)
         .await?
         .filter(
             col("event_time")
@@ -118,11 +127,39 @@ pub(super) async fn billing_messages(
             "country",
             "first_event_id",
             "first_at",
-        ])?
-        .sort(vec![
-            col("client_id").sort(true, false),
-            col("message_id").sort(true, false),
         ])?;
+    // The ledger's messages are left out in the plan (an anti-join that
+    // spills like the rest), never read into memory.
+    let df = match ledger.src.as_ref().filter(|_| !ledger.is_empty()) {
+        Some(l) => {
+            let id = l.snapshot_id.unwrap_or_default();
+            let provider =
+                IcebergStaticTableProvider::try_new_from_table_snapshot(l.table.clone(), id)
+                    .await?;
+            ctx.register_table("ledger", Arc::new(provider))?;
+            let runs: Vec<Expr> = ledger.runs.iter().map(|r| lit(r.as_str())).collect();
+            let billed = ctx
+                .table("ledger")
+                .await?
+                .filter(col("run").in_list(runs, false))?
+                .select(vec![
+                    col("client_id").alias("l_client"),
+                    col("message_id").alias("l_message"),
+                ])?;
+            df.join(
+                billed,
+                datafusion::prelude::JoinType::LeftAnti,
+                &["client_id", "message_id"],
+                &["l_client", "l_message"],
+                None,
+            )?
+        }
+        None => df,
+    };
+    let df = df.sort(vec![
+        col("client_id").sort(true, false),
+        col("message_id").sort(true, false),
+    ])?;
     df.collect()
         .await?
         .iter()

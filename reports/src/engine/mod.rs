@@ -66,6 +66,23 @@ impl Source {
     }
 }
 
+/// The billed-messages ledger as a billing run reads it: the table at one
+/// snapshot, and the runs whose rows count (the issued ones before the
+/// run; `billed`). Engines leave every message it has out.
+pub struct LedgerView {
+    /// The ledger table (None: empty, or nothing issued yet).
+    pub src: Option<Source>,
+    /// Runs whose rows count.
+    pub runs: Vec<String>,
+}
+
+impl LedgerView {
+    /// True when no row can count.
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty() || self.src.as_ref().is_none_or(|s| s.snapshot_id.is_none())
+    }
+}
+
 /// Engine limits and settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -90,21 +107,23 @@ impl From<&ReportsConfig> for Limits {
 
 /// Each message's first billable event in `w`'s look-back and day
 /// (batches of [`crate::billed::message_schema`], sorted by client and
-/// message); a delivered or read event in one of `free` is not a billable
-/// event. The report decides which the invoice bills (`billing::split`).
+/// message), but none of a message `ledger` has; a delivered or read event
+/// in one of `free` is not a billable event. The report decides which the
+/// invoice bills (`billing::split`).
 pub async fn billing_messages(
     kind: EngineKind,
     src: &Source,
     w: &Window,
     free: &[FreeSpan],
+    ledger: &LedgerView,
     limits: Limits,
 ) -> Result<Vec<RecordBatch>, ReportError> {
     if src.snapshot_id.is_none() {
         return Ok(Vec::new());
     }
     match kind {
-        EngineKind::DuckDb => duck::billing_messages(src, w, free, limits).await,
-        EngineKind::DataFusion => fusion::billing_messages(src, w, free, limits).await,
+        EngineKind::DuckDb => duck::billing_messages(src, w, free, ledger, limits).await,
+        EngineKind::DataFusion => fusion::billing_messages(src, w, free, ledger, limits).await,
     }
 }
 
