@@ -68,8 +68,21 @@ pub fn pricing_type_field() -> iceberg::spec::NestedFieldRef {
     ))
 }
 
-/// The Iceberg schema of `notiflow.message_events`.
+/// The Iceberg schema of `notiflow.message_events`: the first one with
+/// [`pricing_type_field`] last.
 pub fn table_schema() -> Result<Schema, LakeError> {
+    let first = table_schema_before_pricing_type()?;
+    let mut fields = first.as_struct().fields().to_vec();
+    fields.push(pricing_type_field());
+    Ok(Schema::builder()
+        .with_schema_id(0)
+        .with_fields(fields)
+        .build()?)
+}
+
+/// The schema tables were created with before `pricing_type` existed
+/// (what `table::Lake::open` evolves, and what tests of that start from).
+pub fn table_schema_before_pricing_type() -> Result<Schema, LakeError> {
     use PrimitiveType as P;
     let req = |id, name: &str, t| Arc::new(NestedField::required(id, name, Type::Primitive(t)));
     let opt = |id, name: &str, t| Arc::new(NestedField::optional(id, name, Type::Primitive(t)));
@@ -90,7 +103,6 @@ pub fn table_schema() -> Result<Schema, LakeError> {
             req(field::INGEST_TIME, "ingest_time", P::Timestamptz),
             req(field::KAFKA_PARTITION, "kafka_partition", P::Int),
             req(field::KAFKA_OFFSET, "kafka_offset", P::Long),
-            pricing_type_field(),
         ])
         .build()?)
 }

@@ -181,7 +181,7 @@ pub struct Item {
 /// billed in the day, and the late ones, first billed on an earlier issued
 /// day that reached the lake after it (per day).
 #[derive(Debug, Default)]
-pub struct Billed {
+pub struct Split {
     /// First billable event in the day.
     pub own: Vec<RecordBatch>,
     /// Late lines' messages, per the day they belong to.
@@ -199,11 +199,11 @@ pub fn split(
     w: &Window,
     tz: Tz,
     late_ok: impl Fn(NaiveDate) -> bool,
-) -> Result<Billed, ReportError> {
+) -> Result<Split, ReportError> {
     use arrow::array::{AsArray, BooleanArray};
     use arrow::compute::filter_record_batch;
     use arrow::datatypes::TimestampMicrosecondType;
-    let mut out = Billed::default();
+    let mut out = Split::default();
     for b in messages {
         let at = b.column(5).as_primitive::<TimestampMicrosecondType>();
         let mut own = Vec::with_capacity(b.num_rows());
@@ -229,12 +229,12 @@ pub fn split(
 
 /// The items of an invoice of `day`: its own messages and late lines per
 /// client × category × country (and day), sorted as [`price_items`] wants.
-pub fn items(billed: &Billed, day: NaiveDate, with_late: bool) -> Vec<Item> {
+pub fn items(split: &Split, day: NaiveDate, with_late: bool) -> Vec<Item> {
     use arrow::array::AsArray;
     use std::collections::BTreeMap;
     let mut cells: BTreeMap<(String, bool, NaiveDate, String, String), i64> = BTreeMap::new();
-    let own = billed.own.iter().map(|b| (day, false, b));
-    let late = billed
+    let own = split.own.iter().map(|b| (day, false, b));
+    let late = split
         .late
         .iter()
         .filter(|_| with_late)

@@ -314,9 +314,9 @@ impl Reports {
         let free = billing::free_spans(&self.card, self.tz)?;
         let limits = self.billing_limits();
         let messages = engine::billing_messages(engine, &src, &w, &free, &ledger, limits).await?;
-        let billed = billing::split(&messages, &w, self.tz, late_ok)?;
+        let split = billing::split(&messages, &w, self.tz, late_ok)?;
         let correcting = matches!(mode, Mode::Correct(_));
-        let items = billing::items(&billed, req.day, !correcting);
+        let items = billing::items(&split, req.day, !correcting);
         if correcting && items.is_empty() {
             return Err(ReportError::input(format!(
                 "nothing to correct: every message of billing day {date} in the lake is billed"
@@ -372,9 +372,9 @@ impl Reports {
                     return Ok(files); // an empty lake issues nothing
                 };
                 let mut rows: Vec<(NaiveDate, arrow::array::RecordBatch)> =
-                    billed.own.iter().map(|b| (req.day, b.clone())).collect();
+                    split.own.iter().map(|b| (req.day, b.clone())).collect();
                 if !correcting {
-                    rows.extend(billed.late.iter().cloned());
+                    rows.extend(split.late.iter().cloned());
                 }
                 self.billed.append(run, &rows).await?;
                 let inv = Invoice {

@@ -131,6 +131,28 @@ impl Writer {
         }
         round.rows
     }
+
+    /// Commits `recs` in rounds of `per` records; each round's snapshot id.
+    async fn commit_rounds(
+        &mut self,
+        lake: &Lake,
+        cfg: &LakeConfig,
+        recs: &[OwnedRecord],
+        per: usize,
+    ) -> Vec<i64> {
+        let mut rounds = Vec::new();
+        for chunk in recs.chunks(per) {
+            self.commit(lake, cfg, chunk).await;
+            let t = lake.load().await.unwrap();
+            rounds.push(t.metadata().current_snapshot().unwrap().snapshot_id());
+        }
+        rounds
+    }
+}
+
+/// Whether snapshot `id` is still in `t`.
+fn kept(t: &iceberg::table::Table, id: i64) -> bool {
+    t.metadata().snapshot_by_id(id).is_some()
 }
 
 #[tokio::test]
@@ -724,13 +746,7 @@ async fn a_retired_topic_no_longer_holds_snapshots_back() {
     // of its traffic: its own window (24 h) needs only the last two.
     let recs = records_over(3000, 9, 72 * 3_600_000_000, 3000.0 / (72.0 * 3600.0));
     let mut w = Writer::new();
-    let mut rounds = Vec::new();
-    for chunk in recs.chunks(1000) {
-        w.commit(&lake, &cfg, chunk).await;
-        let t = lake.load().await.unwrap();
-        rounds.push(t.metadata().current_snapshot().unwrap().snapshot_id());
-    }
-    let kept = |t: &iceberg::table::Table, id: i64| t.metadata().snapshot_by_id(id).is_some();
+    let rounds = w.commit_rounds(&lake, &cfg, &recs, 1000).await;
     // Ten days on: the old topic's window pins the first round too.
     let later = SystemTime::now() + Duration::from_secs(10 * 86_400);
     maintenance::expire(&lake, &cfg, later).await.unwrap();
@@ -793,13 +809,7 @@ async fn a_quiet_partition_does_not_pin_snapshot_expiry() {
     let quiet: Vec<&OwnedRecord> = recs.iter().filter(|r| r.partition == 3).collect();
     assert!(quiet.len() > 10, "{}", quiet.len());
     let mut w = Writer::new();
-    let mut rounds = Vec::new();
-    for chunk in recs.chunks(1000) {
-        w.commit(&lake, &cfg, chunk).await;
-        let t = lake.load().await.unwrap();
-        rounds.push(t.metadata().current_snapshot().unwrap().snapshot_id());
-    }
-    let kept = |t: &iceberg::table::Table, id: i64| t.metadata().snapshot_by_id(id).is_some();
+    let rounds = w.commit_rounds(&lake, &cfg, &recs, 1000).await;
     let later = SystemTime::now() + Duration::from_secs(10 * 86_400);
     maintenance::expire(&lake, &cfg, later).await.unwrap();
     assert!(
@@ -881,28 +891,17 @@ async fn a_quiet_partition_does_not_pin_snapshot_expiry() {
 async fn a_table_from_before_pricing_type_gets_the_column_and_keeps_every_row() {
     use arrow::array::{Array, AsArray};
     use futures::TryStreamExt;
-    use notiflow_lake::rows::{field, partition_spec, sort_order, table_schema};
+    use notiflow_lake::rows::{
+        field, partition_spec, sort_order, table_schema_before_pricing_type,
+    };
     use notiflow_lake::table::Layout;
     use notiflow_schema::PricingType;
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = cfg(dir.path());
     // The table as an earlier version created it: no pricing_type.
-    let full = table_schema().unwrap();
-    let old_fields: Vec<_> = full
-        .as_struct()
-        .fields()
-        .iter()
-        .filter(|f| f.id != field::PRICING_TYPE)
-        .cloned()
-        .collect();
-    let old = iceberg::spec::Schema::builder()
-        .with_schema_id(0)
-        .with_fields(old_fields)
-        .build()
-        .unwrap();
     let layout = Layout {
-        schema: old,
+        schema: table_schema_before_pricing_type().unwrap(),
         spec: partition_spec().unwrap(),
         sort: sort_order(),
     };

@@ -477,21 +477,7 @@ async fn an_issued_day_is_only_ever_reproduced() {
         .unwrap();
     assert_eq!(a.lake_snapshot_id, Some(first));
     let bytes_a = r.output().get(&a.files[1].path).await.unwrap();
-    let manifests = || {
-        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    walk(&p, out);
-                } else if p.to_string_lossy().ends_with(".manifest.json") {
-                    out.push(p);
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(s.dir.path(), &mut out);
-        out.len()
-    };
+    let manifests = || manifests(s.dir.path());
     assert_eq!(manifests(), 1);
     // Late events for the day land in a new snapshot: the re-run that
     // would bill them as a second invoice of the day is refused.

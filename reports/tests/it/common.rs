@@ -182,21 +182,9 @@ impl Setup {
     /// it (before `pricing_type`), before any version with the column opens
     /// it; its id.
     pub async fn append_to_an_old_table(&self, events: &[Event<'_>]) -> i64 {
-        use notiflow_lake::rows::{field, partition_spec, sort_order, table_schema};
-        let fields: Vec<_> = table_schema()
-            .unwrap()
-            .as_struct()
-            .fields()
-            .iter()
-            .filter(|f| f.id != field::PRICING_TYPE)
-            .cloned()
-            .collect();
+        use notiflow_lake::rows::{partition_spec, sort_order, table_schema_before_pricing_type};
         let layout = notiflow_lake::table::Layout {
-            schema: iceberg::spec::Schema::builder()
-                .with_schema_id(0)
-                .with_fields(fields)
-                .build()
-                .unwrap(),
+            schema: table_schema_before_pricing_type().unwrap(),
             spec: partition_spec().unwrap(),
             sort: sort_order(),
         };
@@ -282,4 +270,21 @@ pub async fn read(r: &Reports, rel: &str) -> String {
 
 pub fn now() -> Micros {
     notiflow_ingest::source::now_micros()
+}
+
+/// How many manifests (published runs) are under `dir`.
+pub fn manifests(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(".manifest.json") {
+                n += 1;
+            }
+        }
+    }
+    n
 }

@@ -273,21 +273,7 @@ async fn a_run_that_lost_its_lease_publishes_nothing() {
         slot: due.at,
         owner,
     };
-    let manifests = || {
-        let mut n = 0;
-        let mut stack = vec![std::path::PathBuf::from(&s.cfg.output)];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.to_string_lossy().ends_with(".manifest.json") {
-                    n += 1;
-                }
-            }
-        }
-        n
-    };
+    let manifests = || manifests(std::path::Path::new(&s.cfg.output));
     let err = run_job(
         &reports,
         &job("daily-billing"),
