@@ -7,9 +7,16 @@
 //! issued invoice's messages are in the ledger. A run that is then refused
 //! (another run issued the day first) leaves rows of a run that is not
 //! issued: the ledger's readers count only rows of issued runs. It is what
-//! tells, for a dispute, which invoice billed a message, and what the
-//! next step of issue 31 bills late lines against (a message is billed
-//! once, ever). Corrections are not recorded here yet.
+//! tells, for a dispute, which invoice billed a message, and what every
+//! run bills against (a message is billed once, ever).
+//!
+//! Beside it, `billing_holds` (the same columns) keeps the messages a run
+//! found but left for another day's run or a correction: those whose
+//! first billable event lies on an issued day that takes no late lines,
+//! or before the run's look-back (it reached the lake late). Without the
+//! hold, a later run that no longer sees that first event would bill the
+//! message on the day of a later event. Every run but one of the held day
+//! leaves held messages out like billed ones.
 
 use std::sync::Arc;
 
@@ -30,6 +37,9 @@ use crate::error::ReportError;
 
 /// The ledger's table, in the lake's namespace.
 pub const TABLE: &str = "billed_messages";
+
+/// The held messages' table, in the lake's namespace.
+pub const HOLDS: &str = "billing_holds";
 
 /// Summary property of an append: the run whose messages it holds.
 pub const RUN_PROP: &str = "notiflow.billing-run";
@@ -132,130 +142,169 @@ pub struct BilledMessage {
     pub run: String,
 }
 
-/// The ledger.
+/// The ledger, and the held messages.
 pub struct Billed {
     lake: Lake,
+    holds: Lake,
     opts: FileOptions,
 }
 
 impl Billed {
-    /// Opens (and creates) the ledger table in the lake's catalog.
+    /// Opens (and creates) the ledger's tables in the lake's catalog.
     pub async fn open(cfg: &LakeConfig) -> Result<Billed, ReportError> {
         Ok(Billed {
             lake: Lake::open_table(cfg, TABLE, layout()?).await?,
+            holds: Lake::open_table(cfg, HOLDS, layout()?).await?,
             opts: FileOptions::from(cfg),
         })
     }
 
-    /// The ledger's table (its readers: disputes, and late lines next).
+    /// The ledger's table (its readers: disputes, and every billing run).
     pub fn lake(&self) -> &Lake {
         &self.lake
     }
 
-    /// The rows whose `client_id` and `message_id` pass `keep` (a
+    /// The held messages' table.
+    pub fn holds(&self) -> &Lake {
+        &self.holds
+    }
+
+    /// The billed rows whose `client_id` and `message_id` pass `keep` (a
     /// dispute's lookup; reads the whole table).
     pub async fn find(
         &self,
         keep: impl Fn(&str, &str) -> bool,
     ) -> Result<Vec<BilledMessage>, ReportError> {
-        let table = self.lake.load().await?;
-        if table.metadata().current_snapshot().is_none() {
-            return Ok(Vec::new());
-        }
-        let batches: Vec<RecordBatch> = table
-            .scan()
-            .build()?
-            .to_arrow()
-            .await?
-            .try_collect()
-            .await?;
-        let mut out = Vec::new();
-        for b in &batches {
-            let text = |name: &str| {
-                b.column_by_name(name)
-                    .map(|c| c.as_string::<i32>().clone())
-                    .ok_or_else(|| ReportError::Other(format!("ledger: no column {name}")))
-            };
-            let (client, message, category, country, first, run) = (
-                text("client_id")?,
-                text("message_id")?,
-                text("category")?,
-                text("country")?,
-                text("first_event_id")?,
-                text("run")?,
-            );
-            let day = b
-                .column_by_name("billing_day")
-                .map(|c| c.as_primitive::<Date32Type>().clone())
-                .ok_or_else(|| ReportError::Other("ledger: no billing_day".into()))?;
-            let at = b
-                .column_by_name("first_event_time")
-                .map(|c| c.as_primitive::<TimestampMicrosecondType>().clone())
-                .ok_or_else(|| ReportError::Other("ledger: no first_event_time".into()))?;
-            for i in 0..b.num_rows() {
-                if !keep(client.value(i), message.value(i)) {
-                    continue;
-                }
-                out.push(BilledMessage {
-                    client_id: client.value(i).to_string(),
-                    message_id: message.value(i).to_string(),
-                    billing_day: NaiveDate::default()
-                        + chrono::Days::new(u64::try_from(day.value(i)).unwrap_or(0)),
-                    category: category.value(i).to_string(),
-                    country: country.value(i).to_string(),
-                    first_event_id: first.value(i).to_string(),
-                    first_event_time: at.value(i),
-                    run: run.value(i).to_string(),
-                });
-            }
-        }
-        out.sort();
-        Ok(out)
+        read(&self.lake, keep).await
+    }
+
+    /// The held rows whose `client_id` and `message_id` pass `keep` (`run`
+    /// is the run that held them, `billing_day` the day they belong to).
+    pub async fn held(
+        &self,
+        keep: impl Fn(&str, &str) -> bool,
+    ) -> Result<Vec<BilledMessage>, ReportError> {
+        read(&self.holds, keep).await
     }
 
     /// Appends `rows` (per billing day, batches of [`message_schema`]) as
-    /// billed by `run`, in one snapshot; nothing when there are none.
+    /// billed by `run`, and `held` as held by it, each in one snapshot;
+    /// nothing when there are none.
     pub async fn append(
         &self,
         run: &str,
         rows: &[(NaiveDate, RecordBatch)],
+        held: &[(NaiveDate, RecordBatch)],
     ) -> Result<(), ReportError> {
-        if rows.iter().all(|(_, b)| b.num_rows() == 0) {
-            return Ok(());
-        }
-        let table = self.lake.load().await?;
-        let arrow = notiflow_lake::rows::arrow_schema(table.metadata().current_schema())?;
-        let mut files = RoundFiles::new(&table, self.opts)?;
-        for (day, b) in rows.iter().filter(|(_, b)| b.num_rows() > 0) {
-            let day_num = (*day - NaiveDate::default()).num_days() as i32;
-            let n = b.num_rows();
-            let c = |i: usize| b.column(i).clone();
-            let cols: Vec<ArrayRef> = vec![
-                c(0),
-                c(1),
-                Arc::new(Date32Array::from(vec![day_num; n])),
-                c(2),
-                c(3),
-                c(4),
-                c(5),
-                Arc::new(StringArray::from(vec![run; n])),
-            ];
-            files
-                .write(day_num, RecordBatch::try_new(arrow.clone(), cols)?)
-                .await?;
-        }
-        let mut change = Change {
-            added: files.close().await?,
-            ..Default::default()
+        append(&self.lake, self.opts, run, rows).await?;
+        append(&self.holds, self.opts, run, held).await
+    }
+}
+
+/// The rows of `lake` (a table of [`layout`]) whose `client_id` and
+/// `message_id` pass `keep`.
+async fn read(
+    lake: &Lake,
+    keep: impl Fn(&str, &str) -> bool,
+) -> Result<Vec<BilledMessage>, ReportError> {
+    let table = lake.load().await?;
+    if table.metadata().current_snapshot().is_none() {
+        return Ok(Vec::new());
+    }
+    let batches: Vec<RecordBatch> = table
+        .scan()
+        .build()?
+        .to_arrow()
+        .await?
+        .try_collect()
+        .await?;
+    let mut out = Vec::new();
+    for b in &batches {
+        let text = |name: &str| {
+            b.column_by_name(name)
+                .map(|c| c.as_string::<i32>().clone())
+                .ok_or_else(|| ReportError::Other(format!("ledger: no column {name}")))
         };
-        change.properties.insert(RUN_PROP.into(), run.to_string());
-        // Appends commute: on a conflict, stage again on the new table.
-        loop {
-            let table = self.lake.load().await?;
-            let staged = stage(&table, new_snapshot_id(table.metadata()), &change).await?;
-            if self.lake.swap(&table, staged).await? {
-                return Ok(());
+        let (client, message, category, country, first, run) = (
+            text("client_id")?,
+            text("message_id")?,
+            text("category")?,
+            text("country")?,
+            text("first_event_id")?,
+            text("run")?,
+        );
+        let day = b
+            .column_by_name("billing_day")
+            .map(|c| c.as_primitive::<Date32Type>().clone())
+            .ok_or_else(|| ReportError::Other("ledger: no billing_day".into()))?;
+        let at = b
+            .column_by_name("first_event_time")
+            .map(|c| c.as_primitive::<TimestampMicrosecondType>().clone())
+            .ok_or_else(|| ReportError::Other("ledger: no first_event_time".into()))?;
+        for i in 0..b.num_rows() {
+            if !keep(client.value(i), message.value(i)) {
+                continue;
             }
+            out.push(BilledMessage {
+                client_id: client.value(i).to_string(),
+                message_id: message.value(i).to_string(),
+                billing_day: NaiveDate::default()
+                    + chrono::Days::new(u64::try_from(day.value(i)).unwrap_or(0)),
+                category: category.value(i).to_string(),
+                country: country.value(i).to_string(),
+                first_event_id: first.value(i).to_string(),
+                first_event_time: at.value(i),
+                run: run.value(i).to_string(),
+            });
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Appends `rows` (per billing day, batches of [`message_schema`]) to
+/// `lake` as `run`'s, in one snapshot; nothing when there are none.
+async fn append(
+    lake: &Lake,
+    opts: FileOptions,
+    run: &str,
+    rows: &[(NaiveDate, RecordBatch)],
+) -> Result<(), ReportError> {
+    if rows.iter().all(|(_, b)| b.num_rows() == 0) {
+        return Ok(());
+    }
+    let table = lake.load().await?;
+    let arrow = notiflow_lake::rows::arrow_schema(table.metadata().current_schema())?;
+    let mut files = RoundFiles::new(&table, opts)?;
+    for (day, b) in rows.iter().filter(|(_, b)| b.num_rows() > 0) {
+        let day_num = (*day - NaiveDate::default()).num_days() as i32;
+        let n = b.num_rows();
+        let c = |i: usize| b.column(i).clone();
+        let cols: Vec<ArrayRef> = vec![
+            c(0),
+            c(1),
+            Arc::new(Date32Array::from(vec![day_num; n])),
+            c(2),
+            c(3),
+            c(4),
+            c(5),
+            Arc::new(StringArray::from(vec![run; n])),
+        ];
+        files
+            .write(day_num, RecordBatch::try_new(arrow.clone(), cols)?)
+            .await?;
+    }
+    let mut change = Change {
+        added: files.close().await?,
+        ..Default::default()
+    };
+    change.properties.insert(RUN_PROP.into(), run.to_string());
+    // Appends commute: on a conflict, stage again on the new table.
+    loop {
+        let table = lake.load().await?;
+        let staged = stage(&table, new_snapshot_id(table.metadata()), &change).await?;
+        if lake.swap(&table, staged).await? {
+            return Ok(());
         }
     }
 }

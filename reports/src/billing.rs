@@ -177,28 +177,38 @@ pub struct Item {
 }
 
 /// What an invoice bills of the messages an engine found (each message's
-/// first billable event in the day and its look-back): its own, first
+/// first billable event in the day and its look-back, or older among the
+/// rows that reached the lake after the last invoice): its own, first
 /// billed in the day, and the late ones, first billed on an earlier issued
-/// day that reached the lake after it (per day).
+/// day that reached the lake after it (per day); and those it holds.
 #[derive(Debug, Default)]
 pub struct Split {
     /// First billable event in the day.
     pub own: Vec<RecordBatch>,
     /// Late lines' messages, per the day they belong to.
     pub late: Vec<(NaiveDate, RecordBatch)>,
+    /// Messages of an earlier day this invoice does not bill and a later
+    /// one may no longer see the first billable event of (per the day
+    /// they belong to): kept in `billing_holds`, left for that day's run
+    /// or correction.
+    pub held: Vec<(NaiveDate, RecordBatch)>,
 }
 
 /// Splits the engine's `messages` (batches of `billed::message_schema`,
-/// none of them in the ledger: the engines leave those out) for the
-/// invoice of `w.day` in `tz`: one whose first billable event lies in the
-/// day is the day's own; one from an earlier day is a late line if
-/// `late_ok` accepts that day (an issued day whose invoice read the ledger
-/// for its whole look-back), else left for that day's own run.
+/// none of them in the ledger or held for another day: the engines leave
+/// those out) for the invoice of `w.day` in `tz`: one whose first billable
+/// event lies in the day is the day's own; one from an earlier day is a
+/// late line if `late_ok` accepts that day (an issued day whose invoice
+/// read the ledger for its whole look-back), else left for that day's own
+/// run or a correction, and held when that day is `issued` (only a
+/// correction bills it) or lies before the look-back (later runs would
+/// not see it).
 pub fn split(
     messages: &[RecordBatch],
     w: &Window,
     tz: Tz,
     late_ok: impl Fn(NaiveDate) -> bool,
+    issued: impl Fn(NaiveDate) -> bool,
 ) -> Result<Split, ReportError> {
     use arrow::array::{AsArray, BooleanArray};
     use arrow::compute::filter_record_batch;
@@ -207,21 +217,37 @@ pub fn split(
     for b in messages {
         let at = b.column(5).as_primitive::<TimestampMicrosecondType>();
         let mut own = Vec::with_capacity(b.num_rows());
-        let mut late: Vec<Option<NaiveDate>> = Vec::with_capacity(b.num_rows());
+        // Per row: an earlier day, and whether it is a late line.
+        let mut earlier: Vec<Option<(NaiveDate, bool)>> = Vec::with_capacity(b.num_rows());
         for i in 0..b.num_rows() {
             let t = at.value(i);
             own.push(t >= w.start && t < w.end);
-            let day = (t < w.start).then(|| day_of(tz, t)).filter(|d| late_ok(*d));
-            late.push(day);
+            earlier.push((t < w.start).then(|| day_of(tz, t)).and_then(|d| {
+                if late_ok(d) {
+                    Some((d, true))
+                } else if issued(d) || t < w.lookback_start {
+                    Some((d, false))
+                } else {
+                    None
+                }
+            }));
         }
         out.own
             .push(filter_record_batch(b, &BooleanArray::from(own))?);
-        let mut days: Vec<NaiveDate> = late.iter().flatten().copied().collect();
+        let mut days: Vec<(NaiveDate, bool)> = earlier.iter().flatten().copied().collect();
         days.sort_unstable();
         days.dedup();
-        for d in days {
-            let mask: BooleanArray = late.iter().map(|x| Some(*x == Some(d))).collect();
-            out.late.push((d, filter_record_batch(b, &mask)?));
+        for (d, late) in days {
+            let mask: BooleanArray = earlier
+                .iter()
+                .map(|x| Some(*x == Some((d, late))))
+                .collect();
+            let rows = filter_record_batch(b, &mask)?;
+            if late {
+                out.late.push((d, rows));
+            } else {
+                out.held.push((d, rows));
+            }
         }
     }
     Ok(out)
@@ -487,6 +513,75 @@ mod tests {
 
     fn tz_utc() -> Tz {
         "UTC".parse().unwrap()
+    }
+
+    /// Each earlier day's message goes where the rule says, written out:
+    /// the 22nd in São Paulo, look-back 7 (from the 15th); the 20th and
+    /// 21st issued and taking late lines, the 16th issued without them,
+    /// the 18th not issued.
+    #[test]
+    fn split_keeps_the_day_late_lines_and_holds_apart() {
+        use arrow::array::{StringArray, TimestampMicrosecondArray};
+        let t = |s: &str| notiflow_schema::time::parse_rfc3339(s).unwrap();
+        let w = Window::of(sp(), "2026-11-22".parse().unwrap(), 7).unwrap();
+        let rows = [
+            ("own", "2026-11-22T12:00:00Z"),
+            ("late21", "2026-11-21T12:00:00Z"),
+            ("held16", "2026-11-16T12:00:00Z"),
+            ("left18", "2026-11-18T12:00:00Z"),
+            ("held10", "2026-11-10T12:00:00Z"),
+        ];
+        let text = |f: &dyn Fn(&(&str, &str)) -> String| -> ArrayRef {
+            Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+        };
+        let batch = RecordBatch::try_new(
+            crate::billed::message_schema(),
+            vec![
+                text(&|_| "acme".into()),
+                text(&|r| r.0.into()),
+                text(&|_| "utility".into()),
+                text(&|_| "BR".into()),
+                text(&|r| format!("e-{}", r.0)),
+                Arc::new(
+                    TimestampMicrosecondArray::from(
+                        rows.iter().map(|r| t(r.1)).collect::<Vec<_>>(),
+                    )
+                    .with_timezone("+00:00"),
+                ),
+            ],
+        )
+        .unwrap();
+        let d = |s: &str| s.parse::<NaiveDate>().unwrap();
+        let issued = [d("2026-11-16"), d("2026-11-20"), d("2026-11-21")];
+        let split = split(
+            &[batch],
+            &w,
+            sp(),
+            |x| x >= d("2026-11-20") && issued.contains(&x),
+            |x| issued.contains(&x),
+        )
+        .unwrap();
+        let ids = |b: &RecordBatch| -> Vec<String> {
+            use arrow::array::AsArray;
+            let c = b.column(1).as_string::<i32>();
+            (0..b.num_rows()).map(|i| c.value(i).to_string()).collect()
+        };
+        let own: Vec<String> = split.own.iter().flat_map(ids).collect();
+        assert_eq!(own, ["own"]);
+        let per_day = |v: &[(NaiveDate, RecordBatch)]| -> Vec<(String, Vec<String>)> {
+            v.iter().map(|(d, b)| (d.to_string(), ids(b))).collect()
+        };
+        assert_eq!(
+            per_day(&split.late),
+            [("2026-11-21".to_string(), vec!["late21".to_string()])]
+        );
+        assert_eq!(
+            per_day(&split.held),
+            [
+                ("2026-11-10".to_string(), vec!["held10".to_string()]),
+                ("2026-11-16".to_string(), vec!["held16".to_string()])
+            ]
+        );
     }
 
     #[test]

@@ -310,11 +310,20 @@ impl Reports {
         let ledger = engine::LedgerView {
             src: Some(Source::pin(self.billed.lake(), &self.lake_cfg.s3, None).await?),
             runs: runs.into_iter().collect(),
+            holds: Some(Source::pin(self.billed.holds(), &self.lake_cfg.s3, None).await?),
+            day: req.day,
+            // Corrections bill no late lines: what they saw stays for the
+            // next invoice.
+            since: known
+                .iter()
+                .filter(|i| i.seq == 0)
+                .max_by_key(|i| i.ledger_version)
+                .map(|i| i.lake_snapshot_id),
         };
         let free = billing::free_spans(&self.card, self.tz)?;
         let limits = self.billing_limits();
         let messages = engine::billing_messages(engine, &src, &w, &free, &ledger, limits).await?;
-        let split = billing::split(&messages, &w, self.tz, late_ok)?;
+        let split = billing::split(&messages, &w, self.tz, late_ok, |d| days.contains(&d))?;
         let correcting = matches!(mode, Mode::Correct(_));
         let items = billing::items(&split, req.day, !correcting);
         if correcting && items.is_empty() {
@@ -373,10 +382,12 @@ impl Reports {
                 };
                 let mut rows: Vec<(NaiveDate, arrow::array::RecordBatch)> =
                     split.own.iter().map(|b| (req.day, b.clone())).collect();
+                let mut held = Vec::new();
                 if !correcting {
                     rows.extend(split.late.iter().cloned());
+                    held.extend(split.held.iter().cloned());
                 }
-                self.billed.append(run, &rows).await?;
+                self.billed.append(run, &rows, &held).await?;
                 let inv = Invoice {
                     billing_day: date.clone(),
                     seq,

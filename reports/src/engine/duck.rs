@@ -19,30 +19,54 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{LedgerView, Limits, Source, plan_files, range_predicate};
+use super::{
+    BILLING_COLUMNS, LedgerView, Limits, Source, arrivals, known_columns, plan_files,
+    range_predicate,
+};
 use crate::billing::{FreeSpan, Window};
 use crate::config::DuckS3Input;
 use crate::detail::DetailQuery;
 use crate::error::ReportError;
-
-/// Columns the billing query reads.
-const BILLING_COLUMNS: [&str; 9] = [
-    "event_id",
-    "message_id",
-    "client_id",
-    "category",
-    "country",
-    "event_time",
-    "status",
-    "billable",
-    "pricing_type",
-];
 
 /// What DuckDB reads, readied on the async side.
 struct Input {
     rows: Rows,
     /// The task feeding [`Rows::Batches`]; it reports scan errors.
     feeder: Option<JoinHandle<Result<(), ReportError>>>,
+    /// Rows older than the look-back that reached the lake after the last
+    /// invoice (a billing run's [`arrivals`]).
+    late: Option<Late>,
+}
+
+/// A billing run's arrivals: staged as table `late`; the relation the SQL
+/// reads is then `rows` from `from` on and `late` before it.
+struct Late {
+    rx: mpsc::Receiver<RecordBatch>,
+    feeder: JoinHandle<Result<(), ReportError>>,
+    /// Where the look-back starts.
+    from: i64,
+    /// The columns of both.
+    cols: String,
+}
+
+/// Batches of `stream` through a channel, fed by a task that reports the
+/// stream's error.
+fn feed(
+    mut stream: iceberg::scan::ArrowRecordBatchStream,
+) -> (
+    mpsc::Receiver<RecordBatch>,
+    JoinHandle<Result<(), ReportError>>,
+) {
+    let (tx, rx) = mpsc::channel(4);
+    let feeder = tokio::spawn(async move {
+        while let Some(b) = stream.try_next().await? {
+            if tx.send(b).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    });
+    (rx, feeder)
 }
 
 enum Rows {
@@ -54,6 +78,8 @@ enum Rows {
     },
     /// The scan's batches, appended to table `ev` before the query.
     Batches(mpsc::Receiver<RecordBatch>),
+    /// No file of the snapshot has rows for the query.
+    Nothing,
 }
 
 /// Readies the rows of the pinned snapshot that `pred` keeps (columns
@@ -72,38 +98,20 @@ async fn input(
         // The scan plans the files itself (and filters rows); an empty
         // scan gives no batch, which the query takes as no rows. Columns
         // the snapshot's schema predates are added as nulls in DuckDB.
-        let md = src.table.metadata();
-        let schema = md
-            .snapshot_by_id(id)
-            .and_then(|s| s.schema_id())
-            .and_then(|sid| md.schema_by_id(sid))
-            .unwrap_or_else(|| md.current_schema());
-        let known: Vec<&str> = cols
-            .iter()
-            .copied()
-            .filter(|c| schema.field_by_name(c).is_some())
-            .collect();
-        let mut stream = src
+        let stream = src
             .table
             .scan()
             .snapshot_id(id)
             .with_filter(pred)
-            .select(known)
+            .select(known_columns(src, cols))
             .build()?
             .to_arrow()
             .await?;
-        let (tx, rx) = mpsc::channel(4);
-        let feeder = tokio::spawn(async move {
-            while let Some(b) = stream.try_next().await? {
-                if tx.send(b).await.is_err() {
-                    break;
-                }
-            }
-            Ok(())
-        });
+        let (rx, feeder) = feed(stream);
         return Ok(Some(Input {
             rows: Rows::Batches(rx),
             feeder: Some(feeder),
+            late: None,
         }));
     }
     let urls = plan_files(src, Some(pred)).await?;
@@ -123,6 +131,7 @@ async fn input(
             _copies: None,
         },
         feeder: None,
+        late: None,
     }))
 }
 
@@ -161,6 +170,7 @@ async fn copies(src: &Source, urls: Vec<String>) -> Result<Input, ReportError> {
             _copies: Some(dir),
         },
         feeder: None,
+        late: None,
     })
 }
 
@@ -181,9 +191,13 @@ fn column_type(t: &DataType) -> Result<&'static str, ReportError> {
     })
 }
 
-/// Appends every batch of `rx` to a new table `ev`; false when the scan
+/// Appends every batch of `rx` to a new table `name`; false when the scan
 /// gave no batch.
-fn stage(conn: &Connection, rx: &mut mpsc::Receiver<RecordBatch>) -> Result<bool, ReportError> {
+fn stage(
+    conn: &Connection,
+    name: &str,
+    rx: &mut mpsc::Receiver<RecordBatch>,
+) -> Result<bool, ReportError> {
     let Some(first) = rx.blocking_recv() else {
         return Ok(false);
     };
@@ -193,8 +207,8 @@ fn stage(conn: &Connection, rx: &mut mpsc::Receiver<RecordBatch>) -> Result<bool
         .iter()
         .map(|f| Ok(format!("\"{}\" {}", f.name(), column_type(f.data_type())?)))
         .collect::<Result<Vec<_>, ReportError>>()?;
-    conn.execute_batch(&format!("CREATE TABLE ev ({})", cols.join(", ")))?;
-    let mut app = conn.appender("ev")?;
+    conn.execute_batch(&format!("CREATE TABLE {name} ({})", cols.join(", ")))?;
+    let mut app = conn.appender(name)?;
     app.append_record_batch(first)?;
     while let Some(b) = rx.blocking_recv() {
         app.append_record_batch(b)?;
@@ -274,19 +288,53 @@ where
     S: FnOnce(&str) -> String + Send + 'static,
     F: FnMut(&mut T, RecordBatch) -> Result<bool, ReportError> + Send + 'static,
 {
-    let Input { mut rows, feeder } = input;
+    let Input {
+        mut rows,
+        feeder,
+        late,
+    } = input;
+    let (late, late_feeder) = match late {
+        Some(Late {
+            rx,
+            feeder,
+            from,
+            cols,
+        }) => (Some((rx, from, cols)), Some(feeder)),
+        None => (None, None),
+    };
     let ran = tokio::task::spawn_blocking(move || {
         let spill = tempfile::Builder::new()
             .prefix("notiflow-spill-")
             .tempdir()?;
         let conn = connect(limits, spill.path())?;
-        let relation = match &mut rows {
-            Rows::Files { paths, .. } => with_added_columns(&conn, files_list(paths))?,
-            Rows::Batches(rx) => {
-                if !stage(&conn, rx)? {
+        let main = match &mut rows {
+            Rows::Files { paths, .. } => Some(with_added_columns(&conn, files_list(paths))?),
+            Rows::Batches(rx) => match stage(&conn, "ev", rx)? {
+                true => Some(with_added_columns(&conn, "ev".to_string())?),
+                false => None,
+            },
+            Rows::Nothing => None,
+        };
+        let relation = match (main, late) {
+            (None, None) => return Ok(acc),
+            (Some(m), None) => m,
+            (main, Some((mut rx, from, cols))) => {
+                let late = match stage(&conn, "late", &mut rx)? {
+                    true => Some(with_added_columns(&conn, "late".to_string())?),
+                    false => None,
+                };
+                let from = ts(from);
+                let parts: Vec<String> = main
+                    .map(|m| format!("SELECT {cols} FROM {m} WHERE event_time >= {from}"))
+                    .into_iter()
+                    .chain(
+                        late.map(|l| format!("SELECT {cols} FROM {l} WHERE event_time < {from}")),
+                    )
+                    .collect();
+                if parts.is_empty() {
                     return Ok(acc);
                 }
-                with_added_columns(&conn, "ev".to_string())?
+                format!("({})", parts.join(" UNION ALL "))
             }
         };
         let mut stmt = conn.prepare(&sql(&relation))?;
@@ -304,7 +352,7 @@ where
     .await
     .map_err(|e| ReportError::Other(format!("duckdb thread: {e}")))?;
     // A failed scan ends the batches early: its error wins over the result.
-    if let Some(f) = feeder {
+    for f in feeder.into_iter().chain(late_feeder) {
         f.await
             .map_err(|e| ReportError::Other(format!("iceberg scan task: {e}")))??;
     }
@@ -334,41 +382,61 @@ fn billable_sql(free: &[FreeSpan]) -> String {
     sql
 }
 
-/// The ledger's data files as a DuckDB relation of the (client, message)
-/// of rows that count (local files, or copies of S3 objects that live as
-/// long as the returned input); None when it has none.
-async fn ledger_relation(ledger: &LedgerView) -> Result<Option<(String, Input)>, ReportError> {
-    let Some(src) = ledger.src.as_ref().filter(|_| !ledger.is_empty()) else {
-        return Ok(None);
-    };
-    let urls = plan_files(src, None).await?;
-    if urls.is_empty() {
+/// The ledger's and the holds' data files as a DuckDB relation of the
+/// (client, message) of rows that count (local files, or copies of S3
+/// objects that live as long as the returned inputs); None when there are
+/// none. Messages held for the run's own day count as not billed.
+async fn ledger_relation(ledger: &LedgerView) -> Result<Option<(String, Vec<Input>)>, ReportError> {
+    if ledger.is_empty() {
         return Ok(None);
     }
-    let input = if src.table.metadata().location().starts_with("s3://") {
-        copies(src, urls).await?
-    } else {
-        Input {
-            rows: Rows::Files {
-                paths: urls
-                    .into_iter()
-                    .map(|u| u.strip_prefix("file://").map(str::to_string).unwrap_or(u))
-                    .collect(),
-                _copies: None,
-            },
-            feeder: None,
-        }
-    };
-    let Rows::Files { paths, .. } = &input.rows else {
-        return Ok(None);
-    };
     let runs: Vec<String> = ledger.runs.iter().map(|r| quote(r)).collect();
-    let rel = format!(
-        "(SELECT client_id, message_id FROM {} WHERE run IN ({}))",
-        files_list(paths),
-        runs.join(", ")
-    );
-    Ok(Some((rel, input)))
+    let runs = runs.join(", ");
+    let day = quote(&ledger.day.to_string());
+    let tables = [
+        (ledger.src.as_ref(), format!("run IN ({runs})")),
+        (
+            ledger.holds.as_ref(),
+            format!("run IN ({runs}) AND billing_day <> DATE {day}"),
+        ),
+    ];
+    let mut rels = Vec::new();
+    let mut inputs = Vec::new();
+    for (src, cond) in tables {
+        let Some(src) = src.filter(|s| s.snapshot_id.is_some()) else {
+            continue;
+        };
+        let urls = plan_files(src, None).await?;
+        if urls.is_empty() {
+            continue;
+        }
+        let input = if src.table.metadata().location().starts_with("s3://") {
+            copies(src, urls).await?
+        } else {
+            Input {
+                rows: Rows::Files {
+                    paths: urls
+                        .into_iter()
+                        .map(|u| u.strip_prefix("file://").map(str::to_string).unwrap_or(u))
+                        .collect(),
+                    _copies: None,
+                },
+                feeder: None,
+                late: None,
+            }
+        };
+        if let Rows::Files { paths, .. } = &input.rows {
+            rels.push(format!(
+                "SELECT client_id, message_id FROM {} WHERE {cond}",
+                files_list(paths)
+            ));
+        }
+        inputs.push(input);
+    }
+    if rels.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((format!("({})", rels.join(" UNION ALL ")), inputs)))
 }
 
 pub(super) async fn billing_messages(
@@ -379,9 +447,29 @@ pub(super) async fn billing_messages(
     limits: Limits,
 ) -> Result<Vec<RecordBatch>, ReportError> {
     let pred = range_predicate(w.lookback_start, w.end, None);
-    let Some(input) = input(src, pred, &BILLING_COLUMNS, limits).await? else {
-        return Ok(Vec::new());
+    // The look-back's rows, and older ones that reached the lake after
+    // the last invoice (`Late`: the relation is those two, so each
+    // message's first billable event is found over both).
+    let late = arrivals(src, ledger.since, w.lookback_start, &BILLING_COLUMNS).await?;
+    let mut input = match (input(src, pred, &BILLING_COLUMNS, limits).await?, &late) {
+        (Some(i), _) => i,
+        (None, Some(_)) => Input {
+            rows: Rows::Nothing,
+            feeder: None,
+            late: None,
+        },
+        (None, None) => return Ok(Vec::new()),
     };
+    let (rx, feeder) = match late {
+        Some(stream) => feed(stream),
+        None => (mpsc::channel(1).1, tokio::spawn(async { Ok(()) })),
+    };
+    input.late = Some(Late {
+        rx,
+        feeder,
+        from: w.lookback_start,
+        cols: BILLING_COLUMNS.join(", "),
+    });
     // The ledger's messages are left out in the query (an anti-join that
     // spills like the rest), never read into memory.
     // Its copies (S3) live until the query is done.
@@ -389,9 +477,10 @@ pub(super) async fn billing_messages(
         Some((rel, files)) => (Some(rel), Some(files)),
         None => (None, None),
     };
-    let (lb, end) = (ts(w.lookback_start), ts(w.end));
-    // Each message's first billable event in the look-back and the day
-    // (earliest `event_time`, ties by `event_id`): it names the category
+    let end = ts(w.end);
+    // Each message's first billable event in the look-back and the day,
+    // or among the arrivals (earliest `event_time`, ties by `event_id`):
+    // it names the category
     // and country, whatever its later events say, and decides the day the
     // message belongs to (the report keeps those of the day and late ones
     // of issued days, against the ledger). A message is (client, message
@@ -408,7 +497,7 @@ pub(super) async fn billing_messages(
                                 't': event_time, 'id': event_id}},
                               {{'t': event_time, 'id': event_id}}) AS f
                FROM {rel}
-               WHERE {billable} AND event_time >= {lb} AND event_time < {end}
+               WHERE {billable} AND event_time < {end}
                GROUP BY client_id, message_id
              ) m {anti}
              ORDER BY m.client_id, m.message_id"

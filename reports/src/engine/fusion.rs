@@ -14,10 +14,95 @@ use futures::StreamExt;
 use iceberg_datafusion::IcebergStaticTableProvider;
 use tokio::sync::mpsc;
 
-use super::{LedgerView, Limits, Source};
+use super::{BILLING_COLUMNS, LedgerView, Limits, Source, arrivals};
+
 use crate::billing::{FreeSpan, Window};
 use crate::detail::DetailQuery;
 use crate::error::ReportError;
+
+/// A stream of the lake's batches as a table of `ctx` with `schema` (the
+/// scan's columns, types and field metadata, so the two unite; a column
+/// the batches lack, `pricing_type` of an older schema, is null), read
+/// once as the plan runs, never collected; None when the stream has no
+/// batch.
+async fn late_rows(
+    ctx: &SessionContext,
+    mut stream: iceberg::scan::ArrowRecordBatchStream,
+    schema: arrow::datatypes::SchemaRef,
+) -> Result<Option<DataFrame>, ReportError> {
+    use datafusion::catalog::streaming::StreamingTable;
+    use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+    use datafusion::physical_plan::streaming::PartitionStream;
+    use futures::TryStreamExt;
+
+    struct Once {
+        schema: arrow::datatypes::SchemaRef,
+        rows: std::sync::Mutex<Option<iceberg::scan::ArrowRecordBatchStream>>,
+    }
+    impl std::fmt::Debug for Once {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("arrivals")
+        }
+    }
+    impl PartitionStream for Once {
+        fn schema(&self) -> &arrow::datatypes::SchemaRef {
+            &self.schema
+        }
+        fn execute(
+            &self,
+            _: Arc<datafusion::execution::TaskContext>,
+        ) -> datafusion::execution::SendableRecordBatchStream {
+            let rows = self.rows.lock().ok().and_then(|mut r| r.take());
+            let rows =
+                rows.map_or_else(
+                    || {
+                        futures::stream::empty::<
+                            Result<RecordBatch, datafusion::error::DataFusionError>,
+                        >()
+                        .boxed()
+                    },
+                    |s| {
+                        s.map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
+                            .boxed()
+                    },
+                );
+            Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), rows))
+        }
+    }
+
+    let Some(first) = stream.try_next().await? else {
+        return Ok(None);
+    };
+    let conform = {
+        let schema = schema.clone();
+        move |b: RecordBatch| -> iceberg::Result<RecordBatch> {
+            let err = |e: arrow::error::ArrowError| {
+                iceberg::Error::new(iceberg::ErrorKind::Unexpected, e.to_string())
+            };
+            let cols = schema
+                .fields()
+                .iter()
+                .map(|f| match b.column_by_name(f.name()) {
+                    Some(c) => arrow::compute::cast(c, f.data_type()).map_err(err),
+                    None => Ok(arrow::array::new_null_array(f.data_type(), b.num_rows())),
+                })
+                .collect::<iceberg::Result<Vec<_>>>()?;
+            RecordBatch::try_new(schema.clone(), cols).map_err(err)
+        }
+    };
+    let rows: iceberg::scan::ArrowRecordBatchStream = futures::stream::once(async { Ok(first) })
+        .chain(stream)
+        .and_then(move |b| futures::future::ready(conform(b)))
+        .boxed();
+    let table = StreamingTable::try_new(
+        schema.clone(),
+        vec![Arc::new(Once {
+            schema,
+            rows: std::sync::Mutex::new(Some(rows)),
+        })],
+    )?;
+    Ok(Some(ctx.read_table(Arc::new(table))?))
+}
 
 fn context(limits: Limits) -> Result<SessionContext, ReportError> {
     let runtime = RuntimeEnvBuilder::new()
@@ -84,6 +169,47 @@ fn billable(free: &[FreeSpan]) -> Expr {
     e
 }
 
+/// The (client, message) of the ledger's rows that count, and of the
+/// held rows that count (not those held for the run's own day), as
+/// `l_client`, `l_message`; None when none can.
+async fn counted(
+    ctx: &SessionContext,
+    ledger: &LedgerView,
+) -> Result<Option<DataFrame>, ReportError> {
+    if ledger.is_empty() {
+        return Ok(None);
+    }
+    let runs: Vec<Expr> = ledger.runs.iter().map(|r| lit(r.as_str())).collect();
+    let day = lit(ScalarValue::Date32(Some(
+        (ledger.day - chrono::NaiveDate::default()).num_days() as i32,
+    )));
+    let mut out: Option<DataFrame> = None;
+    for (name, src, held) in [
+        ("ledger", &ledger.src, false),
+        ("holds", &ledger.holds, true),
+    ] {
+        let Some((src, id)) = src.as_ref().and_then(|s| s.snapshot_id.map(|id| (s, id))) else {
+            continue;
+        };
+        let provider =
+            IcebergStaticTableProvider::try_new_from_table_snapshot(src.table.clone(), id).await?;
+        ctx.register_table(name, Arc::new(provider))?;
+        let mut keep = col("run").in_list(runs.clone(), false);
+        if held {
+            keep = keep.and(col("billing_day").not_eq(day.clone()));
+        }
+        let rows = ctx.table(name).await?.filter(keep)?.select(vec![
+            col("client_id").alias("l_client"),
+            col("message_id").alias("l_message"),
+        ])?;
+        out = Some(match out {
+            Some(o) => o.union(rows)?,
+            None => rows,
+        });
+    }
+    Ok(out)
+}
+
 pub(super) async fn billing_messages(
     src: &Source,
     w: &Window,
@@ -111,6 +237,27 @@ pub(super) async fn billing_messages(
                 .and(col("event_time").lt(ts(w.end)))
                 .and(billable(free)),
         )?
+        .select_columns(&BILLING_COLUMNS)?;
+    // Older rows that reached the lake after the last invoice, read with
+    // the look-back's: each message's first billable event is found over
+    // both.
+    let df = match arrivals(src, ledger.since, w.lookback_start, &BILLING_COLUMNS).await? {
+        Some(stream) => {
+            let schema = Arc::new(df.schema().as_arrow().clone());
+            match late_rows(&ctx, stream, schema).await? {
+                Some(late) => df.union(
+                    late.filter(
+                        col("event_time")
+                            .lt(ts(w.lookback_start))
+                            .and(billable(free)),
+                    )?,
+                )?,
+                None => df,
+            }
+        }
+        None => df,
+    };
+    let df = df
         .aggregate(
             vec![col("client_id"), col("message_id")],
             vec![
@@ -128,32 +275,17 @@ pub(super) async fn billing_messages(
             "first_event_id",
             "first_at",
         ])?;
-    // The ledger's messages are left out in the plan (an anti-join that
-    // spills like the rest), never read into memory.
-    let df = match ledger.src.as_ref().filter(|_| !ledger.is_empty()) {
-        Some(l) => {
-            let id = l.snapshot_id.unwrap_or_default();
-            let provider =
-                IcebergStaticTableProvider::try_new_from_table_snapshot(l.table.clone(), id)
-                    .await?;
-            ctx.register_table("ledger", Arc::new(provider))?;
-            let runs: Vec<Expr> = ledger.runs.iter().map(|r| lit(r.as_str())).collect();
-            let billed = ctx
-                .table("ledger")
-                .await?
-                .filter(col("run").in_list(runs, false))?
-                .select(vec![
-                    col("client_id").alias("l_client"),
-                    col("message_id").alias("l_message"),
-                ])?;
-            df.join(
-                billed,
-                datafusion::prelude::JoinType::LeftAnti,
-                &["client_id", "message_id"],
-                &["l_client", "l_message"],
-                None,
-            )?
-        }
+    // The ledger's messages, and those held for another day, are left out
+    // in the plan (an anti-join that spills like the rest), never read
+    // into memory.
+    let df = match counted(&ctx, ledger).await? {
+        Some(billed) => df.join(
+            billed,
+            datafusion::prelude::JoinType::LeftAnti,
+            &["client_id", "message_id"],
+            &["l_client", "l_message"],
+            None,
+        )?,
         None => df,
     };
     let df = df.sort(vec![

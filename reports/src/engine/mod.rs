@@ -66,6 +66,19 @@ impl Source {
     }
 }
 
+/// Columns the billing query reads.
+pub(crate) const BILLING_COLUMNS: [&str; 9] = [
+    "event_id",
+    "message_id",
+    "client_id",
+    "category",
+    "country",
+    "event_time",
+    "status",
+    "billable",
+    "pricing_type",
+];
+
 /// The billed-messages ledger as a billing run reads it: the table at one
 /// snapshot, and the runs whose rows count (the issued ones before the
 /// run; `billed`). Engines leave every message it has out.
@@ -74,12 +87,24 @@ pub struct LedgerView {
     pub src: Option<Source>,
     /// Runs whose rows count.
     pub runs: Vec<String>,
+    /// The held messages' table (`billed::HOLDS`): held rows of those runs
+    /// count too, but those held for `day` (this run's day: it bills them).
+    pub holds: Option<Source>,
+    /// The run's billing day.
+    pub day: chrono::NaiveDate,
+    /// The lake snapshot the newest of those runs read (None: no run
+    /// counts). Rows in data files it does not have reached the lake
+    /// after it: the run reads those of any day before its look-back too
+    /// ([`arrivals`]), so a late event is seen by the first invoice after
+    /// it arrived, whatever the look-back.
+    pub since: Option<i64>,
 }
 
 impl LedgerView {
     /// True when no row can count.
     pub fn is_empty(&self) -> bool {
-        self.runs.is_empty() || self.src.as_ref().is_none_or(|s| s.snapshot_id.is_none())
+        let empty = |s: &Option<Source>| s.as_ref().is_none_or(|s| s.snapshot_id.is_none());
+        self.runs.is_empty() || (empty(&self.src) && empty(&self.holds))
     }
 }
 
@@ -160,6 +185,87 @@ pub async fn client_exists(
         EngineKind::DuckDb => duck::client_exists(src, client, limits).await,
         EngineKind::DataFusion => fusion::client_exists(src, client, limits).await,
     }
+}
+
+/// The rows of `src`'s pinned snapshot with `event_time` before `before`
+/// that reached the lake after snapshot `since`: those of the data files
+/// `since` does not have (columns `cols` the snapshot's schema knows), as a
+/// stream of batches; None when there are none, or `since` is None (no
+/// invoice was issued: nothing can be late yet). A file compaction wrote
+/// after `since` is read again although its rows are older: harmless (the
+/// ledger has what was billed; a message is billed for its first billable
+/// event), and few (compaction rewrites small files of a day). A `since`
+/// that expired reads every file before `before` (slow, exact).
+pub(crate) async fn arrivals(
+    src: &Source,
+    since: Option<i64>,
+    before: i64,
+    cols: &[&str],
+) -> Result<Option<iceberg::scan::ArrowRecordBatchStream>, ReportError> {
+    let (Some(id), Some(since)) = (src.snapshot_id, since) else {
+        return Ok(None);
+    };
+    let pred = Reference::new("event_time").less_than(Datum::timestamptz_micros(before));
+    let known: std::collections::HashSet<String> = if src
+        .table
+        .metadata()
+        .snapshot_by_id(since)
+        .is_some()
+    {
+        let then = Source {
+            snapshot_id: Some(since),
+            ..src.clone()
+        };
+        plan_files(&then, Some(pred.clone()))
+            .await?
+            .into_iter()
+            .collect()
+    } else {
+        tracing::warn!(
+            snapshot = since,
+            "the last invoice's lake snapshot expired: reading every file before the look-back for late events"
+        );
+        Default::default()
+    };
+    let tasks: Vec<iceberg::scan::FileScanTask> = src
+        .table
+        .scan()
+        .snapshot_id(id)
+        .with_filter(pred)
+        .select(known_columns(src, cols))
+        .build()?
+        .plan_files()
+        .await?
+        .try_filter(|t| futures::future::ready(!known.contains(&t.data_file_path)))
+        .try_collect()
+        .await?;
+    if tasks.is_empty() {
+        return Ok(None);
+    }
+    let reader = iceberg::arrow::ArrowReaderBuilder::new(
+        src.table.file_io().clone(),
+        iceberg::Runtime::current(),
+    )
+    .build();
+    let tasks: iceberg::scan::FileScanTaskStream =
+        Box::pin(futures::stream::iter(tasks.into_iter().map(Ok)));
+    Ok(Some(reader.read(tasks)?.stream()))
+}
+
+/// Those of `cols` that the pinned snapshot's schema has (a snapshot
+/// committed before a column was added lacks it; engines add it as null).
+pub(crate) fn known_columns<'a>(src: &Source, cols: &[&'a str]) -> Vec<&'a str> {
+    let md = src.table.metadata();
+    let schema = src
+        .snapshot_id
+        .and_then(|id| md.snapshot_by_id(id))
+        .and_then(|s| s.schema_id())
+        .and_then(|sid| md.schema_by_id(sid))
+        .unwrap_or_else(|| md.current_schema());
+    cols.iter()
+        .copied()
+        .filter(|c| schema.field_by_name(c).is_some())
+        .collect()
 }
 
 /// The scan predicate of a time range (and a client).

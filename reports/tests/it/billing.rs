@@ -709,6 +709,147 @@ async fn late_events_are_billed_once_as_late_lines_of_their_day() {
     }
 }
 
+/// An event that reaches the lake after its day left every later
+/// invoice's look-back (issue 31's open defect): before, no invoice saw
+/// it, and a later billable event of its message billed the message on
+/// the later day, at that event's category, country and price. Now the
+/// first invoice after it arrived reads it (the rows that reached the
+/// lake after the last invoice's snapshot, whatever their day): a late
+/// line of its own day; the later event bills nothing. Hand-priced (São
+/// Paulo days, look-back 7, the test card): the 14th to the 22nd issued
+/// (the 21st's lines may be late lines: it is a week after the first
+/// issued day); then m8, an acme utility `delivered` of the 21st, arrives
+/// with its marketing `read` of the 30th, and so does m10 with a utility
+/// `delivered` of the 15th (issued, but in the first week: no late lines,
+/// a correction bills it). The 29th (look-back from the 22nd) bills m8 as
+/// a late line of the 21st, utility BR 1 × 4,000, and holds m10 for the
+/// 15th; the 30th bills nothing (not marketing MX 25,000 twice); the
+/// 15th's correction bills m10, utility BR 1 × 4,000. Both engines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_older_than_the_look_back_is_billed_on_its_own_day() {
+    for engine in [EngineKind::DuckDb, EngineKind::DataFusion] {
+        let s = Setup::new(Store::Folder, &format!("arrive-{}", engine.as_str()));
+        s.append(&crafted()).await;
+        let r = s.reports().await;
+        issue_week_before(&r, engine).await;
+        for d in ["2026-11-21", "2026-11-22"] {
+            r.billing(&billing(d, engine), now()).await.unwrap();
+        }
+        s.append(&[
+            ev(
+                "a1",
+                "m8",
+                "acme",
+                S::Delivered,
+                C::Utility,
+                true,
+                "BR",
+                "2026-11-21T15:00:00Z",
+            ),
+            ev(
+                "a2",
+                "m8",
+                "acme",
+                S::Read,
+                C::Marketing,
+                true,
+                "MX",
+                "2026-11-30T12:00:00Z",
+            ),
+            ev(
+                "a3",
+                "m10",
+                "acme",
+                S::Delivered,
+                C::Utility,
+                true,
+                "BR",
+                "2026-11-15T15:00:00Z",
+            ),
+            ev(
+                "a4",
+                "m10",
+                "acme",
+                S::Read,
+                C::Marketing,
+                true,
+                "MX",
+                "2026-11-30T13:00:00Z",
+            ),
+        ])
+        .await;
+        let csv = |d: &str, correction: bool| {
+            let r = &r;
+            let mut req = billing(d, engine);
+            req.correction = correction;
+            async move {
+                let m = r.billing(&req, now()).await.unwrap();
+                let f = m.files.iter().find(|f| f.path.ends_with(".csv")).unwrap();
+                String::from_utf8(r.output().get(&f.path).await.unwrap()).unwrap()
+            }
+        };
+        let d29 = csv("2026-11-29", false).await;
+        assert_eq!(parse(&d29).0, BTreeMap::new(), "{d29}");
+        assert_eq!(
+            parse_late(&d29),
+            BTreeMap::from([(
+                (
+                    "2026-11-21".into(),
+                    "acme".into(),
+                    "utility".into(),
+                    "BR".into()
+                ),
+                (1, 4_000, 4_000)
+            )]),
+            "{engine:?}: {d29}"
+        );
+        let held = r.billed().held(|_, _| true).await.unwrap();
+        assert_eq!(
+            held.iter()
+                .map(|h| (h.message_id.as_str(), h.billing_day.to_string()))
+                .collect::<Vec<_>>(),
+            [("m10", "2026-11-15".to_string())]
+        );
+        let d30 = csv("2026-11-30", false).await;
+        assert_eq!(
+            d30.lines().count(),
+            1,
+            "{engine:?}: the 30th bills m8 or m10: {d30}"
+        );
+        let d15 = csv("2026-11-15", true).await;
+        assert_eq!(
+            parse(&d15).0,
+            BTreeMap::from([(
+                ("acme".to_string(), "utility".to_string(), "BR".to_string()),
+                (1, 4_000, 4_000)
+            )]),
+            "{engine:?}: {d15}"
+        );
+        let ledger = r
+            .billed()
+            .find(|_, m| m == "m8" || m == "m10")
+            .await
+            .unwrap();
+        let got: Vec<(&str, String, &str)> = ledger
+            .iter()
+            .map(|b| {
+                (
+                    b.message_id.as_str(),
+                    b.billing_day.to_string(),
+                    b.first_event_id.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("m10", "2026-11-15".to_string(), "a3"),
+                ("m8", "2026-11-21".to_string(), "a1")
+            ]
+        );
+    }
+}
+
 /// A backfill of issued days beyond what the next invoices see is billed
 /// by corrections, asked for explicitly (before: by re-running the day, a
 /// second complete invoice). Hand-priced (São Paulo days, the test card):
