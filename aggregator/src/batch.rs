@@ -12,10 +12,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use notiflow_ingest::Decoder;
-use notiflow_ingest::cursor::{Admit, Anchor, Cursor, Hold, LastTaken};
-use notiflow_ingest::dedup::{Dedup, bounded_time, fingerprint, pack};
-pub use notiflow_ingest::source::SourceRecord;
+pub use notiflow_ingest::sink::SourceRecord;
+use notiflow_ingest::sink::{
+    Admit, Anchor, Cursor, Decoder, Dedup, Hold, LastTaken, bounded_time, fingerprint, pack,
+};
 use notiflow_schema::counters::{Counts, DeltaCell, SLOTS, sent_category_slot, status_slot};
 use notiflow_schema::time::{DAY_MICROS, HOUR_MICROS, minute_of};
 use notiflow_schema::{Micros, Status};
@@ -345,7 +345,7 @@ pub fn process<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notiflow_ingest::{RecordView, SchemaRegistry};
+    use notiflow_ingest::sink::{RecordView, SchemaRegistry};
     use notiflow_schema::time::{MINUTE_MICROS, parse_rfc3339};
 
     const NOW: &str = "2026-11-23T12:00:30Z";
@@ -448,7 +448,7 @@ mod tests {
                 expected: Some(5),
                 next: 6,
                 from_generation: 0,
-                generation: notiflow_ingest::dedup::generation(parse_rfc3339(NOW).unwrap()),
+                generation: notiflow_ingest::sink::generation(parse_rfc3339(NOW).unwrap()),
                 anchor: out.offsets[&0].anchor,
             }
         );

@@ -2,7 +2,7 @@
 //!
 //! Each field's doc comment is the user's reference.
 
-use notiflow_ingest::ConfigError;
+use notiflow_ingest::sink::ConfigError;
 use notiflow_schema::secret::SecretUrl;
 use serde::{Deserialize, Serialize};
 

@@ -1,6 +1,6 @@
 //! What can go wrong in the aggregator, and whether waiting helps.
 
-use notiflow_ingest::IngestError;
+use notiflow_ingest::sink::IngestError;
 
 /// Aggregator errors.
 #[derive(Debug, thiserror::Error)]

@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use notiflow_ingest::retry::Backoff;
+use notiflow_ingest::sink::Backoff;
 
 use crate::metrics::Metrics;
 
@@ -170,7 +170,7 @@ mod tests {
         assert_eq!(m.refused.with_label_values(&["1", "k"]).get(), 1);
         // Not due before its back-off.
         assert!(q.due().is_empty());
-        std::thread::sleep(notiflow_ingest::retry::MIN_DELAY * 3);
+        std::thread::sleep(notiflow_ingest::sink::MIN_DELAY * 3);
         assert_eq!(q.due(), vec![1]);
         assert!(q.isolates(1) && !q.holds(1), "retried on its own");
         assert_eq!(

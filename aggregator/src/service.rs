@@ -14,18 +14,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use notiflow_ingest::cursor::Cursor;
-use notiflow_ingest::dedup::Dedup;
-use notiflow_ingest::failpoint;
-use notiflow_ingest::kafka::{ensure_topics, wait_for_broker};
-use notiflow_ingest::member::{
-    Member, MemberState, SINK_CONSUMER, StateStore, log_hold, set_gauges,
+use notiflow_ingest::sink::{
+    Backoff, Change, Cursor, Decoder, Dedup, Handoff, KafkaConfig, Member, MemberState,
+    SINK_CONSUMER, SchemaHolds, SchemaRegistry, Source, StateStore, ensure_topics, failpoint,
+    forget_partition, log_hold, now_micros, set_gauges, sleep_or_cancel, views, wait_for_broker,
 };
-use notiflow_ingest::rebalance::{Change, Handoff, forget_partition};
-use notiflow_ingest::retry::Backoff;
-use notiflow_ingest::schema_hold::SchemaHolds;
-use notiflow_ingest::source::{now_micros, sleep_or_cancel, views};
-use notiflow_ingest::{Decoder, KafkaConfig, SchemaRegistry, Source};
 use notiflow_schema::counters::Keys;
 use rdkafka::Offset;
 use rdkafka::consumer::ConsumerContext;
@@ -220,7 +213,7 @@ pub async fn run(
     tracing::info!(topic = %kafka.topic, group = %cfg.group_id, prefix = %redis_cfg.key_prefix, "aggregator running");
 
     // Fetch errors back off with the one retry policy (ingest::retry).
-    let mut fetch_backoff = notiflow_ingest::retry::Backoff::new();
+    let mut fetch_backoff = notiflow_ingest::sink::Backoff::new();
     loop {
         let stopping = shutdown.is_cancelled();
         schema_holds.release(&mut decoder, &source).await;

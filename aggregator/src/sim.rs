@@ -24,8 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use notiflow_ingest::source::SourceRecord;
-use notiflow_ingest::{Decoder, RecordView, SchemaRegistry};
+use notiflow_ingest::sink::{Decoder, RecordView, SchemaRegistry, SourceRecord};
 use notiflow_schema::counters::{Counts, DeltaCell, SLOTS, slot_name};
 use notiflow_schema::time::{HOUR_MICROS, format_rfc3339, minute_of, parse_rfc3339};
 

@@ -21,8 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use notiflow_ingest::cursor::Anchor;
-use notiflow_ingest::dedup::Dedup;
+use notiflow_ingest::sink::{Anchor, Dedup};
 use notiflow_schema::counters::{Counts, Delta, Keys, SLOTS, hour_field, minute_field};
 use redis::Script;
 
@@ -588,7 +587,7 @@ mod tests {
     #[test]
     fn load_reply_restores_offset_and_window() {
         let mut packed = Vec::new();
-        notiflow_ingest::dedup::pack(77, &mut packed);
+        notiflow_ingest::sink::pack(77, &mut packed);
         let st = parse_load(
             &[
                 b"42".to_vec(),

@@ -14,7 +14,8 @@
 //!
 //! Both sinks are a [`Member`]: a consumer-group member that keeps its
 //! offsets and dedup state with its output, loads them on assignment through
-//! the sink's [`StateStore`], and hands partition changes to its loop.
+//! the sink's [`StateStore`], and hands partition changes to its loop. What
+//! a sink uses of ingest is in [`sink`], in one place.
 
 pub mod codec;
 pub mod config;
@@ -32,6 +33,7 @@ pub mod registry;
 pub mod retry;
 pub mod schema_hold;
 pub mod service;
+pub mod sink;
 pub mod source;
 pub mod validate;
 

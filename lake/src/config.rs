@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use notiflow_ingest::ConfigError;
+use notiflow_ingest::sink::ConfigError;
 use notiflow_schema::secret::{Secret, SecretUrl};
 use serde::{Deserialize, Serialize};
 

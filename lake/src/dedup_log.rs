@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use futures::StreamExt;
 use iceberg::spec::{SnapshotRef, TableMetadata};
 use iceberg::table::Table;
-use notiflow_ingest::dedup::{Dedup, GENERATION_MICROS};
+use notiflow_ingest::sink::{Dedup, GENERATION_MICROS};
 
 use crate::error::LakeError;
 use crate::table::{
@@ -174,7 +174,7 @@ async fn rebuild_from_rows(
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{Int32Type, TimestampMicrosecondType};
     use iceberg::spec::{Datum, PrimitiveLiteral};
-    use notiflow_ingest::dedup::{fingerprint, generation};
+    use notiflow_ingest::sink::{fingerprint, generation};
     use parquet::arrow::ProjectionMask;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -391,7 +391,7 @@ pub fn oldest_needed_ms(md: &TableMetadata, window: u32) -> Result<Option<i64>, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notiflow_ingest::dedup::pack;
+    use notiflow_ingest::sink::pack;
 
     #[test]
     fn a_quiet_partition_is_checkpointed_before_it_pins_expiry() {

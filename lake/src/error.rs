@@ -1,6 +1,6 @@
 //! What can go wrong in the lake writer, and whether waiting helps.
 
-use notiflow_ingest::IngestError;
+use notiflow_ingest::sink::IngestError;
 
 /// Lake errors.
 #[derive(Debug, thiserror::Error)]

@@ -10,10 +10,10 @@ use std::time::Instant;
 use arrow::datatypes::SchemaRef;
 use iceberg::spec::DataFile;
 use iceberg::table::Table;
-use notiflow_ingest::Decoder;
-use notiflow_ingest::cursor::{Admit, Anchor, Cursor, Hold, LastTaken};
-use notiflow_ingest::dedup::{Dedup, bounded_time, fingerprint, pack};
-pub use notiflow_ingest::source::SourceRecord;
+pub use notiflow_ingest::sink::SourceRecord;
+use notiflow_ingest::sink::{
+    Admit, Anchor, Cursor, Decoder, Dedup, Hold, LastTaken, bounded_time, fingerprint, pack,
+};
 
 use crate::config::LakeConfig;
 use crate::dedup_log::{self, Fingerprints};

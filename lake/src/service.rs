@@ -19,17 +19,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use iceberg::table::Table;
-use notiflow_ingest::cursor::{Anchor, Cursor};
-use notiflow_ingest::dedup::Dedup;
-use notiflow_ingest::failpoint;
-use notiflow_ingest::kafka::{ensure_topics, partition_count, wait_for_broker};
-use notiflow_ingest::member::{
-    Member, MemberState, SINK_CONSUMER, StateStore, log_hold, set_gauges,
+use notiflow_ingest::sink::{
+    Anchor, Backoff, Change, Cursor, Decoder, Dedup, KafkaConfig, Member, MemberState,
+    SINK_CONSUMER, SchemaRegistry, Source, StateStore, ensure_topics, failpoint, forget_partition,
+    log_hold, partition_count, set_gauges, sleep_or_cancel, views, wait_for_broker,
 };
-use notiflow_ingest::rebalance::{Change, forget_partition};
-use notiflow_ingest::retry::Backoff;
-use notiflow_ingest::source::{sleep_or_cancel, views};
-use notiflow_ingest::{Decoder, KafkaConfig, SchemaRegistry, Source};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -176,8 +170,8 @@ struct Writer<'a> {
 
 #[derive(Default)]
 struct Backoffs {
-    fetch: notiflow_ingest::retry::Backoff,
-    abort: notiflow_ingest::retry::Backoff,
+    fetch: notiflow_ingest::sink::Backoff,
+    abort: notiflow_ingest::sink::Backoff,
 }
 
 /// How far behind the writer's clock a heartbeat puts a caught-up
@@ -212,7 +206,7 @@ pub async fn run(
     overrides.extend_from_slice(consumer_overrides);
     let source = Source::subscribe_with(kafka, &cfg.group_id, &overrides, context)?;
     let mut decoder = Decoder::new(registry);
-    let mut schema_holds = notiflow_ingest::schema_hold::SchemaHolds::default();
+    let mut schema_holds = notiflow_ingest::sink::SchemaHolds::default();
     let mut w = Writer {
         cfg,
         topic: kafka.topic.clone(),
@@ -320,7 +314,7 @@ impl Writer<'_> {
     fn take(
         &mut self,
         batch: &[rdkafka::message::OwnedMessage],
-        views: &[notiflow_ingest::RecordView<'_>],
+        views: &[notiflow_ingest::sink::RecordView<'_>],
         keep: &[bool],
         decoder: &Decoder,
     ) {
@@ -434,7 +428,7 @@ impl Writer<'_> {
     async fn heartbeat(
         &mut self,
         kafka: &KafkaConfig,
-        handoff: &notiflow_ingest::rebalance::Handoff<PartState>,
+        handoff: &notiflow_ingest::sink::Handoff<PartState>,
         shutdown: &CancellationToken,
     ) -> Result<(), LakeError> {
         self.last_commit = Instant::now();
@@ -456,10 +450,10 @@ impl Writer<'_> {
     /// read to its log end (or never committed with an empty log), its
     /// watermark at about now: a busy writer's commits carry its idle
     /// partitions along, so they do not hold billing back.
-    fn beat_idle(&mut self, handoff: &notiflow_ingest::rebalance::Handoff<PartState>) {
-        let now = notiflow_ingest::source::now_micros();
+    fn beat_idle(&mut self, handoff: &notiflow_ingest::sink::Handoff<PartState>) {
+        let now = notiflow_ingest::sink::now_micros();
         let mark = now / 1000 - HEARTBEAT_MARGIN_MS;
-        let now_gen = notiflow_ingest::dedup::generation(now);
+        let now_gen = notiflow_ingest::sink::generation(now);
         for (&p, st) in &self.owned {
             if self.round.next.contains_key(&p) {
                 continue;
@@ -509,7 +503,7 @@ impl Writer<'_> {
         self.stats.commits += 1;
         self.metrics.rows.inc_by(rows);
         self.metrics.commits.with_label_values(&["committed"]).inc();
-        let now_gen = notiflow_ingest::dedup::generation(notiflow_ingest::source::now_micros());
+        let now_gen = notiflow_ingest::sink::generation(notiflow_ingest::sink::now_micros());
         for &p in self.round.checkpointed() {
             self.checkpoints.insert(p, now_gen);
         }

@@ -53,19 +53,18 @@ async fn late_rows(
             _: Arc<datafusion::execution::TaskContext>,
         ) -> datafusion::execution::SendableRecordBatchStream {
             let rows = self.rows.lock().ok().and_then(|mut r| r.take());
-            let rows =
-                rows.map_or_else(
-                    || {
-                        futures::stream::empty::<
+            let rows = rows.map_or_else(
+                || {
+                    futures::stream::empty::<
                             Result<RecordBatch, datafusion::error::DataFusionError>,
                         >()
                         .boxed()
-                    },
-                    |s| {
-                        s.map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
-                            .boxed()
-                    },
-                );
+                },
+                |s| {
+                    s.map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
+                        .boxed()
+                },
+            );
             Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), rows))
         }
     }
