@@ -20,6 +20,8 @@ use notiflow_lake::{Lake, LakeConfig};
 use notiflow_loadgen::fixture::{OwnedRecord, RecordStream};
 use notiflow_loadgen::generator::Shape;
 
+mod sim;
+
 const PARTITIONS: i32 = 4;
 
 fn cfg(dir: &std::path::Path) -> LakeConfig {
