@@ -9,24 +9,11 @@ use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use utoipa::ToSchema;
 
 use crate::config::KeyConfig;
+pub use crate::config::Role;
 use crate::error::ApiError;
-
-/// What a key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Sees one client's counters, stream and detail reports.
-    Viewer,
-    /// Sees every client; runs and downloads billing.
-    Finance,
-    /// Everything.
-    Admin,
-}
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]

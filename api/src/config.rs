@@ -7,7 +7,20 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Role;
+use utoipa::ToSchema;
+
+/// What a key may do (a key's configured role; `auth` checks it on
+/// every request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Sees one client's counters, stream and detail reports.
+    Viewer,
+    /// Sees every client; runs and downloads billing.
+    Finance,
+    /// Everything.
+    Admin,
+}
 
 /// The HTTP API and the live stream.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -23,6 +23,7 @@ pub mod handlers;
 pub mod hub;
 pub mod metrics;
 pub mod openapi;
+pub mod run_routes;
 pub mod runs;
 pub mod server;
 pub mod state;

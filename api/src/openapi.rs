@@ -7,7 +7,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::{counters, error, handlers, runs, stream};
+use crate::{counters, error, handlers, run_routes, runs, stream};
 
 struct Security;
 
@@ -75,8 +75,8 @@ impl Modify for CommonAnswers {
     paths(
         handlers::healthz, handlers::readyz, handlers::whoami,
         handlers::series, handlers::top, stream::stream,
-        runs::start, runs::list, runs::status, runs::download,
-        runs::scheduled, runs::scheduled_download
+        run_routes::start, run_routes::list, run_routes::status, run_routes::download,
+        run_routes::scheduled, run_routes::scheduled_download
     ),
     components(schemas(
         error::ErrorBody, counters::Series, counters::Point, counters::Step, counters::Top,

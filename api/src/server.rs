@@ -30,7 +30,7 @@ use tower::Service;
 
 use crate::error::{ApiError, REQUEST_ID};
 pub use crate::state::{App, ConnKill, StartError, Wiring};
-use crate::{handlers, openapi, runs, stream, web};
+use crate::{handlers, openapi, run_routes, stream, web};
 
 /// The router.
 pub fn router(app: Arc<App>) -> Router {
@@ -49,13 +49,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/clients/{client}/series", get(handlers::series))
         .route("/v1/top", get(handlers::top))
         .route("/v1/stream", get(stream::stream))
-        .route("/v1/reports", post(runs::start).get(runs::list))
-        .route("/v1/reports/{id}", get(runs::status))
-        .route("/v1/reports/{id}/download", get(runs::download))
-        .route("/v1/runs", get(runs::scheduled))
+        .route("/v1/reports", post(run_routes::start).get(run_routes::list))
+        .route("/v1/reports/{id}", get(run_routes::status))
+        .route("/v1/reports/{id}/download", get(run_routes::download))
+        .route("/v1/runs", get(run_routes::scheduled))
         .route(
             "/v1/runs/{job}/{slot}/download",
-            get(runs::scheduled_download),
+            get(run_routes::scheduled_download),
         )
         .fallback(|| async { ApiError::NotFound("no such endpoint; see /openapi.json".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

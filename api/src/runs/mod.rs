@@ -16,22 +16,16 @@
 //! detail goes to the log under the run id.
 
 //! - [`model`]: request and answer types;
-//! - [`store`]: the runs held here, quotas, who may read what;
-//! - [`start`]: `POST /v1/reports` and the background execution;
-//! - [`read`]: listing, status and downloads, API and ledger runs.
+//! - [`store`]: the runs held here, quotas, who may read what.
+//!
+//! Their HTTP endpoints are `run_routes`, above the app state
+//! that holds the runs (so neither depends on the other both ways).
 
 mod model;
-mod read;
-mod start;
-mod store;
+pub(crate) mod store;
 
 pub use model::{
     DownloadFormat, DownloadParams, ReportKind, ReportRun, RunFile, RunStatus, RunsParams,
     ScheduledRun, StartReport,
 };
-pub use read::{
-    __path_download, __path_list, __path_scheduled, __path_scheduled_download, __path_status,
-    download, list, scheduled, scheduled_download, status,
-};
-pub use start::{__path_start, start};
 pub use store::{Quotas, ReportRuns};

@@ -15,9 +15,9 @@ use crate::auth::{Principal, Role};
 use crate::error::ApiError;
 use crate::metrics::ApiMetrics;
 
-pub(super) struct Entry {
-    pub(super) view: ReportRun,
-    pub(super) manifest: Option<Manifest>,
+pub(crate) struct Entry {
+    pub(crate) view: ReportRun,
+    pub(crate) manifest: Option<Manifest>,
     /// The key that started it (quotas count by key).
     key_id: String,
 }
@@ -38,22 +38,22 @@ const RETRY_AFTER_SECS: u64 = 30;
 
 /// Report runs, the ledger and the output store.
 pub struct ReportRuns {
-    pub(super) reports_cfg: notiflow_reports::ReportsConfig,
-    pub(super) lake_cfg: notiflow_lake::LakeConfig,
-    pub(super) reports: OnceCell<Arc<Reports>>,
-    pub(super) ledger: OnceCell<Ledger>,
-    pub(super) runs: Mutex<(HashMap<String, Entry>, VecDeque<String>)>,
-    pub(super) quotas: Quotas,
-    pub(super) one_at_a_time: Arc<Semaphore>,
-    pub(super) metrics: ApiMetrics,
-    pub(super) report_metrics: notiflow_reports::Metrics,
+    pub(crate) reports_cfg: notiflow_reports::ReportsConfig,
+    pub(crate) lake_cfg: notiflow_lake::LakeConfig,
+    pub(crate) reports: OnceCell<Arc<Reports>>,
+    pub(crate) ledger: OnceCell<Ledger>,
+    pub(crate) runs: Mutex<(HashMap<String, Entry>, VecDeque<String>)>,
+    pub(crate) quotas: Quotas,
+    pub(crate) one_at_a_time: Arc<Semaphore>,
+    pub(crate) metrics: ApiMetrics,
+    pub(crate) report_metrics: notiflow_reports::Metrics,
 }
 
-pub(super) fn now() -> Micros {
+pub(crate) fn now() -> Micros {
     chrono::Utc::now().timestamp_micros()
 }
 
-pub(super) fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     use sha2::Digest;
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -84,7 +84,7 @@ impl ReportRuns {
         }
     }
 
-    pub(super) async fn reports(&self) -> Result<Arc<Reports>, ApiError> {
+    pub(crate) async fn reports(&self) -> Result<Arc<Reports>, ApiError> {
         self.reports
             .get_or_try_init(|| async {
                 Reports::open(&self.reports_cfg, &self.lake_cfg)
@@ -96,14 +96,14 @@ impl ReportRuns {
             .map_err(|e| ApiError::Unavailable(format!("reports: {e}")))
     }
 
-    pub(super) async fn ledger(&self) -> Result<&Ledger, ApiError> {
+    pub(crate) async fn ledger(&self) -> Result<&Ledger, ApiError> {
         self.ledger
             .get_or_try_init(|| Ledger::open(&self.lake_cfg.catalog_uri))
             .await
             .map_err(|e| ApiError::Unavailable(format!("run ledger: {e}")))
     }
 
-    pub(super) fn lock(
+    pub(crate) fn lock(
         &self,
     ) -> std::sync::MutexGuard<'_, (HashMap<String, Entry>, VecDeque<String>)> {
         self.runs.lock().unwrap_or_else(|p| p.into_inner())
@@ -112,7 +112,7 @@ impl ReportRuns {
     /// Remembers a new run of `key_id`, unless that key already has its
     /// quota of runs queued or running (429). To make room it forgets the
     /// oldest finished runs, never an active one.
-    pub(super) fn insert(&self, view: ReportRun, key_id: &str) -> Result<(), ApiError> {
+    pub(crate) fn insert(&self, view: ReportRun, key_id: &str) -> Result<(), ApiError> {
         let mut g = self.lock();
         let (map, order) = &mut *g;
         let active = |e: &Entry| matches!(e.view.status, RunStatus::Queued | RunStatus::Running);
@@ -157,13 +157,13 @@ impl ReportRuns {
         Ok(())
     }
 
-    pub(super) fn update(&self, id: &str, f: impl FnOnce(&mut Entry)) {
+    pub(crate) fn update(&self, id: &str, f: impl FnOnce(&mut Entry)) {
         if let Some(e) = self.lock().0.get_mut(id) {
             f(e);
         }
     }
 
-    pub(super) fn visible(
+    pub(crate) fn visible(
         &self,
         who: &Principal,
         id: &str,
@@ -181,12 +181,12 @@ impl ReportRuns {
 /// have started itself. Billing is finance's and admin's; a detail of one
 /// client is its viewer's, finance's and admin's, of all clients admin's
 /// only; unmasked recipients need the `pii` permission, whoever started it.
-pub(super) fn may_see(who: &Principal, run: &ReportRun) -> bool {
+pub(crate) fn may_see(who: &Principal, run: &ReportRun) -> bool {
     may_read(who, run.kind, run.client.as_deref(), run.pii)
 }
 
 /// [`may_see`] on a run's kind, client (None: all clients) and masking.
-pub(super) fn may_read(who: &Principal, kind: ReportKind, client: Option<&str>, pii: bool) -> bool {
+pub(crate) fn may_read(who: &Principal, kind: ReportKind, client: Option<&str>, pii: bool) -> bool {
     if pii && !who.pii {
         return false;
     }

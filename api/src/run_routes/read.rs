@@ -13,13 +13,13 @@ use futures::StreamExt;
 use notiflow_reports::{Format, JobKind, Manifest};
 use notiflow_schema::time::format_rfc3339;
 
-use super::model::{
-    DownloadFormat, DownloadParams, ReportKind, ReportRun, RunsParams, ScheduledRun,
-};
-use super::store::{may_read, may_see};
 use crate::auth::{Caller, Principal, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiPath, ApiQuery};
+use crate::runs::store::{may_read, may_see};
+use crate::runs::{
+    DownloadFormat, DownloadParams, ReportKind, ReportRun, RunsParams, ScheduledRun,
+};
 use crate::state::App;
 
 /// The runs started through the API that the caller may see, newest first.

@@ -12,11 +12,11 @@ use notiflow_reports::{BillingRequest, DetailRequest, EngineKind, Format, Report
 use notiflow_schema::time::format_rfc3339;
 use notiflow_schema::{Category, Country, Micros, Status};
 
-use super::model::{ReportKind, ReportRun, RunFile, RunStatus, StartReport};
-use super::store::{new_id, now};
 use crate::auth::{Caller, Principal, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
+use crate::runs::store::{new_id, now};
+use crate::runs::{ReportKind, ReportRun, RunFile, RunStatus, StartReport};
 use crate::state::App;
 
 fn instant(tz: chrono_tz::Tz, name: &str, v: Option<&str>) -> Result<Micros, ApiError> {
