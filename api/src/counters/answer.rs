@@ -1,8 +1,6 @@
 //! The answers of counter reads (`Series`, `Top`) as callers receive
 //! them, built from what Redis returned.
 
-use std::collections::HashMap;
-
 use notiflow_schema::Micros;
 use notiflow_schema::time::format_rfc3339;
 use serde::Serialize;
@@ -80,12 +78,7 @@ impl Stale for Top {
     }
 }
 
-pub(crate) fn make_series(
-    client: &str,
-    r: &Range,
-    read: &[(i64, HashMap<String, u64>)],
-    now: Micros,
-) -> Series {
+pub(crate) fn make_series(client: &str, r: &Range, read: &[(i64, String)], now: Micros) -> Series {
     let counts = fold(r, read);
     Series {
         client: client.to_string(),

@@ -19,7 +19,6 @@ pub mod answer;
 pub mod cache;
 pub mod range;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -317,9 +316,7 @@ impl Counters {
             if check_known {
                 pipe.sismember(self.keys.clients(), client);
             }
-            for (_, k) in &hashes {
-                pipe.hgetall(k);
-            }
+            joined_hgetall(&mut pipe, &hashes);
             let mut conn = self.conn().await?;
             let mut replies: Vec<Value> = pipe.query_async(&mut conn).await?;
             if check_known {
@@ -330,10 +327,7 @@ impl Counters {
                     ))));
                 }
             }
-            let mut read = Vec::with_capacity(hashes.len());
-            for ((start, _), v) in hashes.iter().zip(replies) {
-                read.push((*start, HashMap::<String, u64>::from_redis_value(&v)?));
-            }
+            let read = joined_reply(&hashes, replies.first())?;
             Ok(make_series(client, &range, &read, now))
         })
         .await
@@ -462,11 +456,7 @@ impl Counters {
                 .map(|c| hash_keys(&self.keys, c, &range))
                 .unwrap_or_default();
             match client {
-                Some(_) => {
-                    for (_, k) in &hashes {
-                        pipe.hgetall(k);
-                    }
-                }
+                Some(_) => joined_hgetall(&mut pipe, &hashes),
                 None => {
                     pipe.cmd("ZREVRANGE")
                         .arg(self.keys.top(now_m))
@@ -484,10 +474,7 @@ impl Counters {
             let last_id = last.ids.first().map(|e| e.id.clone());
             let (series, top) = match client {
                 Some(c) => {
-                    let mut read = Vec::with_capacity(hashes.len());
-                    for ((start, _), v) in hashes.iter().zip(replies) {
-                        read.push((*start, HashMap::<String, u64>::from_redis_value(&v)?));
-                    }
+                    let read = joined_reply(&hashes, replies.first())?;
                     (Some(make_series(c, &range, &read, now)), None)
                 }
                 None => {
@@ -506,4 +493,33 @@ impl Counters {
         };
         self.attempt(read).await.map_err(ReadError::into_api)
     }
+}
+
+/// Adds one [`range::JOINED_HGETALL`] of the hashes' keys to `pipe`
+/// (nothing when there are none).
+fn joined_hgetall(pipe: &mut redis::Pipeline, hashes: &[(i64, String)]) {
+    if hashes.is_empty() {
+        return;
+    }
+    let cmd = pipe
+        .cmd("EVAL")
+        .arg(range::JOINED_HGETALL)
+        .arg(hashes.len());
+    for (_, k) in hashes {
+        cmd.arg(k);
+    }
+}
+
+/// Each hash's start with its joined fields, from the reply of
+/// [`joined_hgetall`].
+fn joined_reply(
+    hashes: &[(i64, String)],
+    reply: Option<&Value>,
+) -> Result<Vec<(i64, String)>, ReadError> {
+    let texts: Vec<String> = match (hashes.is_empty(), reply) {
+        (true, _) => Vec::new(),
+        (false, Some(v)) => Vec::<String>::from_redis_value(v)?,
+        (false, None) => return Err(ReadError::Refused("no reply to the counters' read".into())),
+    };
+    Ok(hashes.iter().map(|(start, _)| *start).zip(texts).collect())
 }

@@ -2,8 +2,6 @@
 //! the `[from, to)` range in minutes, the Redis hashes it reads and how
 //! their fields fold into buckets. Pure functions: no Redis here.
 
-use std::collections::HashMap;
-
 use notiflow_schema::Micros;
 use notiflow_schema::counters::{Counts, Keys, SLOTS, parse_field, slot_name};
 use notiflow_schema::time::{minute_of, parse_rfc3339};
@@ -189,12 +187,32 @@ pub fn hash_keys(keys: &Keys, client: &str, r: &Range) -> Vec<(i64, String)> {
         .collect()
 }
 
-/// Sums hash fields (`NN:<slot>` → count) into the range's buckets.
-pub fn fold(r: &Range, hashes: &[(i64, HashMap<String, u64>)]) -> Vec<Counts> {
+/// `HGETALL` of every key, each reply joined by spaces into one string
+/// (`"NN:<slot> <count> …"`): a read of an hour's minutes is one bulk
+/// string to parse instead of a thousand, which dominated the API's CPU
+/// (BENCHMARKS.md, API). The keys of one client share its hash tag.
+pub const JOINED_HGETALL: &str = "local out = {} \
+    for i, k in ipairs(KEYS) do out[i] = table.concat(redis.call('HGETALL', k), ' ') end \
+    return out";
+
+/// The (field, count) pairs of one [`JOINED_HGETALL`] string; a count that
+/// is not a number counts 0.
+pub fn joined_fields(text: &str) -> impl Iterator<Item = (&str, u64)> {
+    let mut words = text.split(' ').filter(|w| !w.is_empty());
+    std::iter::from_fn(move || {
+        let f = words.next()?;
+        let n = words.next()?;
+        Some((f, n.parse().unwrap_or(0)))
+    })
+}
+
+/// Sums hash fields (`NN:<slot>` → count; each hash as its
+/// [`JOINED_HGETALL`] string) into the range's buckets.
+pub fn fold(r: &Range, hashes: &[(i64, String)]) -> Vec<Counts> {
     let mut out = vec![[0u64; SLOTS]; r.len()];
     let unit = if r.step == Step::Minute { 1 } else { 60 };
-    for (start, fields) in hashes {
-        for (f, n) in fields {
+    for (start, text) in hashes {
+        for (f, n) in joined_fields(text) {
             let Some((k, slot)) = parse_field(f) else {
                 continue;
             };
@@ -307,14 +325,8 @@ pub(super) mod tests {
         assert_eq!(hk.len(), 2);
         assert_eq!(hk[0].1, "nf:m:{acme}:2026112409");
         let read = vec![
-            (
-                hk[0].0,
-                HashMap::from([("59:sent".to_string(), 3u64), ("10:sent".to_string(), 99)]),
-            ),
-            (
-                hk[1].0,
-                HashMap::from([("01:read".to_string(), 2u64), ("bogus".to_string(), 1)]),
-            ),
+            (hk[0].0, "59:sent 3 10:sent 99".to_string()),
+            (hk[1].0, "01:read 2 bogus 1".to_string()),
         ];
         let c = fold(&r, &read);
         assert_eq!(c.len(), 4);
@@ -338,10 +350,7 @@ pub(super) mod tests {
         .unwrap();
         let hk = hash_keys(&keys, "acme", &day);
         assert_eq!(hk[1].1, "nf:h:{acme}:20261124");
-        let read = vec![(
-            hk[1].0,
-            HashMap::from([("00:sent".to_string(), 1u64), ("23:sent".to_string(), 2)]),
-        )];
+        let read = vec![(hk[1].0, "00:sent 1 23:sent 2".to_string())];
         assert_eq!(fold(&day, &read)[1][1], 3, "hours sum into their day");
     }
 }
