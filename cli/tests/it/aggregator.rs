@@ -150,6 +150,21 @@ listen = "{metrics_listen}"
         crate::generator(&self.config, &self.truth_path(), events, rate)
     }
 
+    /// The last lines of every aggregator's log, for a failure message.
+    pub(crate) fn log_tails(&self) -> String {
+        (0..8)
+            .map(|n| self.log(n))
+            .enumerate()
+            .filter(|(_, l)| !l.is_empty())
+            .map(|(n, l)| {
+                let lines: Vec<&str> = l.lines().collect();
+                let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+                format!("--- agg-{n}.log (last 60 lines) ---\n{tail}")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     pub(crate) fn log(&self, n: usize) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("agg-{n}.log"))).unwrap_or_default()
     }
@@ -178,7 +193,8 @@ listen = "{metrics_listen}"
             }
             assert!(
                 Instant::now() < give_up,
-                "not drained: stored {stored:?}, highs {highs:?}"
+                "not drained: stored {stored:?}, highs {highs:?}\n{}",
+                self.log_tails()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -459,11 +475,20 @@ fn a_redis_crash_with_persistence_changes_nothing() {
     let port = free_port();
     let mut redis_server = start_redis(data.path(), port);
     let s = Setup::new("agg-redis", format!("redis://127.0.0.1:{port}"));
-    let mut generator = s.generator(200_000, Some("12000/s"));
+    // The aggregator owns every partition before traffic starts: on a
+    // loaded machine its group join took longer than the generator's run,
+    // and the crash came after the traffic (the test decides by that
+    // condition, not by how fast the machine is).
     let mut agg = s.aggregator(0, &[]);
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while s.log(0).matches("partition assigned").count() < 8 {
+        assert!(Instant::now() < give_up, "not assigned:\n{}", s.log(0));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut generator = s.generator(200_000, Some("12000/s"));
     // Mid-run: the aggregator has applied batches and traffic still flows.
     let give_up = Instant::now() + Duration::from_secs(60);
-    while s.stored_offsets().iter().sum::<i64>() < 20_000 {
+    while s.stored_offsets().iter().sum::<i64>() < 2_000 {
         assert!(Instant::now() < give_up, "nothing applied:\n{}", s.log(0));
         std::thread::sleep(Duration::from_millis(100));
     }
