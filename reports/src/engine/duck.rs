@@ -20,8 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{
-    BILLING_COLUMNS, LedgerView, Limits, Source, arrivals, known_columns, plan_files,
-    range_predicate,
+    BILLING_COLUMNS, LedgerView, Limits, Source, arrivals, plan_files, range_predicate, scan,
 };
 use crate::billing::{FreeSpan, Window};
 use crate::config::DuckS3Input;
@@ -98,15 +97,7 @@ async fn input(
         // The scan plans the files itself (and filters rows); an empty
         // scan gives no batch, which the query takes as no rows. Columns
         // the snapshot's schema predates are added as nulls in DuckDB.
-        let stream = src
-            .table
-            .scan()
-            .snapshot_id(id)
-            .with_filter(pred)
-            .select(known_columns(src, cols))
-            .build()?
-            .to_arrow()
-            .await?;
+        let stream = scan(src, id, pred, cols)?.to_arrow().await?;
         let (rx, feeder) = feed(stream);
         return Ok(Some(Input {
             rows: Rows::Batches(rx),
@@ -118,21 +109,27 @@ async fn input(
     if urls.is_empty() {
         return Ok(None);
     }
-    if on_s3 {
-        return copies(src, urls).await.map(Some);
+    files(src, urls).await.map(Some)
+}
+
+/// The data files `urls` of `src`'s table as DuckDB reads them: in place
+/// on local disk, or copies of the S3 objects.
+async fn files(src: &Source, urls: Vec<String>) -> Result<Input, ReportError> {
+    if src.table.metadata().location().starts_with("s3://") {
+        return copies(src, urls).await;
     }
     let paths = urls
         .into_iter()
         .map(|u| u.strip_prefix("file://").map(str::to_string).unwrap_or(u))
         .collect();
-    Ok(Some(Input {
+    Ok(Input {
         rows: Rows::Files {
             paths,
             _copies: None,
         },
         feeder: None,
         late: None,
-    }))
+    })
 }
 
 /// Copies the S3 objects `urls` into a temporary folder.
@@ -410,21 +407,7 @@ async fn ledger_relation(ledger: &LedgerView) -> Result<Option<(String, Vec<Inpu
         if urls.is_empty() {
             continue;
         }
-        let input = if src.table.metadata().location().starts_with("s3://") {
-            copies(src, urls).await?
-        } else {
-            Input {
-                rows: Rows::Files {
-                    paths: urls
-                        .into_iter()
-                        .map(|u| u.strip_prefix("file://").map(str::to_string).unwrap_or(u))
-                        .collect(),
-                    _copies: None,
-                },
-                feeder: None,
-                late: None,
-            }
-        };
+        let input = files(src, urls).await?;
         if let Rows::Files { paths, .. } = &input.rows {
             rels.push(format!(
                 "SELECT client_id, message_id FROM {} WHERE {cond}",

@@ -227,13 +227,7 @@ pub(crate) async fn arrivals(
         );
         Default::default()
     };
-    let tasks: Vec<iceberg::scan::FileScanTask> = src
-        .table
-        .scan()
-        .snapshot_id(id)
-        .with_filter(pred)
-        .select(known_columns(src, cols))
-        .build()?
+    let tasks: Vec<iceberg::scan::FileScanTask> = scan(src, id, pred, cols)?
         .plan_files()
         .await?
         .try_filter(|t| futures::future::ready(!known.contains(&t.data_file_path)))
@@ -252,9 +246,26 @@ pub(crate) async fn arrivals(
     Ok(Some(reader.read(tasks)?.stream()))
 }
 
+/// The scan of snapshot `id` of `src`'s table: the rows `pred` keeps, the
+/// columns of `cols` that snapshot's schema has ([`known_columns`]).
+pub(crate) fn scan(
+    src: &Source,
+    id: i64,
+    pred: Predicate,
+    cols: &[&str],
+) -> Result<iceberg::scan::TableScan, ReportError> {
+    Ok(src
+        .table
+        .scan()
+        .snapshot_id(id)
+        .with_filter(pred)
+        .select(known_columns(src, cols))
+        .build()?)
+}
+
 /// Those of `cols` that the pinned snapshot's schema has (a snapshot
 /// committed before a column was added lacks it; engines add it as null).
-pub(crate) fn known_columns<'a>(src: &Source, cols: &[&'a str]) -> Vec<&'a str> {
+fn known_columns<'a>(src: &Source, cols: &[&'a str]) -> Vec<&'a str> {
     let md = src.table.metadata();
     let schema = src
         .snapshot_id
